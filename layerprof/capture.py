@@ -1,0 +1,82 @@
+"""Taps: capture (x, g, row mask) of each target module from the backward pass.
+
+A forward hook wraps the module output y in an identity autograd function that keeps
+the input x (through ``save_for_backward``, so activation checkpointing may drop and
+recompute it). Its backward receives g = ∂L/∂y and hands (x, g, mask) to a sink.
+Statistics therefore come from backward only: a checkpointed forward that is re-run
+never counts twice, and a forward under ``torch.no_grad()`` never counts at all.
+
+On a fully frozen model nothing downstream of the taps would require grad, so each
+tap owns a scalar "anchor" leaf that it feeds into the identity function: the graph
+then reaches every tapped module, the backward computes input gradients only, and no
+parameter ever gets a ``.grad``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+Sink = Callable[[str, torch.Tensor, torch.Tensor, "RowMask | None"], None]
+
+
+class RowMask:
+    """The current batch's padding mask (B, T), flattened lazily for each input shape."""
+
+    def __init__(self, mask: torch.Tensor):
+        self.mask = mask.bool()
+        self.rows = int(self.mask.sum())
+        self.flat = self.mask.reshape(-1)
+
+    def for_rows(self, lead_shape: torch.Size) -> "torch.Tensor | None | bool":
+        """Mask for an input with leading shape ``lead_shape``; None when rows cannot be matched."""
+        if tuple(lead_shape) == tuple(self.mask.shape):
+            return self.flat
+        return None
+
+
+class _TapFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, x, anchor, tap, mask):
+        ctx.tap = tap
+        ctx.mask = mask
+        ctx.save_for_backward(x)
+        # An identity that autograd sees as a new node; view_as keeps it free of copies.
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, gy):
+        (x,) = ctx.saved_tensors
+        ctx.tap.sink(ctx.tap.name, x, gy, ctx.mask)
+        return gy, None, None, None, None
+
+
+class Tap:
+    """The hook pair on one module; ``remove()`` restores the module exactly."""
+
+    def __init__(self, name: str, module: nn.Module, sink: Sink, mask_source: Callable[[], RowMask | None]):
+        self.name = name
+        self.sink = sink
+        self.mask_source = mask_source
+        self.forward_calls = 0
+        self.anchor: torch.Tensor | None = None
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: tuple, output):
+        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor) or not args:
+            return None
+        x = args[0]
+        if not isinstance(x, torch.Tensor):
+            return None
+        self.forward_calls += 1
+        anchor = None
+        if not output.requires_grad:
+            if self.anchor is None or self.anchor.device != output.device:
+                self.anchor = torch.zeros((), device=output.device, requires_grad=True)
+            anchor = self.anchor
+        return _TapFunction.apply(output, x.detach(), anchor, self, self.mask_source())
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.anchor = None

@@ -1,0 +1,201 @@
+"""LayerCard: the plain-data result of a sweep, saved as versioned JSON.
+
+The card knows no kernel and no process group: it holds per-module rows, per-layer
+rows and metadata (model identity, data fingerprint, settings, versions, sweep time
+and memory, skipped batches, split-half stability, taps that never fired).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "layerprof.card/1"
+
+
+class CardFormatError(ValueError):
+    """A card file that this version cannot read; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModuleRow:
+    """One target module. See DESIGN §1 for each quantity; ``sv2`` = leading σ_i(M)²."""
+
+    name: str
+    layer: int | None
+    kind: str
+    d_in: int
+    d_out: int
+    rows: int
+    resnorm: float
+    resnorm_rank: float
+    rank_capture: float
+    energy: float
+    cond: float
+    erank: float
+    noise_amp: float
+    grad_norm: float
+    act_norm: float
+    nfn: float
+    resid_explained: float
+    lora_params: int
+    calls: int = 0
+    sv2: list = field(default_factory=list, repr=False)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One transformer block: aggregates of its modules; ``score`` is what placement maximizes."""
+
+    layer: int
+    modules: int
+    resnorm: float
+    resnorm_rank: float
+    rank_capture: float
+    gain_share: float
+    predicted_gain: float
+    score: float
+    energy: float
+    noise_amp: float
+    grad_norm: float
+    act_norm: float
+    nfn: float
+    lora_params: int
+    cost: float
+    resnorm_a: float
+    resnorm_b: float
+    rank: int
+
+
+def _rows(cls, items: list, what: str, source: str) -> list:
+    names = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING}
+    out = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not required <= set(item):
+            missing = sorted(required - set(item)) if isinstance(item, dict) else "not an object"
+            raise CardFormatError(f"{source}: {what}[{i}] is malformed (missing {missing}); "
+                                  "the file is corrupted: re-create it with `layerprof card`")
+        out.append(cls(**{k: v for k, v in item.items() if k in names}))
+    return out
+
+
+class LayerCard:
+    """Per-module and per-layer results of one profiling sweep (see DESIGN §3)."""
+
+    def __init__(self, modules: list, layers: list, meta: dict):
+        self.modules: list[ModuleRow] = [m if isinstance(m, ModuleRow) else ModuleRow(**m) for m in modules]
+        self.layers: list[LayerRow] = [l if isinstance(l, LayerRow) else LayerRow(**l) for l in layers]
+        self.meta: dict = meta
+
+    # ------------------------------------------------------------- look-ups
+    def module(self, name: str) -> ModuleRow:
+        for m in self.modules:
+            if m.name == name:
+                return m
+        raise KeyError(f"no module {name!r} on this card")
+
+    def layer(self, index: int) -> LayerRow:
+        for l in self.layers:
+            if l.layer == index:
+                return l
+        raise KeyError(f"no layer {index} on this card (layers: {[l.layer for l in self.layers]})")
+
+    @property
+    def rank(self) -> int:
+        return int(self.meta["settings"]["rank"])
+
+    def ranking(self, by: str = "score") -> list[int]:
+        """Layer indices, best first, by a layer column (default: the card's score)."""
+        return [l.layer for l in sorted(self.layers, key=lambda l: -getattr(l, by))]
+
+    def __repr__(self) -> str:
+        model = self.meta.get("model", {})
+        return (f"LayerCard({model.get('class')}, {len(self.layers)} layers, {len(self.modules)} modules, "
+                f"{self.meta.get('data', {}).get('rows')} rows, top layers {self.ranking()[:4]})")
+
+    # ------------------------------------------------------- serialization
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "meta": self.meta,
+                "layers": [asdict(l) for l in self.layers], "modules": [asdict(m) for m in self.modules]}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "card") -> "LayerCard":
+        if not isinstance(data, dict) or "schema" not in data:
+            raise CardFormatError(f"{source} is not a layerprof card (no 'schema' field)")
+        if data["schema"] != SCHEMA:
+            raise CardFormatError(f"{source} has schema {data['schema']!r} but this layerprof reads {SCHEMA!r}; "
+                                  "re-create the card with this version (`layerprof card`) or use the "
+                                  "layerprof version that wrote it")
+        for key in ("meta", "layers", "modules"):
+            if key not in data:
+                raise CardFormatError(f"{source}: missing {key!r}; the file is corrupted: re-create it")
+        return cls(_rows(ModuleRow, data["modules"], "modules", source),
+                   _rows(LayerRow, data["layers"], "layers", source), data["meta"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the card as JSON atomically (a failed write leaves any old file intact)."""
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".card-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LayerCard":
+        """Read a card; raises ``CardFormatError`` for another schema version or a corrupted file."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no card at {path}; create one with `layerprof card`") from None
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CardFormatError(f"{path} is not valid JSON ({e}); the file is corrupted or truncated: "
+                                  "re-create it with `layerprof card`") from None
+        try:
+            return cls.from_dict(data, str(path))
+        except TypeError as e:
+            raise CardFormatError(f"{path}: unexpected content ({e}); re-create it with `layerprof card`") from None
+
+    # ------------------------------------------------------------- reports
+    def to_markdown(self) -> str:
+        from .report import markdown
+
+        return markdown(self)
+
+    def to_html(self, path: str | os.PathLike | None = None) -> str:
+        from .report import html
+
+        text = html(self)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    # ------------------------------------------------------------ placement
+    def place(self, **kwargs):
+        """Choose layers to adapt; see ``layerprof.placement.place``."""
+        from .placement import place
+
+        return place(self, **kwargs)
+
+    def default_layers(self) -> int:
+        """The k that ``layerprof card`` recommends by default: a quarter of the layers."""
+        return max(1, len(self.layers) // 4)
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -1,0 +1,235 @@
+"""``layerprof`` command line: card, place, report, doctor. The only module that parses or prints."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EXAMPLES = """examples:
+  layerprof card --out out/                       # bundled Shakespeare GPT-2 on Python-docs text
+  layerprof card --model ./my-hf-model --text data.txt --batches 64 --out out/
+  layerprof place out/card.json --layers 4 --out lora_config.json
+  layerprof place out/card.json --target-gain 0.9 --json
+  layerprof report out/card.json
+"""
+
+
+def _lora_dict(config) -> dict:
+    data = config.to_dict()
+    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in data.items()}
+
+
+def _write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+
+
+def _load_model(spec: str | None, dtype: str):
+    import torch
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if spec is None:
+        from .bundled import load_default_model
+
+        return load_default_model(torch_dtype), None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(spec)
+    if not path.exists():
+        raise SystemExit(f"layerprof: --model {spec!r} is not a local directory; layerprof loads models offline "
+                         "from a directory written by save_pretrained")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError):
+        tokenizer = None
+    return model.eval(), tokenizer
+
+
+def _batches(args, tokenizer):
+    from .bundled import calibration_text, text_batches
+
+    text = Path(args.text).read_text(encoding="utf-8") if args.text else calibration_text()
+    if tokenizer is None:
+        return text_batches(text, batch_size=args.batch_size, seq_len=args.seq_len, n_batches=args.batches)
+    import torch
+
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
+    n = min(args.batches, ids.numel() // (args.batch_size * args.seq_len))
+    if n < 1:
+        raise SystemExit("layerprof: --text is too short for one batch; lower --batch-size or --seq-len")
+    x = ids[: n * args.batch_size * args.seq_len].view(n, args.batch_size, args.seq_len)
+    return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()} for b in x]
+
+
+def cmd_card(args) -> int:
+    import layerprof as lp
+
+    t0 = time.perf_counter()
+    model, tokenizer = _load_model(args.model, args.dtype)
+    batches = _batches(args, tokenizer)
+    card = lp.profile(model, batches, rank=args.rank, damping=args.damping, backend=args.backend,
+                      max_tokens=args.max_tokens, progress=not args.no_progress,
+                      targets=args.targets.split(",") if args.targets else None)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    card.save(out / "card.json")
+    (out / "card.md").write_text(card.to_markdown(), encoding="utf-8")
+    k = args.layers or card.default_layers()
+    plan = card.place(layers=k)
+    config = plan.lora_config(r=args.rank, lora_alpha=2 * args.rank)
+    _write_json(out / "lora_config.json", _lora_dict(config))
+    wall = time.perf_counter() - t0
+    summary = {"card": str(out / "card.json"), "markdown": str(out / "card.md"),
+               "lora_config": str(out / "lora_config.json"), "layers": plan.layers,
+               "predicted_gain_fraction": plan.predicted_gain_fraction, "cost": plan.cost,
+               "ranking": card.ranking(), "stability": card.meta["stability"], "rows": card.meta["data"]["rows"],
+               "sweep_seconds": card.meta["sweep"]["seconds"], "wall_seconds": wall}
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
+    else:
+        print(f"profiled {card.meta['model']['class']} on {summary['rows']:,} rows in "
+              f"{summary['sweep_seconds']:.1f} s (total {wall:.1f} s)")
+        print(f"layer ranking (best first): {card.ranking()}")
+        print(f"recommendation: adapt layers {plan.layers} -> {plan.predicted_gain_fraction:.0%} of the predicted "
+              f"gain at {plan.cost:.0%} of full-LoRA training cost")
+        print(f"wrote {summary['card']}, {summary['markdown']}, {summary['lora_config']}")
+    return 0
+
+
+def cmd_place(args) -> int:
+    from .card import LayerCard
+
+    card = LayerCard.load(args.card)
+    kw = {"by": args.by, "rank": args.rank, "rank_target": args.rank_target}
+    if args.target_gain is not None:
+        plan = card.place(objective="cost", target_gain=args.target_gain, **kw)
+    else:
+        given = [x is not None for x in (args.layers, args.budget, args.params)]
+        if sum(given) == 0:
+            args.layers = card.default_layers()
+        plan = card.place(layers=args.layers, budget=args.budget, params=args.params, **kw)
+    r = args.rank or card.rank
+    config = plan.lora_config(r=r, lora_alpha=args.alpha if args.alpha is not None else 2 * r)
+    if args.out:
+        _write_json(Path(args.out), _lora_dict(config))
+    if args.json:
+        data = plan.to_dict()
+        data["lora_config"] = _lora_dict(config)
+        print(json.dumps(data, indent=1, default=str))
+    else:
+        print(f"layers {plan.layers}: {plan.predicted_gain_fraction:.1%} of the predicted gain, "
+              f"{plan.cost:.1%} of full-LoRA training cost, {plan.cost_detail.adapter_params:,} adapter parameters, "
+              f"{plan.cost_detail.adapted_modules} modules")
+        print("pareto front (cost -> gain):")
+        for p in plan.front:
+            print(f"  {p['cost']:.3f} -> {p['gain_fraction']:.3f}  layers {p['layers']}")
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .card import LayerCard
+
+    card = LayerCard.load(args.card)
+    if args.html:
+        card.to_html(args.html)
+    if args.json:
+        print(json.dumps(card.to_dict(), indent=1))
+    else:
+        print(card.to_markdown())
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    import platform
+
+    import torch
+
+    from . import __version__
+    from .ops import backends
+
+    info = {"layerprof": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda_available": torch.cuda.is_available(),
+            "backends": {n: {"available": s.available, "reason": s.reason} for n, s in backends().items()}}
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        for k, v in info.items():
+            if k != "backends":
+                print(f"{k}: {v}")
+        for n, s in info["backends"].items():
+            print(f"backend {n}: {'available' if s['available'] else 'unavailable'} — {s['reason']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="layerprof", description="Which layers deserve a LoRA adapter: profile a "
+                                "frozen model once, place adapters, write the PEFT config.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("card", help="profile a model and write card.json, card.md, lora_config.json",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--model", help="local Hugging Face model directory (default: the bundled Shakespeare GPT-2)")
+    c.add_argument("--text", help="calibration text file (default: Python's documentation prose)")
+    c.add_argument("--out", default="layerprof_out", help="output directory (default: %(default)s)")
+    c.add_argument("--rank", type=int, default=8, help="LoRA rank r for ρ(r) and the config (default: %(default)s)")
+    c.add_argument("--damping", type=float, default=1e-3, help="relative damping δ (default: %(default)s)")
+    c.add_argument("--batches", type=int, default=48, help="calibration batches (default: %(default)s)")
+    c.add_argument("--batch-size", type=int, default=8, help="rows per batch (default: %(default)s)")
+    c.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: %(default)s)")
+    c.add_argument("--max-tokens", type=int, help="stop after this many non-padding tokens")
+    c.add_argument("--targets", help="comma-separated module names as PEFT target_modules (default: all linear)")
+    c.add_argument("--layers", type=int, help="k for the recommended placement (default: a quarter of the layers)")
+    c.add_argument("--backend", default="auto", help="accumulation backend (default: %(default)s)")
+    c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="model dtype (statistics are always fp32)")
+    c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    c.add_argument("--json", action="store_true", help="print a JSON summary")
+    c.set_defaults(func=cmd_card)
+
+    pl = sub.add_parser("place", help="choose layers from a card and write a LoRA config")
+    pl.add_argument("card", help="card.json written by `layerprof card`")
+    g = pl.add_mutually_exclusive_group()
+    g.add_argument("--layers", type=int, help="adapt the k best layers")
+    g.add_argument("--budget", type=float, help="max training cost as a fraction of full-layer LoRA")
+    g.add_argument("--params", type=int, help="max adapter parameters")
+    g.add_argument("--target-gain", type=float, help="cheapest placement reaching this fraction of the gain")
+    pl.add_argument("--by", default="score", help="layer column to maximize (default: %(default)s)")
+    pl.add_argument("--rank", type=int, help="LoRA rank (default: the card's)")
+    pl.add_argument("--rank-target", type=float, help="per-module ranks reaching this rank capture")
+    pl.add_argument("--alpha", type=float, help="lora_alpha (default: 2·rank)")
+    pl.add_argument("--out", help="write the LoRA config JSON here")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=cmd_place)
+
+    r = sub.add_parser("report", help="print a card as Markdown (or JSON / HTML)")
+    r.add_argument("card")
+    r.add_argument("--html", help="also write a self-contained HTML page here")
+    r.add_argument("--json", action="store_true", help="print the card JSON")
+    r.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("doctor", help="versions and available accumulation backends")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .card import CardFormatError
+    from .placement import PlacementError
+    from .profiler import ProfileError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CardFormatError, PlacementError, ProfileError, FileNotFoundError) as e:
+        print(f"layerprof: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Cost model of a LoRA placement for training on frozen base weights (DESIGN §1).
+
+Counted per calibration row (token), in FLOPs of the linear maps, which dominate a
+transformer step:
+
+* forward: every target module, 2·d_in·d_out, plus the output head; always paid.
+* backward input-gradient work: 2·d_in·d_out for every module in layers at or above
+  the lowest adapted layer ℓ_min, plus the head. Below ℓ_min nothing needs a gradient,
+  so the backward pass stops there and those layers keep no saved activations.
+* adapter work per adapted module with rank r: forward 2·r·(d_in + d_out), backward
+  twice that (gradients of A, B and of the adapter's input).
+
+Memory: trainable parameters P = Σ r·(d_in + d_out), with fp32 weight, gradient and
+two Adam moments = 16·P bytes; saved activations scale with the layers from ℓ_min up
+(reported as a fraction of all layers). Inference: the number of adapted modules.
+Attention score FLOPs, norms and elementwise work are left out (small for short
+sequences; documented in the card). Figures are modelled, not measured.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping
+
+
+@dataclass(frozen=True)
+class ModuleShape:
+    name: str
+    layer: int
+    d_in: int
+    d_out: int
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Modelled cost of one placement; ``fraction`` is relative to full-layer LoRA."""
+
+    fraction: float
+    train_flops_per_row: float
+    full_lora_flops_per_row: float
+    adapter_params: int
+    trainable_state_bytes: int
+    activation_fraction: float
+    adapted_modules: int
+    lowest_layer: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CostModel:
+    """Step cost of adapting a set of layers, from module shapes and the head's shape."""
+
+    def __init__(self, modules: Iterable[ModuleShape], head_flops_per_row: float = 0.0):
+        self.modules = [m for m in modules if m.layer is not None]
+        self.layers = sorted({m.layer for m in self.modules})
+        self.head = float(head_flops_per_row)
+        self.layer_flops = {l: 0.0 for l in self.layers}
+        self.layer_dims = {l: [] for l in self.layers}
+        for m in self.modules:
+            self.layer_flops[m.layer] += 2.0 * m.d_in * m.d_out
+            self.layer_dims[m.layer].append(m)
+        self.forward = sum(self.layer_flops.values()) + self.head
+        self._full = None
+
+    def adapter_flops(self, layer: int, ranks: Mapping[str, int] | int) -> float:
+        return sum(3 * 2.0 * _rank(ranks, m.name) * (m.d_in + m.d_out) for m in self.layer_dims[layer])
+
+    def adapter_params(self, layer: int, ranks: Mapping[str, int] | int) -> int:
+        return sum(_rank(ranks, m.name) * (m.d_in + m.d_out) for m in self.layer_dims[layer])
+
+    def backward_flops(self, lowest: int | None) -> float:
+        if lowest is None:
+            return 0.0
+        return self.head + sum(f for l, f in self.layer_flops.items() if l >= lowest)
+
+    def step_flops(self, layers: Iterable[int], ranks: Mapping[str, int] | int) -> float:
+        layers = list(layers)
+        lowest = min(layers) if layers else None
+        return self.forward + self.backward_flops(lowest) + sum(self.adapter_flops(l, ranks) for l in layers)
+
+    def full_flops(self, ranks: Mapping[str, int] | int) -> float:
+        return self.step_flops(self.layers, ranks)
+
+    def cost(self, layers: Iterable[int], ranks: Mapping[str, int] | int) -> Cost:
+        layers = sorted(set(layers))
+        unknown = set(layers) - set(self.layers)
+        if unknown:
+            raise ValueError(f"layers {sorted(unknown)} are not on the card (layers: {self.layers})")
+        step = self.step_flops(layers, ranks)
+        full = self.full_flops(ranks)
+        params = sum(self.adapter_params(l, ranks) for l in layers)
+        lowest = layers[0] if layers else None
+        above = [l for l in self.layers if lowest is not None and l >= lowest]
+        return Cost(
+            fraction=step / full if full else 0.0,
+            train_flops_per_row=step,
+            full_lora_flops_per_row=full,
+            adapter_params=int(params),
+            trainable_state_bytes=int(16 * params),
+            activation_fraction=len(above) / len(self.layers) if self.layers else 0.0,
+            adapted_modules=sum(len(self.layer_dims[l]) for l in layers),
+            lowest_layer=lowest,
+        )
+
+
+def _rank(ranks: Mapping[str, int] | int, name: str) -> int:
+    return ranks if isinstance(ranks, int) else ranks[name]

@@ -1,0 +1,202 @@
+"""Finalize: statistics → per-module and per-layer columns of the Layer Card (DESIGN §1).
+
+For each module, in float64 on the CPU, with Σ = S/N and λ = δ·tr Σ / d_in:
+
+    M       = (Σ + λI)^{-1/2} C                 (eigen-decomposition Σ = V diag(μ) Vᵀ)
+    resnorm = ‖M‖_F,  resnorm_rank = sqrt(Σ_{i≤r} σ_i(M)²),  rank_capture = its share
+    energy  = tr Σ,   cond = μ_max / max(μ_min, λ),   erank = exp(H(μ / Σμ))
+    noise_amp = (tr Σ / d_in) · mean_i 1/(μ_i + λ)
+    grad_norm = ‖C‖_F,  act_norm = sqrt(tr Σ),  nfn = sqrt(tr(W Σ Wᵀ) / (‖W‖_F² tr Σ / d_in))
+    resid_explained = resnorm² / (N q)            (share of the residual the inputs span)
+
+With δ = 0 the inverse is a pseudo-inverse (eigenvalues below d·ε·μ_max dropped), i.e.
+the exact projection of the residual onto the span of the inputs. Modules whose S is
+identical (they read the same tensor) share one eigen-decomposition.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from .accumulate import Accumulator, ModuleStats
+from .cost import CostModel, ModuleShape
+from .targets import Target
+
+SPECTRUM_LEN = 64  # leading squared singular values of M kept on the card (per-module rank allocation)
+STABLE_TAU = 0.8  # split-half Kendall τ below this flags the ranking as likely to change
+
+
+class _EigenCache:
+    """Eigen-decompositions of Σ, shared between modules that read the same input."""
+
+    def __init__(self):
+        self._entries: list[tuple[torch.Tensor, int, tuple[torch.Tensor, torch.Tensor]]] = []
+
+    def get(self, S: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor]:
+        for S_ref, N_ref, eig in self._entries:
+            if N_ref == N and S_ref.shape == S.shape and torch.equal(S_ref, S):
+                return eig
+        sigma = S.double().cpu() / N
+        sigma = 0.5 * (sigma + sigma.t())
+        mu, V = torch.linalg.eigh(sigma)
+        eig = (mu.clamp_min(0.0), V)
+        self._entries.append((S, N, eig))
+        return eig
+
+
+def _inv_sqrt(mu: torch.Tensor, lam: float) -> torch.Tensor:
+    shifted = mu + lam
+    cutoff = mu.numel() * torch.finfo(torch.float64).eps * float(mu.max().clamp_min(0.0))
+    out = torch.zeros_like(shifted)
+    keep = shifted > cutoff
+    out[keep] = shifted[keep].rsqrt()
+    return out
+
+
+def _resnorm2(st: ModuleStats, damping: float, cache: _EigenCache) -> float:
+    mu, V = cache.get(st.S, st.N)
+    lam = damping * float(mu.sum()) / mu.numel()
+    M = _inv_sqrt(mu, lam)[:, None] * (V.t() @ st.C.double().cpu())
+    return float((M * M).sum())
+
+
+def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, damping: float,
+                   cache: _EigenCache | None = None) -> dict:
+    """Every per-module column of DESIGN §1/§3 from one module's statistics."""
+    cache = cache or _EigenCache()
+    d_in, d_out = st.C.shape
+    N = st.N
+    mu, V = cache.get(st.S, N)
+    trace = float(mu.sum())
+    lam = damping * trace / d_in
+    C = st.C.double().cpu()
+    # M expressed in Σ's eigenbasis: same singular values and norm as (Σ+λI)^{-1/2} C.
+    M = _inv_sqrt(mu, lam)[:, None] * (V.t() @ C)
+    sv2 = torch.linalg.svdvals(M).pow(2)
+    resnorm2 = float(sv2.sum())
+    r = min(rank, sv2.numel())
+    rank2 = float(sv2[:r].sum())
+    p = mu / trace if trace > 0 else mu
+    p = p[p > 0]
+    mu_min = float(mu.min())
+    floor = max(mu_min, lam)
+    inv = mu + lam
+    q = float(st.q.double())
+    if weight is not None:
+        W = weight.detach().double().cpu()
+        sigma = V * mu[None, :] @ V.t()
+        w_sigma_w = float(((W @ sigma) * W).sum())
+        w2 = float((W * W).sum())
+        nfn = math.sqrt(w_sigma_w / (w2 * trace / d_in)) if w2 > 0 and trace > 0 else float("nan")
+    else:
+        nfn = float("nan")
+    return {
+        "rows": int(N),
+        "resnorm": math.sqrt(resnorm2),
+        "resnorm_rank": math.sqrt(rank2),
+        "rank_capture": rank2 / resnorm2 if resnorm2 > 0 else float("nan"),
+        "energy": trace,
+        "cond": float(mu.max()) / floor if floor > 0 else float("inf"),
+        "erank": math.exp(float(-(p * p.log()).sum())) if p.numel() else 0.0,
+        "noise_amp": (trace / d_in) * float((1.0 / inv).mean()) if bool((inv > 0).all()) else float("inf"),
+        "grad_norm": float(torch.linalg.matrix_norm(C)),
+        "act_norm": math.sqrt(trace),
+        "nfn": nfn,
+        "resid_explained": resnorm2 / (N * q) if N * q > 0 else float("nan"),
+        "sv2": [float(v) for v in sv2[:SPECTRUM_LEN]],
+    }
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float | None:
+    """Kendall τ-b between two score lists (ties counted as neither concordant nor discordant)."""
+    n = len(a)
+    if n < 2:
+        return None
+    conc = disc = ties_a = ties_b = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                conc += 1
+            else:
+                disc += 1
+    denom = math.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
+    return (conc - disc) / denom if denom else None
+
+
+def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[str, torch.Tensor], *,
+             rank: int, damping: float, head_flops_per_row: float = 0.0) -> tuple[list[dict], list[dict], dict]:
+    """Module rows, layer rows and the split-half stability record for a finished sweep."""
+    cache = _EigenCache()
+    modules = []
+    for name, t in targets.items():
+        st = acc.total(name)
+        if st is None or st.N == 0:
+            continue
+        row = {"name": name, "layer": t.layer, "kind": t.kind, "d_in": t.d_in, "d_out": t.d_out}
+        row.update(module_columns(st, weights.get(name), rank=rank, damping=damping, cache=cache))
+        row["lora_params"] = rank * (t.d_in + t.d_out)
+        row["calls"] = acc.calls.get(name, 0)
+        modules.append(row)
+
+    # Split halves: resnorm² per module from each half alone (same damping rule).
+    half_r2 = []
+    for h in range(2):
+        hc = _EigenCache()
+        half_r2.append({m["name"]: _resnorm2(st, damping, hc) for m in modules
+                        if (st := acc.half(h, m["name"])) is not None and st.N > 0})
+
+    cost_model = CostModel([ModuleShape(m["name"], m["layer"], m["d_in"], m["d_out"]) for m in modules],
+                           head_flops_per_row)
+    layer_ids = sorted({m["layer"] for m in modules if m["layer"] is not None})
+    total_r2 = sum(m["resnorm"] ** 2 for m in modules if m["layer"] is not None)
+    layers = []
+    for layer in layer_ids:
+        ms = [m for m in modules if m["layer"] == layer]
+        r2 = sum(m["resnorm"] ** 2 for m in ms)
+        rr2 = sum(m["resnorm_rank"] ** 2 for m in ms)
+        layers.append({
+            "layer": layer,
+            "modules": len(ms),
+            "resnorm": math.sqrt(r2),
+            "resnorm_rank": math.sqrt(rr2),
+            "rank_capture": rr2 / r2 if r2 > 0 else float("nan"),
+            "gain_share": r2 / total_r2 if total_r2 > 0 else float("nan"),
+            "predicted_gain": r2 / 2,
+            "score": r2,
+            "energy": sum(m["energy"] for m in ms) / len(ms),
+            "noise_amp": sum(m["noise_amp"] for m in ms) / len(ms),
+            "grad_norm": math.sqrt(sum(m["grad_norm"] ** 2 for m in ms)),
+            "act_norm": sum(m["act_norm"] for m in ms) / len(ms),
+            "nfn": sum(m["nfn"] for m in ms) / len(ms),
+            "lora_params": sum(m["lora_params"] for m in ms),
+            "cost": cost_model.cost([layer], rank).fraction,
+            "resnorm_a": math.sqrt(sum(half_r2[0].get(m["name"], 0.0) for m in ms)),
+            "resnorm_b": math.sqrt(sum(half_r2[1].get(m["name"], 0.0) for m in ms)),
+        })
+    order = sorted(range(len(layers)), key=lambda i: -layers[i]["score"])
+    for position, i in enumerate(order, start=1):
+        layers[i]["rank"] = position
+
+    have_halves = bool(half_r2[0]) and bool(half_r2[1])
+    tau = kendall_tau([l["resnorm_a"] for l in layers], [l["resnorm_b"] for l in layers]) if have_halves else None
+    k = max(1, len(layers) // 4)
+    top = lambda key: {l["layer"] for l in sorted(layers, key=lambda l: -l[key])[:k]}  # noqa: E731
+    stability = {
+        "kendall_tau": tau,
+        "threshold": STABLE_TAU,
+        "stable": (tau is not None and tau >= STABLE_TAU),
+        "top_k": k,
+        "top_k_overlap": len(top("resnorm_a") & top("resnorm_b")) / k if have_halves and layers else None,
+        "batches_per_half": [acc.batches - acc.batches // 2, acc.batches // 2],
+        "note": None if have_halves else "only one batch: no split-half stability; profile more batches",
+    }
+    return modules, layers, stability

@@ -1,0 +1,225 @@
+"""Placement: which layers to adapt, under a budget, with the Pareto front (DESIGN §1).
+
+The gain of a layer set A is additive in the layer scores (Σ_{ℓ∈A} score_ℓ; the default
+score is ρ_ℓ², so the predicted loss decrease is half of it). The cost is not: the
+backward pass stops at the lowest adapted layer (see ``layerprof.cost``). Candidates
+are therefore enumerated exactly when the model has few layers (every subset), and
+otherwise greedily: for each lowest layer ℓ_min, ℓ_min plus the best-ratio layers above
+it. Every objective then picks from the same candidate set, and the non-dominated
+candidates form the gain-vs-cost Pareto front.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .cost import Cost, CostModel, ModuleShape
+
+if TYPE_CHECKING:
+    from .card import LayerCard
+
+EXACT_MAX_LAYERS = 16  # 2^16 subsets enumerate in well under a second
+
+
+class PlacementError(ValueError):
+    """A placement request that cannot be met; the message says what would fit."""
+
+
+@dataclass
+class Plan:
+    """A chosen placement: layers, their modules and ranks, predicted gain and modelled cost."""
+
+    layers: list[int]
+    modules: list[str]
+    ranks: dict[str, int]
+    predicted_gain: float
+    predicted_gain_fraction: float
+    cost: float
+    cost_detail: Cost
+    objective: str
+    constraint: dict
+    by: str
+    kinds: dict[str, str] = field(repr=False, default_factory=dict)
+    front: list[dict] = field(repr=False, default_factory=list)
+
+    def lora_config(self, r: int | None = None, lora_alpha: float | None = None, **kwargs):
+        """A ``peft.LoraConfig`` adapting exactly ``self.modules`` (see ``layerprof.peft_bridge``)."""
+        from .peft_bridge import lora_config
+
+        return lora_config(self, r=r, lora_alpha=lora_alpha, **kwargs)
+
+    def to_dict(self) -> dict:
+        return {"layers": self.layers, "modules": self.modules, "ranks": self.ranks,
+                "predicted_gain": self.predicted_gain, "predicted_gain_fraction": self.predicted_gain_fraction,
+                "cost": self.cost, "cost_detail": self.cost_detail.to_dict(), "objective": self.objective,
+                "constraint": self.constraint, "by": self.by, "front": self.front}
+
+
+def module_ranks(card: "LayerCard", rank: int | None = None, rank_target: float | None = None) -> dict[str, int]:
+    """Rank per module: ``rank`` (default: the card's), or the smallest r whose rank capture
+    ρ_m(r)²/ρ_m² reaches ``rank_target`` (from the singular spectrum of M_m kept on the card)."""
+    base = rank if rank is not None else card.rank
+    if not isinstance(base, int) or base < 1:
+        raise PlacementError(f"rank must be a positive int, got {base!r}")
+    if rank_target is None:
+        return {m.name: base for m in card.modules}
+    if not 0 < rank_target <= 1:
+        raise PlacementError(f"rank_target is a fraction of ρ² in (0, 1], got {rank_target!r}")
+    ranks = {}
+    for m in card.modules:
+        total = m.resnorm ** 2
+        cum = np.cumsum(m.sv2) / total if total > 0 else np.ones(1)
+        hit = np.nonzero(cum >= rank_target - 1e-12)[0]
+        r = int(hit[0]) + 1 if hit.size else len(m.sv2)
+        ranks[m.name] = max(1, min(r, m.d_in, m.d_out))
+    return ranks
+
+
+def _candidates(scores: np.ndarray, adapter: np.ndarray, exact: bool) -> np.ndarray:
+    """Boolean matrix (candidates × layers) of layer sets to consider."""
+    L = scores.size
+    if exact:
+        codes = np.arange(1, 2 ** L, dtype=np.int64)
+        return ((codes[:, None] >> np.arange(L)) & 1).astype(bool)
+    rows = []
+    ratio = scores / np.maximum(adapter, 1e-30)
+    for low in range(L):
+        above = [j for j in sorted(range(low + 1, L), key=lambda j: -ratio[j])]
+        row = np.zeros(L, dtype=bool)
+        row[low] = True
+        rows.append(row.copy())
+        for j in above:
+            row[j] = True
+            rows.append(row.copy())
+    return np.array(rows)
+
+
+def place(card: "LayerCard", *, layers: int | None = None, budget: float | None = None, params: int | None = None,
+          objective: str = "gain", target_gain: float | None = None, by: str = "score", rank: int | None = None,
+          rank_target: float | None = None, exact_max_layers: int = EXACT_MAX_LAYERS) -> Plan:
+    """Choose the layers to adapt.
+
+    ``objective="gain"`` maximizes Σ score_ℓ under exactly one budget: ``layers`` (count),
+    ``budget`` (training cost as a fraction of full-layer LoRA) or ``params`` (adapter
+    parameters). ``objective="cost"`` minimizes the modelled cost subject to reaching
+    ``target_gain`` (a fraction of the all-layer score). ``by`` names the layer column to
+    maximize (default the card's score; baselines such as ``grad_norm`` for comparison).
+    """
+    if not card.layers:
+        raise PlacementError("the card has no per-layer rows (no module name carried a block index such as "
+                             "'layers.3.'); nothing to place")
+    if by not in {f for f in card.layers[0].__dataclass_fields__}:
+        raise PlacementError(f"by={by!r} is not a layer column; use one of: score, resnorm, resnorm_rank, "
+                             "grad_norm, act_norm, nfn, energy")
+    ranks = module_ranks(card, rank, rank_target)
+    layer_ids = [l.layer for l in card.layers]
+    L = len(layer_ids)
+    head = sum(2.0 * h["d_in"] * h["d_out"] for h in card.meta.get("heads", []))
+    model = CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in card.modules if m.layer is not None],
+                      head)
+    col = np.array([float(getattr(l, by)) for l in card.layers])
+    if by in ("grad_norm", "act_norm", "resnorm", "resnorm_rank"):
+        col = col ** 2  # norms add in squares across a layer's modules
+    if not np.all(np.isfinite(col)) or (col < 0).any():
+        raise PlacementError(f"layer column {by!r} has non-finite or negative values; cannot place by it")
+    total = float(col.sum())
+    adapter = np.array([model.adapter_flops(l, ranks) for l in layer_ids])
+    params_l = np.array([model.adapter_params(l, ranks) for l in layer_ids], dtype=np.int64)
+    backward = np.array([model.backward_flops(l) for l in layer_ids])
+    full = model.full_flops(ranks)
+
+    exact = L <= exact_max_layers
+    cand = _candidates(col, adapter, exact)
+    lowest = cand.argmax(axis=1)  # layers are sorted, so the first True is ℓ_min
+    cost = (model.forward + backward[lowest] + cand @ adapter) / full
+    gain = cand @ col / total if total > 0 else np.zeros(len(cand))
+    nparams = cand @ params_l
+
+    constraint: dict
+    if objective == "gain":
+        given = {k: v for k, v in (("layers", layers), ("budget", budget), ("params", params)) if v is not None}
+        if len(given) != 1:
+            raise PlacementError("objective='gain' needs exactly one of layers=k, budget=fraction of full-LoRA "
+                                 f"cost, params=count; got {sorted(given) or 'none'}")
+        if target_gain is not None:
+            raise PlacementError("target_gain goes with objective='cost'")
+        constraint = given
+        if layers is not None:
+            if not isinstance(layers, (int, np.integer)) or not 1 <= layers <= L:
+                raise PlacementError(f"layers must be an int in 1..{L} (the card has {L} layers), got {layers!r}")
+            # Additive gain under a count budget: the top-k scores are exactly optimal.
+            top = np.argsort(-col, kind="stable")[:layers]
+            ok = np.zeros(L, dtype=bool)
+            ok[top] = True
+            cand = np.vstack([cand, ok])
+            lo = int(np.argmax(ok))
+            cost = np.append(cost, (model.forward + backward[lo] + ok @ adapter) / full)
+            gain = np.append(gain, ok @ col / total if total > 0 else 0.0)
+            nparams = np.append(nparams, ok @ params_l)
+            feasible = np.zeros(len(cand), dtype=bool)
+            feasible[-1] = True
+        elif budget is not None:
+            if not (isinstance(budget, (int, float)) and budget > 0):
+                raise PlacementError(f"budget is a fraction of full-layer LoRA training cost (> 0), got {budget!r}")
+            feasible = cost <= budget + 1e-12
+            if not feasible.any():
+                raise PlacementError(f"no placement fits budget={budget}: the cheapest single layer costs "
+                                     f"{cost.min():.3f} of full-layer LoRA; raise the budget to at least that")
+        else:
+            if not (isinstance(params, (int, np.integer)) and params > 0):
+                raise PlacementError(f"params must be a positive int (adapter parameters), got {params!r}")
+            feasible = nparams <= params
+            if not feasible.any():
+                raise PlacementError(f"no placement fits params={params:,}: the smallest layer's adapters have "
+                                     f"{int(params_l.min()):,} parameters at these ranks; raise params or lower rank")
+        # Highest gain; among equal gains the cheapest.
+        key = np.where(feasible, gain, -np.inf)
+        best_gain = key.max()
+        tie = feasible & (gain >= best_gain - 1e-12)
+        pick = int(np.argmin(np.where(tie, cost, np.inf)))
+    elif objective == "cost":
+        if target_gain is None or not 0 < target_gain <= 1:
+            raise PlacementError(f"objective='cost' needs target_gain in (0, 1] (a fraction of the all-layer "
+                                 f"predicted gain), got {target_gain!r}")
+        if any(v is not None for v in (layers, budget, params)):
+            raise PlacementError("objective='cost' takes target_gain only (not layers, budget or params)")
+        constraint = {"target_gain": target_gain}
+        feasible = gain >= target_gain - 1e-12
+        key = np.where(feasible, cost, np.inf)
+        tie = feasible & (cost <= key.min() + 1e-12)
+        pick = int(np.argmax(np.where(tie, gain, -np.inf)))
+    else:
+        raise PlacementError(f"objective must be 'gain' or 'cost', got {objective!r}")
+
+    chosen = [layer_ids[i] for i in np.nonzero(cand[pick])[0]]
+    modules = [m.name for m in card.modules if m.layer in chosen]
+    detail = model.cost(chosen, ranks)
+    return Plan(
+        layers=chosen,
+        modules=modules,
+        ranks={n: ranks[n] for n in modules},
+        predicted_gain=float(sum(card.layer(l).predicted_gain for l in chosen)),
+        predicted_gain_fraction=float(gain[pick]),
+        cost=detail.fraction,
+        cost_detail=detail,
+        objective=objective,
+        constraint=constraint,
+        by=by,
+        kinds={m.name: m.kind for m in card.modules if m.name in modules},
+        front=pareto_front(cand, cost, gain, nparams, layer_ids),
+    )
+
+
+def pareto_front(cand: np.ndarray, cost: np.ndarray, gain: np.ndarray, nparams: np.ndarray,
+                 layer_ids: list[int]) -> list[dict]:
+    """Non-dominated (cost ↓, gain ↑) candidates, cheapest first."""
+    order = np.lexsort((-gain, cost))
+    front, best = [], -np.inf
+    for i in order:
+        if gain[i] > best + 1e-12:
+            best = gain[i]
+            front.append({"layers": [layer_ids[j] for j in np.nonzero(cand[i])[0]], "cost": float(cost[i]),
+                          "gain_fraction": float(gain[i]), "params": int(nparams[i])})
+    return front

@@ -1,0 +1,379 @@
+"""The orchestrator: ``Profiler`` (drop-in for a training loop) and ``profile`` (one call).
+
+capture (taps) → accumulate (ops) → finalize → LayerCard. A batch begins at each
+forward of the root model (its ``attention_mask`` gives the row mask) and is committed
+when the next one begins or when the card is taken; a batch whose statistics are
+non-finite is dropped whole and counted.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import math
+import resource
+import sys
+import time
+import warnings
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from . import ops
+from .accumulate import Accumulator
+from .capture import RowMask, Tap
+from .targets import Target, find_targets, linear_kind, modules_by_name, output_head_names
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+class ProfileError(ValueError):
+    """Bad input to a profiling sweep; the message names the fix."""
+
+
+def _model_identity(model: nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        text = config.to_json_string(use_diff=False)
+    else:
+        text = repr(model)
+    return {
+        "class": type(model).__name__,
+        "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "name_or_path": getattr(config, "_name_or_path", None) or None,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", "") if any(True for _ in model.parameters())
+        else None,
+    }
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    # Process peak RSS (bytes on Linux reported in KiB): an upper bound for the sweep.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+class Profiler:
+    """Collect Layer Card statistics from backward passes run inside the ``with`` block.
+
+    Each forward of ``model`` starts a batch; its ``attention_mask`` (if given as a
+    keyword) excludes padding rows. Call ``card()`` after the block (or inside it).
+    The statistics for module m are N_m, S_m = Σ x xᵀ, C_m = Σ x gᵀ, q_m = Σ ‖g‖²
+    with g = ∂L/∂y over every backward pass run while profiling.
+    """
+
+    def __init__(self, model: nn.Module, *, targets=None, rank: int = 8, damping: float = 1e-3,
+                 backend: str = "auto", dtype: torch.dtype = torch.float32, progress: bool = False):
+        if not isinstance(model, nn.Module):
+            raise ProfileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ProfileError(f"statistics dtype must be torch.float32 or torch.float64, got {dtype}")
+        if not (isinstance(rank, int) and rank >= 1):
+            raise ProfileError(f"rank must be a positive int, got {rank!r}")
+        if not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
+            raise ProfileError(f"damping must be a finite number >= 0, got {damping!r}")
+        self.model = model
+        self.targets: dict[str, Target] = find_targets(model, targets)
+        self.target_spec = targets if targets is None or isinstance(targets, str) else list(targets)
+        too_small = [f"{t.name} ({t.d_in}×{t.d_out})" for t in self.targets.values() if rank > min(t.d_in, t.d_out)]
+        if too_small:
+            smallest = min(min(t.d_in, t.d_out) for t in self.targets.values())
+            raise ProfileError(
+                f"rank={rank} exceeds min(d_in, d_out) of {len(too_small)} target module(s): "
+                f"{', '.join(too_small[:5])}{' …' if len(too_small) > 5 else ''}; "
+                f"use rank <= {smallest} or exclude those modules with targets=")
+        self.rank, self.damping, self.dtype = rank, float(damping), dtype
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.device = device
+        self.backend_requested = backend
+        self.backend = ops.resolve_backend(backend, device.type)
+        self.acc = Accumulator({n: (t.d_in, t.d_out) for n, t in self.targets.items()}, dtype, self.backend)
+        self.progress = progress
+        self._taps: list[Tap] = []
+        self._root_handle = None
+        self._mask: RowMask | None = None
+        self._batch_rows: int | None = None
+        self._unmasked: set[str] = set()
+        self.skipped: list[dict] = []
+        self._data_hash = hashlib.sha256()
+        self._batch_index = -1
+        self._t0: float | None = None
+        self._elapsed = 0.0
+        self._active = False
+        self._rows_total = 0
+
+    # ----------------------------------------------------------------- hooks
+    def __enter__(self) -> "Profiler":
+        if self._active:
+            raise RuntimeError("this Profiler is already active")
+        modules = modules_by_name(self.model, self.targets)
+        try:
+            for name in self.targets:
+                self._taps.append(Tap(name, modules[name], self._sink, lambda: self._mask))
+            self._root_handle = self.model.register_forward_pre_hook(self._on_root_forward, with_kwargs=True)
+        except BaseException:
+            self._remove_hooks()
+            raise
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._active = True
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.end_batch()
+            else:
+                self.acc.discard()
+        finally:
+            self._remove_hooks()
+            if self._t0 is not None:
+                self._elapsed += time.perf_counter() - self._t0
+                self._t0 = None
+            self._active = False
+
+    def _remove_hooks(self) -> None:
+        for tap in self._taps:
+            tap.remove()
+        self._taps.clear()
+        if self._root_handle is not None:
+            self._root_handle.remove()
+            self._root_handle = None
+
+    def _on_root_forward(self, module, args, kwargs):
+        self.end_batch()
+        self.begin_batch(kwargs.get("attention_mask"), kwargs.get("input_ids", args[0] if args else None))
+        return None
+
+    def begin_batch(self, attention_mask: torch.Tensor | None, ids: Any = None) -> None:
+        """Start a batch: its padding mask and the data fingerprint of its inputs."""
+        self._batch_index += 1
+        mask = None
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            mask = RowMask(attention_mask)
+        self._mask = mask
+        # Rows of this batch: its non-padding positions (or all positions of input_ids);
+        # None when the inputs do not say, and the staged statistics are asked instead.
+        self._batch_rows = mask.rows if mask is not None else (
+            ids.numel() if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None)
+        if isinstance(ids, torch.Tensor):
+            self._data_hash.update(ids.detach().cpu().contiguous().numpy().tobytes())
+            if mask is not None:
+                self._data_hash.update(mask.mask.cpu().numpy().tobytes())
+
+    def _sink(self, name: str, x: torch.Tensor, g: torch.Tensor, mask: RowMask | None) -> None:
+        d_in, d_out = self.acc.dims[name]
+        x2 = x.reshape(-1, d_in)
+        g2 = g.reshape(-1, d_out)
+        row_mask = mask.for_rows(x.shape[:-1]) if mask is not None else None
+        if mask is not None and row_mask is None:
+            # Rows of this call cannot be matched to (batch, position): e.g. a pooler that
+            # reads one position per sequence. Every row counts; the card says so.
+            self._unmasked.add(name)
+        rows = x2.shape[0] if row_mask is None else mask.rows
+        self.acc.update(name, x2, g2, row_mask, rows)
+
+    def end_batch(self) -> bool:
+        """Commit the staged batch (drop it whole when non-finite); True if committed."""
+        if not self.acc.has_pending:
+            return False
+        if not self.acc.pending_is_finite():
+            self.skip(self._batch_index, "non-finite gradients or inputs")
+            self.acc.discard()
+            return False
+        staged = self.acc.pending_rows()
+        rows = self._batch_rows if self._batch_rows is not None else staged
+        if staged == 0:
+            self.skip(self._batch_index, "padding-only batch (attention_mask is all zero)")
+            self.acc.discard()
+            return False
+        self.acc.commit()
+        self._rows_total += rows
+        return True
+
+    def skip(self, index: int, reason: str) -> None:
+        self.skipped.append({"batch": index, "reason": reason})
+
+    @property
+    def rows(self) -> int:
+        """Rows (non-padding token positions) of the committed batches."""
+        return self._rows_total
+
+    # ------------------------------------------------------------------ card
+    def card(self, *, sweep_seconds: float | None = None, extra_meta: Mapping | None = None):
+        """Finalize the statistics into a ``LayerCard`` (see ``layerprof.finalize``)."""
+        from .card import LayerCard
+        from .finalize import finalize
+
+        if self._active:
+            self.end_batch()
+        elapsed = self._elapsed + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        fired = {n for n in self.targets if self.acc.total(n) is not None}
+        if not fired:
+            reasons = "; ".join(f"batch {s['batch']}: {s['reason']}" for s in self.skipped[:5])
+            raise ProfileError(
+                "no statistics were collected: " + (f"every batch was skipped ({reasons})" if self.skipped else
+                "no backward pass reached a target module; run loss.backward() inside the "
+                "Profiler block (not under torch.no_grad()), or check targets="))
+        unfired = sorted(set(self.targets) - fired)
+        if unfired:
+            warnings.warn(f"{len(unfired)} target module(s) never received a gradient and are not on the card: "
+                          f"{', '.join(unfired[:8])}{' …' if len(unfired) > 8 else ''}", stacklevel=2)
+        modules = modules_by_name(self.model, fired)
+        weights = {n: linear_kind(m).weight(modules[n]) for n, m in modules.items()}
+        heads = []
+        for name, module in modules_by_name(self.model, output_head_names(self.model)).items():
+            d_in, d_out = linear_kind(module).dims(module)
+            heads.append({"name": name, "d_in": d_in, "d_out": d_out})
+        t_fin = time.perf_counter()
+        modules_rows, layer_rows, stability = finalize(
+            self.acc, {n: self.targets[n] for n in sorted(fired, key=list(self.targets).index)},
+            weights, rank=self.rank, damping=self.damping,
+            head_flops_per_row=sum(2.0 * h["d_in"] * h["d_out"] for h in heads))
+        finalize_s = time.perf_counter() - t_fin
+        sweep = sweep_seconds if sweep_seconds is not None else elapsed
+        import layerprof
+
+        versions = {"layerprof": layerprof.__version__, "torch": torch.__version__,
+                    "python": sys.version.split()[0]}
+        for pkg in ("transformers", "peft"):
+            mod = sys.modules.get(pkg)
+            if mod is not None:
+                versions[pkg] = getattr(mod, "__version__", None)
+        meta = {
+            "model": _model_identity(self.model),
+            "data": {"rows": self.rows, "batches": self.acc.batches, "hash": self._data_hash.hexdigest()[:16]},
+            "settings": {"rank": self.rank, "damping": self.damping, "backend": self.backend,
+                         "backend_requested": self.backend_requested,
+                         "dtype": str(self.dtype).replace("torch.", ""),
+                         "targets": self.target_spec, "score": "resnorm2"},
+            "versions": versions,
+            "sweep": {"seconds": sweep, "finalize_seconds": finalize_s,
+                      "rows_per_second": self.rows / sweep if sweep > 0 else None,
+                      "peak_memory_bytes": _peak_memory(self.device),
+                      "peak_memory_kind": "cuda max_memory_allocated" if self.device.type == "cuda"
+                      else "process peak RSS", "device": str(self.device)},
+            "skipped": list(self.skipped),
+            "stability": stability,
+            "unfired": unfired,
+            "unmasked": sorted(self._unmasked),
+            "heads": heads,
+            "calls": {n: self.acc.calls.get(n, 0) for n in fired},
+        }
+        if extra_meta:
+            meta.update(extra_meta)
+        return LayerCard(modules=modules_rows, layers=layer_rows, meta=meta)
+
+
+# --------------------------------------------------------------------- profile
+@contextlib.contextmanager
+def frozen_eval(model: nn.Module):
+    """Freeze every parameter and switch to eval mode; restore both exactly on exit."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        model.eval()
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+
+
+def _as_kwargs(batch: Any, device: torch.device) -> dict:
+    if isinstance(batch, torch.Tensor):
+        batch = {"input_ids": batch}
+    if not isinstance(batch, Mapping):
+        raise ProfileError(f"a batch must be a dict of model keyword arguments or a tensor of input_ids, "
+                           f"got {type(batch).__name__}")
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _default_loss(outputs: Any, batch: Any) -> torch.Tensor:
+    loss = getattr(outputs, "loss", None)
+    if loss is None and isinstance(outputs, Mapping):
+        loss = outputs.get("loss")
+    if loss is None:
+        raise ProfileError("the model returned no loss: include labels in each batch (e.g. labels=input_ids "
+                           "for a causal LM) or pass loss_fn=lambda outputs, batch: ...")
+    return loss
+
+
+def _check_loss(loss: Any) -> torch.Tensor:
+    if not isinstance(loss, torch.Tensor):
+        raise ProfileError(f"the loss must be a torch.Tensor, got {type(loss).__name__}; return a scalar tensor "
+                           "from loss_fn")
+    if loss.numel() != 1:
+        raise ProfileError(f"the loss must be a scalar (the mean over the batch, as training computes it), got "
+                           f"shape {tuple(loss.shape)}; reduce it, e.g. loss.mean()")
+    if not loss.requires_grad:
+        raise ProfileError("the loss does not require grad: compute it from the model outputs inside loss_fn, "
+                           "not under torch.no_grad() or from detached tensors")
+    return loss.reshape(())
+
+
+def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, *, targets=None, rank: int = 8,
+            damping: float = 1e-3, backend: str = "auto", max_tokens: int | None = None, progress: bool = True,
+            dtype: torch.dtype = torch.float32):
+    """Profile ``model`` over ``batches`` in one forward/backward sweep and return a ``LayerCard``.
+
+    Each batch is a dict of model keyword arguments (or a tensor of input_ids); the loss
+    is ``loss_fn(outputs, batch)`` or ``outputs.loss`` — the mean over the batch, exactly
+    as training computes it. During the sweep the model is in eval mode with every
+    parameter frozen (only input gradients flow; no ``.grad`` is written); both are
+    restored afterwards, and the parameters are bitwise unchanged.
+    A batch with a non-finite loss or gradients is skipped and counted on the card.
+    """
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
+        raise ProfileError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+    iterator = iter(batches) if batches is not None else iter(())
+    first = next(iterator, None)
+    if first is None:
+        raise ProfileError("no batches: pass a non-empty iterable of batches (dicts of model inputs, "
+                           "e.g. {'input_ids': ..., 'attention_mask': ..., 'labels': ...})")
+    loss_fn = loss_fn or _default_loss
+    total = None
+    if hasattr(batches, "__len__"):
+        total = len(batches)  # type: ignore[arg-type]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_tokens, unit="rows", unit_scale=True, desc="layerprof sweep", dynamic_ncols=True,
+                   leave=False, postfix={"batches": f"0/{total or '?'}"})
+    prof = Profiler(model, targets=targets, rank=rank, damping=damping, backend=backend, dtype=dtype)
+    t0 = time.perf_counter()
+    try:
+        with frozen_eval(model), prof:
+            for index, batch in enumerate(itertools.chain([first], iterator)):
+                kwargs = _as_kwargs(batch, prof.device)
+                mask = kwargs.get("attention_mask")
+                if isinstance(mask, torch.Tensor) and mask.numel() and not bool(mask.any()):
+                    prof._batch_index += 1
+                    prof.skip(prof._batch_index, "padding-only batch (attention_mask is all zero)")
+                    continue
+                outputs = model(**kwargs)
+                loss = _check_loss(loss_fn(outputs, batch))
+                if not torch.isfinite(loss.detach()):
+                    prof.skip(prof._batch_index, f"non-finite loss ({loss.item()})")
+                    prof.acc.discard()
+                    continue
+                before = prof.rows
+                loss.backward()
+                prof.end_batch()
+                if bar is not None:
+                    bar.update(prof.rows - before)
+                    bar.set_postfix(batches=f"{index + 1}/{total or '?'}", refresh=False)
+                if max_tokens is not None and prof.rows >= max_tokens:
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+    return prof.card(sweep_seconds=time.perf_counter() - t0)

@@ -1,0 +1,146 @@
+"""Human-readable renderings of a LayerCard: Markdown (and a plain HTML table page)."""
+from __future__ import annotations
+
+import html as _html
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .card import LayerCard
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "nan"
+        if math.isinf(x):
+            return "inf"
+        if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+            return f"{x:.{digits - 1}e}"
+        return f"{x:.{digits}g}" if abs(x) >= 1 else f"{x:.{digits}f}"
+    return str(x)
+
+
+def _bytes(n: int | None) -> str:
+    if not n:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def _table(headers: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(headers))) + "|"]
+    out += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return out
+
+
+def _bar(share: float, width: int = 20) -> str:
+    if not isinstance(share, float) or not math.isfinite(share):
+        return ""
+    n = int(round(share * width))
+    return "█" * n + "·" * (width - n)
+
+
+def markdown(card: "LayerCard") -> str:
+    """The card as Markdown: header, recommendation, per-layer table, per-module table, notes."""
+    meta = card.meta
+    model, data, settings, sweep = meta["model"], meta["data"], meta["settings"], meta["sweep"]
+    stab = meta.get("stability", {})
+    lines = [f"# Layer Card — {model['class']}" + (f" ({model['name_or_path']})" if model.get("name_or_path") else ""),
+             "",
+             f"- model: {model['parameters']:,} parameters, dtype {model.get('dtype')}, config {model['config_hash']}",
+             f"- data: {data['rows']:,} rows in {data['batches']} batches (fingerprint {data['hash']})"
+             + (f"; {len(meta['skipped'])} batch(es) skipped" if meta.get("skipped") else ""),
+             f"- settings: rank r = {settings['rank']}, damping δ = {settings['damping']:g}, "
+             f"backend {settings['backend']}, statistics in {settings['dtype']}",
+             f"- sweep: {sweep['seconds']:.2f} s ({_fmt(sweep.get('rows_per_second'))} rows/s), "
+             f"finalize {sweep.get('finalize_seconds', 0):.2f} s, peak memory {_bytes(sweep.get('peak_memory_bytes'))} "
+             f"({sweep.get('peak_memory_kind')})",
+             ]
+    tau = stab.get("kendall_tau")
+    if tau is None:
+        lines.append(f"- stability: {stab.get('note') or 'not available'}")
+    else:
+        verdict = "stable" if stab.get("stable") else (
+            f"UNSTABLE (τ < {stab.get('threshold')}): more calibration tokens would likely change the ranking")
+        lines.append(f"- stability: split-half Kendall τ = {tau:.2f}, top-{stab.get('top_k')} overlap "
+                     f"{_fmt(stab.get('top_k_overlap'))} — {verdict}")
+    if card.layers:
+        k = card.default_layers()
+        plan = card.place(layers=k)
+        lines += ["", "## Recommendation", "",
+                  f"Adapt layers **{', '.join(map(str, plan.layers))}** (top {k} of {len(card.layers)} by score = ρ²): "
+                  f"{plan.predicted_gain_fraction:.0%} of the all-layer predicted gain at "
+                  f"{plan.cost:.0%} of full-layer LoRA's modelled training cost, "
+                  f"{plan.cost_detail.adapter_params:,} adapter parameters, {plan.cost_detail.adapted_modules} "
+                  f"adapted modules. `layerprof place CARD --layers {k}` writes the LoRA config.",
+                  "", "## Layers", "",
+                  "score = ρ_ℓ² (sum of module resnorm²); gain share = ρ_ℓ² / Σ ρ²; cost = modelled training cost "
+                  "of adapting this layer alone, as a fraction of full-layer LoRA (backward stops at the lowest "
+                  "adapted layer).", ""]
+        rows = [[str(l.layer), _bar(l.gain_share), l.gain_share, l.resnorm, l.resnorm_rank, l.rank_capture,
+                 l.energy, l.noise_amp, l.grad_norm, l.act_norm, l.nfn, l.cost, str(l.rank)] for l in card.layers]
+        lines += _table(["layer", "gain share", "", "ρ", f"ρ(r={settings['rank']})", "rank capture", "energy",
+                         "noise amp", "‖C‖ (grad)", "act norm", "nfn", "cost", "rank"], rows)
+    lines += ["", "## Modules", ""]
+    rows = [[m.name, str(m.layer) if m.layer is not None else "–", f"{m.d_in}×{m.d_out}", m.rows, m.resnorm,
+             m.rank_capture, m.energy, m.cond, m.erank, m.noise_amp, m.grad_norm, m.nfn, m.resid_explained]
+            for m in card.modules]
+    lines += _table(["module", "layer", "shape", "rows", "ρ", "rank capture", "energy", "cond", "erank", "noise amp",
+                     "‖C‖", "nfn", "resid explained"], rows)
+    notes = []
+    if meta.get("unfired"):
+        notes.append(f"Targets whose tap never fired (no gradient reached them; not on the card): "
+                     f"{', '.join(meta['unfired'])}.")
+    if meta.get("unmasked"):
+        notes.append(f"Modules whose rows could not be matched to the attention mask (all rows counted): "
+                     f"{', '.join(meta['unmasked'])}.")
+    for s in meta.get("skipped", []):
+        notes.append(f"Batch {s['batch']} skipped: {s['reason']}.")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    lines += ["", "ρ² / 2 is the loss decrease that layer's best linear correction predicts under a local quadratic "
+              "model (DESIGN §1); large noise amp or cond means ill-conditioned inputs that inflate ρ.", ""]
+    return "\n".join(lines)
+
+
+def html(card: "LayerCard") -> str:
+    """A self-contained HTML page of the Markdown tables (plots arrive with the HTML report)."""
+    body = []
+    in_table = False
+    for line in markdown(card).splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-:"):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<{tag}>{_html.escape(c)}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<p>• {_html.escape(line[2:])}</p>")
+        elif line:
+            body.append(f"<p>{_html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}td:first-child{text-align:left}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>Layer Card</title><style>{style}</style>" \
+           f"</head><body>{''.join(body)}</body></html>"
