@@ -1,0 +1,159 @@
+"""Taps: statistics from backward only, padding excluded, the model left exactly as it was."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import layerprof as lp
+from conftest import assert_untouched, make_batches, make_model, snapshot
+from reference import reference_stats
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_C_equals_the_weight_gradient_autograd_computes(arch):
+    # With W trainable, autograd's ∂L/∂W is Σ_t g_t x_tᵀ over every row, so with no padding
+    # C must equal it (transposed for nn.Linear, as stored for GPT-2's Conv1D). Both sides
+    # are fp64 sums of the same fp64 products: agreement to 1e-10 relative.
+    model = make_model(arch).double()
+    batches = [{k: v for k, v in b.items() if k != "attention_mask"} for b in make_batches(n=2)]
+    for b in batches:
+        b["labels"] = b["input_ids"].clone()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    with lp.Profiler(model, dtype=torch.float64) as prof:
+        for b in batches:
+            model(**b).loss.backward()
+    mods = dict(model.named_modules())
+    for name in prof.targets:
+        W = mods[name].weight
+        grad = W.grad if type(mods[name]).__name__ == "Conv1D" else W.grad.t()
+        C = prof.acc.total(name).C
+        assert torch.allclose(C, grad, rtol=1e-10, atol=1e-12), name
+    card = prof.card()
+    for row in card.modules:
+        assert math.isclose(row.grad_norm, float(mods[row.name].weight.grad.norm()), rel_tol=1e-10)
+
+
+def test_profile_leaves_model_bitwise_unchanged_and_restores_flags_modes_hooks():
+    model = make_model("gpt2")
+    model.train()
+    model.transformer.h[1].eval()
+    model.transformer.wte.weight.requires_grad_(False)
+    snap = snapshot(model)
+    lp.profile(model, make_batches(), progress=False)
+    assert_untouched(model, snap)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_fully_frozen_model_in_a_user_loop():
+    model = make_model("qwen3")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    snap = snapshot(model)
+    with lp.Profiler(model) as prof:
+        for b in make_batches():
+            model(**b).loss.backward()
+    card = prof.card()
+    assert len(card.modules) == 3 * 7 and all(m.rows > 0 for m in card.modules)
+    assert_untouched(model, snap)
+
+
+def test_padding_invariance():
+    # The same tokens with more padding positions (right padding, causal model) give the
+    # same statistics: padding rows are excluded, real rows are unchanged. Only the
+    # attention kernel's summation order may differ with the sequence length: 1e-4.
+    model = make_model("gpt2")
+    a = lp.profile(model, make_batches(seq=11), progress=False)
+    b = lp.profile(model, make_batches(seq=11, pad_to=23), progress=False)
+    assert a.meta["data"]["rows"] == b.meta["data"]["rows"]
+    for ra, rb in zip(a.modules, b.modules):
+        assert ra.rows == rb.rows
+        for col in ("resnorm", "energy", "grad_norm", "erank", "noise_amp"):
+            assert math.isclose(getattr(ra, col), getattr(rb, col), rel_tol=1e-4), (ra.name, col)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_card(reentrant):
+    # Checkpointing re-runs block forwards inside backward; taps count in backward only,
+    # so rows, call counts and every column must match the plain run.
+    def run(checkpoint):
+        model = make_model("llama").train()  # checkpointing is active in train mode only
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if checkpoint:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        with lp.Profiler(model) as prof:
+            for b in make_batches():
+                model(**b).loss.backward()
+        return prof.card()
+
+    plain, ckpt = run(False), run(True)
+    assert plain.meta["calls"] == ckpt.meta["calls"]
+    for ra, rb in zip(plain.modules, ckpt.modules):
+        assert ra.rows == rb.rows
+        for col in ("resnorm", "resnorm_rank", "energy", "grad_norm", "nfn"):
+            assert math.isclose(getattr(ra, col), getattr(rb, col), rel_tol=1e-5), (ra.name, col)
+
+
+class TwiceUsed(nn.Module):
+    """One Linear applied to two different inputs in a forward (e.g. a shared projection)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 6)
+        self.shared = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 20)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        h = self.emb(input_ids)
+        h = torch.tanh(self.shared(h)) + self.shared(h * 0.5)
+        logits = self.out(h)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return type("Out", (), {"loss": loss, "logits": logits})()
+
+
+def test_module_called_several_times_contributes_every_call():
+    torch.manual_seed(0)
+    model = TwiceUsed().double()
+    g = torch.Generator().manual_seed(3)
+    batches = []
+    for _ in range(2):
+        ids = torch.randint(0, 20, (2, 5), generator=g)
+        mask = torch.ones(2, 5, dtype=torch.long)
+        mask[1, 3:] = 0
+        batches.append({"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)})
+    card = lp.profile(model, batches, targets=["shared"], rank=2, dtype=torch.float64, progress=False)
+    ref = reference_stats(model, batches, ["shared"])
+    row = card.module("shared")
+    assert row.rows == ref["shared"]["N"] == 2 * 2 * 8  # two calls × two batches × 8 real rows
+    assert row.calls == 4
+    assert math.isclose(row.grad_norm, float(torch.tensor(ref["shared"]["C"]).norm()), rel_tol=1e-10)
+    assert card.meta["data"]["rows"] == 16  # tokens, not tap calls
+
+
+def test_tap_that_never_fires_is_reported_by_name():
+    class Branchy(TwiceUsed):
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Linear(6, 6)
+
+    torch.manual_seed(0)
+    model = Branchy()
+    ids = torch.randint(0, 20, (2, 5))
+    with pytest.warns(UserWarning, match="unused"):
+        card = lp.profile(model, [{"input_ids": ids, "labels": ids}], progress=False, targets=["shared", "unused"], rank=2)
+    assert card.meta["unfired"] == ["unused"]
+    assert [m.name for m in card.modules] == ["shared"]
+    assert "unused" in card.to_markdown()
+
+
+def test_forward_under_no_grad_is_not_counted():
+    model = make_model("gpt2")
+    batches = make_batches()
+    with lp.Profiler(model) as prof:
+        with torch.no_grad():
+            model(**batches[0])  # an eval forward in the user's loop
+        for b in batches:
+            model(**b).loss.backward()
+    assert prof.card().meta["data"]["batches"] == len(batches)

@@ -1,0 +1,128 @@
+"""Placement: objectives against brute force over every subset, the cost model, the Pareto front."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import layerprof as lp
+from layerprof.cost import CostModel, ModuleShape
+from layerprof.placement import module_ranks
+
+
+def synthetic_card(scores, d=16, rank=4, seed=0):
+    """A card with given layer scores: one module per layer whose ρ² is the score."""
+    rng = np.random.default_rng(seed)
+    modules, layers = [], []
+    for i, s in enumerate(scores):
+        sv2 = sorted(rng.random(8) + 1e-3, reverse=True)
+        sv2 = [v * s / sum(sv2) for v in sv2]
+        modules.append(dict(name=f"model.layers.{i}.mlp", layer=i, kind="linear", d_in=d, d_out=d + i, rows=10,
+                            resnorm=math.sqrt(s), resnorm_rank=math.sqrt(sum(sv2[:rank])),
+                            rank_capture=sum(sv2[:rank]) / s, energy=1.0, cond=1.0, erank=1.0, noise_amp=1.0,
+                            grad_norm=1.0 + i, act_norm=1.0, nfn=1.0, resid_explained=0.5,
+                            lora_params=rank * (2 * d + i), sv2=sv2))
+        layers.append(dict(layer=i, modules=1, resnorm=math.sqrt(s), resnorm_rank=0.0, rank_capture=0.0,
+                           gain_share=s / sum(scores), predicted_gain=s / 2, score=s, energy=1.0, noise_amp=1.0,
+                           grad_norm=1.0 + i, act_norm=1.0, nfn=1.0, lora_params=rank * (2 * d + i), cost=0.0,
+                           resnorm_a=0.0, resnorm_b=0.0, rank=0))
+    meta = {"settings": {"rank": rank}, "heads": [{"name": "lm_head", "d_in": d, "d_out": 50}]}
+    return lp.LayerCard(modules, layers, meta)
+
+
+SCORES = [5.0, 1.0, 3.0, 0.5, 2.0, 4.0, 0.1]
+
+
+def _brute(card, feasible):
+    model = CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in card.modules], 2.0 * 16 * 50)
+    total = sum(SCORES)
+    best = None
+    for k in range(1, len(SCORES) + 1):
+        for subset in itertools.combinations(range(len(SCORES)), k):
+            c = model.cost(subset, card.rank)
+            g = sum(SCORES[i] for i in subset) / total
+            if feasible(subset, c, g):
+                yield subset, c, g
+
+
+def test_layers_k_is_top_k():
+    card = synthetic_card(SCORES)
+    assert card.place(layers=3).layers == [0, 2, 5]
+
+
+@pytest.mark.parametrize("budget", [0.52, 0.55, 0.62, 0.7, 0.9, 1.0])
+def test_budget_is_exact_against_brute_force(budget):
+    card = synthetic_card(SCORES)
+    plan = card.place(budget=budget)
+    options = list(_brute(card, lambda s, c, g: c.fraction <= budget + 1e-12))
+    best = max(g for _, _, g in options)
+    assert math.isclose(plan.predicted_gain_fraction, best, rel_tol=1e-12)
+    assert plan.cost <= budget + 1e-12
+
+
+@pytest.mark.parametrize("target", [0.3, 0.6, 0.9, 1.0])
+def test_cost_objective_is_exact_against_brute_force(target):
+    card = synthetic_card(SCORES)
+    plan = card.place(objective="cost", target_gain=target)
+    options = list(_brute(card, lambda s, c, g: g >= target - 1e-12))
+    cheapest = min(c.fraction for _, c, _ in options)
+    assert math.isclose(plan.cost, cheapest, rel_tol=1e-12)
+    assert plan.predicted_gain_fraction >= target - 1e-12
+
+
+def test_params_budget_against_brute_force():
+    card = synthetic_card(SCORES)
+    limit = 3 * 4 * 40
+    plan = card.place(params=limit)
+    options = list(_brute(card, lambda s, c, g: c.adapter_params <= limit))
+    assert math.isclose(plan.predicted_gain_fraction, max(g for _, _, g in options), rel_tol=1e-12)
+    assert plan.cost_detail.adapter_params <= limit
+
+
+def test_cost_model_backward_depth():
+    card = synthetic_card([1.0] * 6)
+    costs = [card.place(objective="gain", layers=1, by="grad_norm").cost]  # top layer by grad_norm = layer 5
+    assert card.place(layers=1, by="grad_norm").layers == [5]
+    single = [CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in card.modules], 1600.0)
+              .cost([i], 4).fraction for i in range(6)]
+    assert all(a > b for a, b in zip(single, single[1:])), "adapting a lower layer must cost more"
+    assert math.isclose(card.place(budget=1.0).cost, 1.0)
+    # Adapting only the top layer: forward + head + top layer backward + its adapter, no deeper backward.
+    m = CostModel([ModuleShape(x.name, x.layer, x.d_in, x.d_out) for x in card.modules], 1600.0)
+    fwd = sum(2 * x.d_in * x.d_out for x in card.modules) + 1600.0
+    top = card.modules[-1]
+    step = fwd + 1600.0 + 2 * top.d_in * top.d_out + 6 * 4 * (top.d_in + top.d_out)
+    assert math.isclose(m.cost([5], 4).train_flops_per_row, step)
+    assert costs[0] == pytest.approx(single[5])
+
+
+def test_pareto_front_is_non_dominated_and_reaches_full_gain():
+    card = synthetic_card(SCORES)
+    front = card.place(layers=2).front
+    costs = [p["cost"] for p in front]
+    gains = [p["gain_fraction"] for p in front]
+    assert costs == sorted(costs) and gains == sorted(gains) and len(set(gains)) == len(gains)
+    assert math.isclose(gains[-1], 1.0)
+    every = list(_brute(card, lambda s, c, g: True))
+    for p in front:  # nothing is both cheaper and better
+        assert not any(c.fraction < p["cost"] - 1e-12 and g > p["gain_fraction"] + 1e-12 for _, c, g in every)
+
+
+def test_greedy_mode_is_feasible_and_close():
+    card = synthetic_card(SCORES)
+    exact = card.place(budget=0.6)
+    greedy = card.place(budget=0.6, exact_max_layers=0)
+    assert greedy.cost <= 0.6 + 1e-12
+    assert greedy.predicted_gain_fraction >= 0.9 * exact.predicted_gain_fraction
+
+
+def test_rank_target_ranks_from_the_spectrum():
+    card = synthetic_card(SCORES)
+    ranks = module_ranks(card, rank_target=0.8)
+    for m in card.modules:
+        cum = np.cumsum(m.sv2) / m.resnorm ** 2
+        expect = int(np.argmax(cum >= 0.8 - 1e-12)) + 1
+        assert ranks[m.name] == expect
+        assert ranks[m.name] == 1 or cum[ranks[m.name] - 2] < 0.8
+    plan = card.place(layers=2, rank_target=0.8)
+    assert plan.ranks == {n: ranks[n] for n in plan.modules}
