@@ -47,7 +47,7 @@ setup(
     # torch is deliberately unpinned: install it first (a CPU or CUDA build); a range the
     # installed torch satisfies makes pip install nothing more.
     install_requires=["torch>=2.1", "transformers>=4.45", "peft>=0.13", "numpy", "tqdm", "safetensors"],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "scipy"]},
     entry_points={"console_scripts": ["layerprof=layerprof.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -84,23 +84,22 @@ class Target:
     layers_pattern: str | None
 
 
+def _embeddings(model: nn.Module, getter: str) -> nn.Module | None:
+    """``model.get_input_embeddings()`` / ``get_output_embeddings()`` where the model has them."""
+    fn = getattr(model, getter, None)
+    if not callable(fn):
+        return None
+    try:
+        return fn()
+    except (NotImplementedError, AttributeError):
+        return None
+
+
 def output_head_names(model: nn.Module) -> set[str]:
     """Qualified names of the output head(s): modules the default targets exclude."""
     heads = set()
-    out_emb = None
-    get_out = getattr(model, "get_output_embeddings", None)
-    if callable(get_out):
-        try:
-            out_emb = get_out()
-        except (NotImplementedError, AttributeError):
-            out_emb = None
-    in_emb = None
-    get_in = getattr(model, "get_input_embeddings", None)
-    if callable(get_in):
-        try:
-            in_emb = get_in()
-        except (NotImplementedError, AttributeError):
-            in_emb = None
+    out_emb = _embeddings(model, "get_output_embeddings")
+    in_emb = _embeddings(model, "get_input_embeddings")
     tied_ptr = in_emb.weight.data_ptr() if isinstance(in_emb, nn.Embedding) else None
     for name, module in model.named_modules():
         if linear_kind(module) is None:

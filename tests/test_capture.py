@@ -157,3 +157,19 @@ def test_forward_under_no_grad_is_not_counted():
         for b in batches:
             model(**b).loss.backward()
     assert prof.card().meta["data"]["batches"] == len(batches)
+
+
+def test_bf16_model_accumulates_in_fp32():
+    # bf16 activations carry relative error ~u_bf16 = 2^-8 per element; energy (a mean of
+    # squares over many rows) averages it out, so it must agree with the fp32 model's within
+    # a few u (5%), and the statistics themselves must be fp32.
+    model = make_model("llama")
+    ref = lp.profile(model, make_batches(), progress=False)
+    with lp.Profiler(model.to(torch.bfloat16)) as prof:
+        for b in make_batches():
+            model(**b).loss.backward()
+    assert prof.acc.total(ref.modules[0].name).S.dtype == torch.float32
+    card = prof.card()
+    for a, b in zip(ref.modules, card.modules):
+        assert math.isclose(a.energy, b.energy, rel_tol=0.05), a.name
+        assert math.isfinite(b.resnorm) and b.rows == a.rows

@@ -1,0 +1,72 @@
+"""The command line end to end on the bundled default (few batches, so seconds)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from layerprof.cli import main
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("card")
+    assert main(["card", "--batches", "6", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_card_writes_card_markdown_and_lora_config(out_dir):
+    import layerprof as lp
+
+    card = lp.LayerCard.load(out_dir / "card.json")
+    assert card.meta["model"]["name_or_path"] == "layerprof/shakespeare-gpt2"
+    assert len(card.layers) == 8 and card.meta["data"]["batches"] == 6
+    assert "# Layer Card" in (out_dir / "card.md").read_text()
+    cfg = json.loads((out_dir / "lora_config.json").read_text())
+    plan = card.place(layers=2)
+    assert sorted(cfg["target_modules"]) == sorted(plan.modules)
+
+
+def test_lora_config_json_loads_into_peft(out_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from layerprof.bundled import load_default_model
+
+    cfg = json.loads((out_dir / "lora_config.json").read_text())
+    config = LoraConfig(**{k: v for k, v in cfg.items() if k in LoraConfig.__dataclass_fields__})
+    model = get_peft_model(load_default_model(), config)
+    adapted = {n for n, m in model.base_model.model.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == set(cfg["target_modules"])
+
+
+def test_place_and_report(out_dir, tmp_path, capsys):
+    assert main(["place", str(out_dir / "card.json"), "--target-gain", "0.5", "--json",
+                 "--out", str(tmp_path / "cfg.json")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["predicted_gain_fraction"] >= 0.5 and plan["objective"] == "cost"
+    assert json.loads((tmp_path / "cfg.json").read_text())["target_modules"]
+    assert main(["place", str(out_dir / "card.json"), "--budget", "0.8"]) == 0
+    assert "pareto front" in capsys.readouterr().out
+    assert main(["report", str(out_dir / "card.json")]) == 0
+    assert "## Layers" in capsys.readouterr().out
+    assert main(["report", str(out_dir / "card.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["schema"] == "layerprof.card/1"
+
+
+def test_card_json_summary(tmp_path, capsys):
+    assert main(["card", "--batches", "2", "--out", str(tmp_path), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] > 0 and len(summary["layers"]) == 2
+
+
+def test_errors_exit_2_with_a_message(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["report", str(bad)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["place", str(tmp_path / "none.json")]) == 2
+
+
+def test_console_script_help():
+    res = subprocess.run([sys.executable, "-m", "layerprof.cli", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "card" in res.stdout and "examples:" in res.stdout

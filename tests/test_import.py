@@ -1,0 +1,21 @@
+"""`import layerprof` is cheap: no CUDA initialization, no transformers or peft import."""
+import subprocess
+import sys
+
+
+def test_import_is_lean_and_never_initializes_cuda():
+    code = ("import sys, layerprof, torch; "
+            "assert not torch.cuda.is_initialized(); "
+            "assert 'transformers' not in sys.modules and 'peft' not in sys.modules, sorted(sys.modules); "
+            "print(sorted(layerprof.backends()))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "torch" in res.stdout
+
+
+def test_doctor_reports_backends(capsys):
+    from layerprof.cli import main
+
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "backend torch: available" in out and "backend cuda: unavailable" in out
