@@ -47,11 +47,16 @@ def _load_model(spec: str | None, dtype: str):
     return model.eval(), tokenizer
 
 
-def _batches(args, tokenizer):
+def _batches(args, model, tokenizer):
     from .bundled import calibration_text, text_batches
 
     text = Path(args.text).read_text(encoding="utf-8") if args.text else calibration_text()
     if tokenizer is None:
+        vocab = getattr(getattr(model, "config", None), "vocab_size", 256)
+        if vocab < 256:
+            raise SystemExit(f"layerprof: no tokenizer found with --model and its vocabulary ({vocab}) is too small "
+                             "for byte-level text; save the tokenizer into the model directory "
+                             "(tokenizer.save_pretrained(DIR))")
         return text_batches(text, batch_size=args.batch_size, seq_len=args.seq_len, n_batches=args.batches)
     import torch
 
@@ -68,7 +73,7 @@ def cmd_card(args) -> int:
 
     t0 = time.perf_counter()
     model, tokenizer = _load_model(args.model, args.dtype)
-    batches = _batches(args, tokenizer)
+    batches = _batches(args, model, tokenizer)
     card = lp.profile(model, batches, rank=args.rank, damping=args.damping, backend=args.backend,
                       max_tokens=args.max_tokens, progress=not args.no_progress,
                       targets=args.targets.split(",") if args.targets else None)

@@ -204,7 +204,7 @@ class Profiler:
         return self._rows_total
 
     # ------------------------------------------------------------------ card
-    def card(self, *, sweep_seconds: float | None = None, extra_meta: Mapping | None = None):
+    def card(self, *, sweep_seconds: float | None = None):
         """Finalize the statistics into a ``LayerCard`` (see ``layerprof.finalize``)."""
         from .card import LayerCard
         from .finalize import finalize
@@ -264,8 +264,6 @@ class Profiler:
             "heads": heads,
             "calls": {n: self.acc.calls.get(n, 0) for n in fired},
         }
-        if extra_meta:
-            meta.update(extra_meta)
         return LayerCard(modules=modules_rows, layers=layer_rows, meta=meta)
 
 

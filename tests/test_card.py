@@ -3,7 +3,6 @@ import json
 import math
 
 import pytest
-import torch
 
 import layerprof as lp
 from conftest import make_batches, make_model

@@ -70,3 +70,20 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
 def test_console_script_help():
     res = subprocess.run([sys.executable, "-m", "layerprof.cli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "card" in res.stdout and "examples:" in res.stdout
+
+
+def test_card_from_a_local_model_directory(tmp_path):
+    # A user's model saved with save_pretrained, loaded offline; no tokenizer there, so text is
+    # fed as bytes (the vocabulary covers all 256 byte values).
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import layerprof as lp
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path / "m")
+    text = tmp_path / "t.txt"
+    text.write_text("Some calibration text.\n\n" * 200)
+    assert main(["card", "--model", str(tmp_path / "m"), "--text", str(text), "--batches", "3", "--batch-size", "2",
+                 "--seq-len", "32", "--out", str(tmp_path / "o"), "--no-progress", "--rank", "4"]) == 0
+    card = lp.LayerCard.load(tmp_path / "o" / "card.json")
+    assert [l.layer for l in card.layers] == [0, 1, 2, 3] and card.meta["model"]["class"] == "LlamaForCausalLM"

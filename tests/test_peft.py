@@ -1,8 +1,6 @@
 """PEFT round trip: the plan's LoraConfig adapts exactly plan.modules, with the plan's ranks."""
-import json
 
 import pytest
-import torch
 
 import layerprof as lp
 from conftest import make_batches, make_model

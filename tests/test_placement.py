@@ -36,7 +36,6 @@ SCORES = [5.0, 1.0, 3.0, 0.5, 2.0, 4.0, 0.1]
 def _brute(card, feasible):
     model = CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in card.modules], 2.0 * 16 * 50)
     total = sum(SCORES)
-    best = None
     for k in range(1, len(SCORES) + 1):
         for subset in itertools.combinations(range(len(SCORES)), k):
             c = model.cost(subset, card.rank)
