@@ -9,8 +9,9 @@ machine noise hits both alike; the ratio of medians is the figure. Three passes:
 * sweep   — ``layerprof.profile`` over the batches (taps + accumulation, no finalize);
             finalize is timed separately.
 
-Peak memory is measured per pass in a fresh subprocess (process peak RSS above the
-RSS after loading model and data; on CUDA, torch.cuda.max_memory_allocated).
+Peak memory is measured per pass in a fresh subprocess: the peak resident set size
+during the pass above the resident size just before it (sampled every ms); on CUDA,
+torch.cuda.max_memory_allocated above the memory allocated before it.
 Appends a row to bench/results.csv with the machine described.
 
     python bench/bench_sweep.py [--batches 24] [--reps 5] [--device cpu]
@@ -26,6 +27,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -89,13 +91,33 @@ def run_sweep(model, batches, device):
     return card.meta["sweep"]["seconds"], card.meta["sweep"]["finalize_seconds"], card
 
 
+def _rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+class RssSampler(threading.Thread):
+    """Peak resident memory while a pass runs, sampled every millisecond (CPU has no allocator peak)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = _rss()
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.001):
+            self.peak = max(self.peak, _rss())
+
+
 def memory_of(args) -> int:
     model, batches = setup(args)
+    run_plain(model, batches[:1], args.device)  # allocator and autograd warm; not counted
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        base = _rss()
+        sampler = RssSampler()
+        sampler.start()
     if args.memory_of == "plain":
         run_plain(model, batches, args.device)
     elif args.memory_of == "train":
@@ -104,7 +126,9 @@ def memory_of(args) -> int:
         run_sweep(model, batches, args.device)
     if args.device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() - base
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    sampler.done.set()
+    sampler.join()
+    return max(sampler.peak, _rss()) - base
 
 
 def main() -> None:

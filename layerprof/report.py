@@ -77,12 +77,17 @@ def markdown(card: "LayerCard") -> str:
     if card.layers:
         k = card.default_layers()
         plan = card.place(layers=k)
+        cheap = card.place(objective="cost", target_gain=0.9)
         lines += ["", "## Recommendation", "",
                   f"Adapt layers **{', '.join(map(str, plan.layers))}** (top {k} of {len(card.layers)} by score = ρ²): "
                   f"{plan.predicted_gain_fraction:.0%} of the all-layer predicted gain at "
                   f"{plan.cost:.0%} of full-layer LoRA's modelled training cost, "
                   f"{plan.cost_detail.adapter_params:,} adapter parameters, {plan.cost_detail.adapted_modules} "
                   f"adapted modules. `layerprof place CARD --layers {k}` writes the LoRA config.",
+                  "",
+                  f"Cost-aware alternative: the cheapest placement reaching 90% of the predicted gain adapts layers "
+                  f"{', '.join(map(str, cheap.layers))} at {cheap.cost:.0%} of full-layer LoRA's cost "
+                  f"(`layerprof place CARD --target-gain 0.9`; `--budget F` caps the cost instead).",
                   "", "## Layers", "",
                   "score = ρ_ℓ² (sum of module resnorm²); gain share = ρ_ℓ² / Σ ρ²; cost = modelled training cost "
                   "of adapting this layer alone, as a fraction of full-layer LoRA (backward stops at the lowest "

@@ -36,6 +36,7 @@ def load_default_model(dtype: torch.dtype = torch.float32):
                                 "`python -m layerprof.bundled.train`")
     model = GPT2LMHeadModel.from_pretrained(MODEL_DIR, dtype=dtype, local_files_only=True)
     model.config._name_or_path = "layerprof/shakespeare-gpt2"
+    model.loss_type = "ForCausalLM"  # GPT-2 names no loss type; say it so transformers does not warn
     return model.eval()
 
 
