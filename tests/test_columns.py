@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import layerprof as lp
-from conftest import MODELS, make_batches, make_model
+from conftest import MODELS, assert_untouched, make_batches, make_model, snapshot
 from reference import COLUMNS, reference_columns, reference_stats, weight_of
 
 
@@ -34,7 +34,9 @@ def _check_card(card, stats, model, rank, damping, rtol):
 def test_columns_float64_every_architecture(arch):
     model = make_model(arch).double()
     batches = make_batches()
+    snap = snapshot(model)
     card = lp.profile(model, batches, rank=4, damping=1e-3, dtype=torch.float64, progress=False)
+    assert_untouched(model, snap)  # parameters bitwise, requires_grad, modes, hooks
     stats = reference_stats(model, batches, [m.name for m in card.modules])
     _check_card(card, stats, model, 4, 1e-3, 1e-8)
     # Every block is on the card with all of its linear modules.
