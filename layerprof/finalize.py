@@ -22,6 +22,7 @@ import torch
 
 from .accumulate import Accumulator, ModuleStats
 from .cost import CostModel, ModuleShape
+from .ops import symmetric
 from .targets import Target
 
 SPECTRUM_LEN = 64  # leading squared singular values of M kept on the card (per-module rank allocation)
@@ -35,11 +36,11 @@ class _EigenCache:
         self._entries: list[tuple[torch.Tensor, int, tuple[torch.Tensor, torch.Tensor]]] = []
 
     def get(self, S: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor]:
+        S = torch.triu(S)  # the defined part of S (see layerprof.ops.stats)
         for S_ref, N_ref, eig in self._entries:
             if N_ref == N and S_ref.shape == S.shape and torch.equal(S_ref, S):
                 return eig
-        sigma = S.double().cpu() / N
-        sigma = 0.5 * (sigma + sigma.t())
+        sigma = symmetric(S.double().cpu()) / N
         mu, V = torch.linalg.eigh(sigma)
         eig = (mu.clamp_min(0.0), V)
         self._entries.append((S, N, eig))

@@ -7,6 +7,11 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Triton kernels run on the CPU under the interpreter; the flag must be set before they are
+# defined (first import of layerprof.kernels), so it is set here, first. On a GPU machine
+# (LAYERPROF_TEST_TRITON_GPU=1) the kernels are compiled for the device instead.
+if os.environ.get("LAYERPROF_TEST_TRITON_GPU") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -1,18 +1,28 @@
-"""stats_update: every backend against the float64 reference on a grid of shapes, dtypes and masks.
+"""Accumulation ops: every backend against the float64 reference on a grid of shapes, dtypes and masks.
 
-Tolerance (analytic, not tuned): a sum of n products computed in fp32 from exactly
-widened inputs has error |ŝ − s| ≤ γ_n Σ|a_i b_i| with γ_n ≈ n·u, u = 2⁻²⁴
-(Higham, Accuracy and Stability of Numerical Algorithms, §3.1). So we check
-|S − S_ref| ≤ n·u·(|X|ᵀ|X|) elementwise (n = rows accumulated), and likewise for C, q.
+Tolerance (analytic, not tuned): a sum of n products computed in fp32 from exactly widened
+inputs, in any order, has error |ŝ − s| ≤ γ_n Σ|a_i b_i| with γ_n ≈ n·u, u = 2⁻²⁴ (Higham,
+Accuracy and Stability of Numerical Algorithms, §3.1). So we check
+|S − S_ref| ≤ n·u·(|X|ᵀ|X|) elementwise (n = rows accumulated), and likewise for C, q and
+the sketch. Only the upper triangle of S is part of the contract.
 """
+import importlib.util
+
 import pytest
 import torch
 
 from layerprof import ops
-from layerprof.ops import stats_update_reference
+from layerprof.ops import op
 
 U32 = 2.0 ** -24
-BACKENDS = [name for name, st in ops.backends().items() if st.available and "cpu" in st.devices]
+CPU_BACKENDS = ["torch"]
+if ops.backends()["cpp"].available:
+    CPU_BACKENDS.append("cpp")
+if importlib.util.find_spec("triton") is not None:
+    CPU_BACKENDS.append("triton")  # interpreted (conftest sets TRITON_INTERPRET=1)
+
+requires_extension = pytest.mark.skipif(not ops.backends()["cpp"].available,
+                                        reason=ops.backends()["cpp"].reason)
 
 
 def _case(d_in, d_out, rows, dtype, mask_kind, seed=0):
@@ -28,41 +38,83 @@ def _case(d_in, d_out, rows, dtype, mask_kind, seed=0):
     return x, gr, mask
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("d_in,d_out", [(1, 1), (59, 7), (64, 64), (257, 3)])
-@pytest.mark.parametrize("rows", [0, 1, 1025])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("mask_kind", ["none", "holes", "all_masked"])
+def _bound(a, b, n):
+    return 2 * (n + 1) * U32 * (a.double().abs().t() @ b.double().abs()) + 1e-300
+
+
+GRID = [(d_in, d_out, rows, dtype, mk)
+        for d_in, d_out in [(1, 1), (59, 7), (64, 64), (257, 3)]
+        for rows in [0, 1, 1025]
+        for dtype in [torch.float32, torch.bfloat16, torch.float16]
+        for mk in ["none", "holes", "all_masked"]]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("d_in,d_out,rows,dtype,mask_kind", GRID,
+                         ids=[f"{a}x{b}-r{r}-{str(t)[6:]}-{m}" for a, b, r, t, m in GRID])
 def test_stats_update_matches_reference(backend, d_in, d_out, rows, dtype, mask_kind):
     x, g, mask = _case(d_in, d_out, rows, dtype, mask_kind)
     S, C, q = torch.zeros(d_in, d_in), torch.zeros(d_in, d_out), torch.zeros(())
     S64, C64, q64 = (t.double() for t in (S, C, q))
     # Two calls: accumulation into existing sums is part of the contract.
     for _ in range(2):
-        ops.stats_update(backend, S, C, q, x, g, mask)
-        stats_update_reference(S64, C64, q64, x, g, mask)
+        op(backend, "stats_update")(S, C, q, x, g, mask)
+        op("reference", "stats_update")(S64, C64, q64, x, g, mask)
     xs, gs = (x, g) if mask is None else (x[mask], g[mask])
     n = 2 * xs.shape[0]
-    ax, ag = xs.double().abs(), gs.double().abs()
-    bound_S = 2 * (n + 1) * U32 * (ax.t() @ ax)
-    bound_C = 2 * (n + 1) * U32 * (ax.t() @ ag)
-    assert ((S.double() - S64).abs() <= bound_S + 1e-300).all()
-    assert ((C.double() - C64).abs() <= bound_C + 1e-300).all()
+    assert (torch.triu(S.double() - S64).abs() <= torch.triu(_bound(xs, xs, n))).all()
+    assert ((C.double() - C64).abs() <= _bound(xs, gs, n)).all()
     assert abs(float(q) - float(q64)) <= 2 * (n * d_out + 1) * U32 * float(q64) + 1e-300
     if mask_kind == "all_masked" or rows == 0:
-        assert S.abs().sum() == 0 and C.abs().sum() == 0 and float(q) == 0
+        assert torch.triu(S).abs().sum() == 0 and C.abs().sum() == 0 and float(q) == 0
 
 
-def test_fp64_accumulators_are_exact_to_fp64():
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gram_cross_sketch_ops(backend, dtype):
+    x, g, mask = _case(59, 33, 300, dtype, "holes", seed=4)
+    omega = torch.randn(33, 8, generator=torch.Generator().manual_seed(5))
+    xs, gs = x[mask], g[mask]
+    n = xs.shape[0]
+    S, S64 = torch.zeros(59, 59), torch.zeros(59, 59, dtype=torch.float64)
+    op(backend, "gram_update")(S, x, mask)
+    op("reference", "gram_update")(S64, x, mask)
+    assert (torch.triu(S.double() - S64).abs() <= torch.triu(_bound(xs, xs, n))).all()
+    C, C64 = torch.zeros(59, 33), torch.zeros(59, 33, dtype=torch.float64)
+    op(backend, "cross_update")(C, x, g, mask)
+    op("reference", "cross_update")(C64, x, g, mask)
+    assert ((C.double() - C64).abs() <= _bound(xs, gs, n)).all()
+    K, K64 = torch.zeros(59, 8), torch.zeros(59, 8, dtype=torch.float64)
+    op(backend, "sketch_update")(K, x, g, omega, mask)
+    op("reference", "sketch_update")(K64, x, g, omega, mask)
+    # Two nested fp32 products: GΩ (33 terms) then Xᵀ(GΩ) (n terms), plus rounding GΩ to the input dtype
+    # for low-precision inputs (the triton path keeps it fp32; all paths meet the fp32 bound here).
+    go_abs = gs.double().abs() @ omega.double().abs()
+    bound = 2 * (n + 34) * U32 * (xs.double().abs().t() @ go_abs) + 1e-300
+    assert ((K.double() - K64).abs() <= bound).all()
+
+
+@requires_extension
+def test_cpp_fp64_accumulators_are_exact_to_fp64():
     x, g, mask = _case(59, 7, 1025, torch.float32, "holes")
-    S, C, q = torch.zeros(59, 59, dtype=torch.float64), torch.zeros(59, 7, dtype=torch.float64), \
-        torch.zeros((), dtype=torch.float64)
-    ops.stats_update("torch", S, C, q, x, g, mask)
+    S, C, q = (torch.zeros(s, dtype=torch.float64) for s in ((59, 59), (59, 7), ()))
+    op("cpp", "stats_update")(S, C, q, x, g, mask)
     S64, C64, q64 = torch.zeros_like(S), torch.zeros_like(C), torch.zeros_like(q)
-    stats_update_reference(S64, C64, q64, x, g, mask)
-    # Both sum the same fp64 products; only the summation order may differ (n·u64 bound, u64 = 2^-53).
+    op("reference", "stats_update")(S64, C64, q64, x, g, mask)
     xs = x[mask].double().abs()
-    assert ((S - S64).abs() <= 1025 * 2.0 ** -53 * (xs.t() @ xs)).all()
+    # Both sum the same fp64 products; only the order differs (n·u64 bound, u64 = 2^-53).
+    assert (torch.triu(S - S64).abs() <= 1025 * 2.0 ** -53 * (xs.t() @ xs)).all()
+
+
+@requires_extension
+def test_cpp_checks_name_the_problem():
+    x = torch.randn(10, 4)
+    with pytest.raises(RuntimeError, match=r"S must be \(d_in, d_in\) = \(4, 4\)"):
+        op("cpp", "gram_update")(torch.zeros(3, 3), x)
+    with pytest.raises(RuntimeError, match="mask must have shape"):
+        op("cpp", "gram_update")(torch.zeros(4, 4), x, torch.ones(9, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="S must be float32 or float64"):
+        op("cpp", "gram_update")(torch.zeros(4, 4, dtype=torch.float16), x)
 
 
 def test_unknown_backend_named_in_error():
@@ -71,11 +123,10 @@ def test_unknown_backend_named_in_error():
 
 
 def test_auto_resolves_without_gpu_and_unavailable_backend_falls_back_with_warning():
-    assert ops.resolve_backend("auto", "cpu") in BACKENDS
+    expected = "cpp" if ops.backends()["cpp"].available else "torch"
+    assert ops.resolve_backend("auto", "cpu") == expected
     table = ops.backends()
-    missing = [n for n, st in table.items() if not st.available]
-    for name in missing:
-        with pytest.warns(UserWarning, match=f"backend '{name}' is not available"):
-            ops._warned.discard(name)
-            assert ops.resolve_backend(name, "cpu") == "torch"
     assert all(st.reason for st in table.values())
+    ops._warned.discard("cuda")
+    with pytest.warns(UserWarning, match="backend 'cuda' is not available"):
+        assert ops.resolve_backend("cuda", "cpu") == "torch"

@@ -1,18 +1,22 @@
 """Accumulation ops and backend dispatch (DESIGN §2 "accumulate").
 
-Backends implement the op signatures of ``layerprof.ops.stats``. Only ``torch`` ships
-in this release; ``cpp``, ``triton`` and ``cuda`` are declared here so that
-``backends()`` can say why each is not available, and ``backend="auto"`` resolves to
-the fastest one that is.
+Every backend implements the signatures of ``layerprof.ops.stats`` (declared there
+once, with the float64 reference). ``backend="auto"`` picks cuda > triton > cpp > torch
+among those that can run on the tensors' device; asking for an unavailable backend
+falls back to ``torch`` with one warning. Nothing here initializes CUDA at import:
+availability is probed lazily, and only ``torch.cuda.is_available()`` is consulted
+(which does not create a context).
 """
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.util
 import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-from .stats import stats_update_reference, stats_update_torch
+from .stats import stats_update_reference, stats_update_torch, symmetric
 
 PREFERENCE = ("cuda", "triton", "cpp", "torch")
 
@@ -25,48 +29,108 @@ class BackendStatus:
     devices: tuple[str, ...]
 
 
-def _native_status(name: str) -> BackendStatus:
-    # Native kernels are built into layerprof._C by setup.py when sources exist;
-    # look without importing torch.cuda so that this never initializes a GPU.
+@functools.lru_cache(maxsize=None)
+def _extension():
+    """``layerprof._C`` or the reason it cannot be loaded."""
     if importlib.util.find_spec("layerprof._C") is None:
-        return BackendStatus(name, False, "extension layerprof._C not built (no native sources in this release)",
-                             ("cuda",) if name == "cuda" else ("cpu",))
-    return BackendStatus(name, False, f"layerprof._C has no {name} kernels yet", ())
+        return None, ("extension layerprof._C is not built (no C++ compiler or torch at install time, or "
+                      "LAYERPROF_NO_EXT=1); reinstall with `pip install --no-build-isolation -e .`")
+    try:
+        return importlib.import_module("layerprof._C"), "built"
+    except ImportError as e:  # e.g. built against another torch
+        return None, f"extension layerprof._C failed to load ({e}); rebuild it against this torch"
+
+
+def _cpp_status() -> BackendStatus:
+    ext, why = _extension()
+    if ext is None:
+        return BackendStatus("cpp", False, why, ("cpu",))
+    return BackendStatus("cpp", True, "C++ extension (OpenMP gather + blocked upper-triangle GEMMs)", ("cpu",))
+
+
+def _cuda_status() -> BackendStatus:
+    ext, why = _extension()
+    if ext is None:
+        return BackendStatus("cuda", False, why, ("cuda",))
+    if not hasattr(ext, "stats_update_cuda"):
+        return BackendStatus("cuda", False, "layerprof._C was built without CUDA (torch had no CUDA at build time)",
+                             ("cuda",))
+    import torch
+
+    if not torch.cuda.is_available():
+        return BackendStatus("cuda", False, "no CUDA device visible", ("cuda",))
+    return BackendStatus("cuda", True, "CUDA kernels in layerprof._C", ("cuda",))
+
+
+def _triton_status() -> BackendStatus:
+    if importlib.util.find_spec("triton") is None:
+        return BackendStatus("triton", False, "triton is not installed (pip install triton)", ("cuda",))
+    import os
+
+    import torch
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return BackendStatus("triton", True, "Triton kernels under the interpreter (TRITON_INTERPRET=1; slow)",
+                             ("cpu", "cuda"))
+    if not torch.cuda.is_available():
+        return BackendStatus("triton", False, "no CUDA device (set TRITON_INTERPRET=1 to run kernels on the CPU)",
+                             ("cuda",))
+    return BackendStatus("triton", True, "Triton kernels (layerprof.kernels)", ("cuda",))
 
 
 def backends() -> dict[str, BackendStatus]:
     """Which accumulation backends exist here and why the others do not."""
-    status = {name: _native_status(name) for name in ("cuda", "cpp")}
-    status["triton"] = BackendStatus(
-        "triton", False,
-        "no Triton kernels in this release" if importlib.util.find_spec("triton") else "triton is not installed",
-        ("cuda",))
-    status["torch"] = BackendStatus("torch", True, "pure PyTorch reference; any device", ("cpu", "cuda", "mps", "xpu"))
-    return {name: status[name] for name in PREFERENCE}
+    return {
+        "cuda": _cuda_status(),
+        "triton": _triton_status(),
+        "cpp": _cpp_status(),
+        "torch": BackendStatus("torch", True, "pure PyTorch reference; any device", ("cpu", "cuda", "mps", "xpu")),
+    }
 
 
-_IMPLS: dict[str, Callable] = {"torch": stats_update_torch}
 _warned: set[str] = set()
 
 
 def resolve_backend(name: str, device_type: str = "cpu") -> str:
     """Map ``"auto"`` (or an explicit name) to a backend that can run on ``device_type``."""
+    if name != "auto" and name not in PREFERENCE:
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(('auto',) + PREFERENCE)}")
     table = backends()
     if name == "auto":
         for candidate in PREFERENCE:
             st = table[candidate]
+            # The interpreter is for tests; auto never picks it.
+            if candidate == "triton" and "cpu" in st.devices and device_type == "cpu":
+                continue
             if st.available and device_type in st.devices:
                 return candidate
         return "torch"
-    if name not in table:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(('auto',) + PREFERENCE)}")
     st = table[name]
-    if not st.available:
+    if not st.available or device_type not in st.devices:
         if name not in _warned:
             _warned.add(name)
-            warnings.warn(f"backend {name!r} is not available ({st.reason}); using 'torch'", stacklevel=3)
+            why = st.reason if not st.available else f"it does not run on {device_type} tensors"
+            warnings.warn(f"backend {name!r} is not available ({why}); using 'torch'", stacklevel=3)
         return "torch"
     return name
+
+
+def _cpp_stats(S, C, q, x, g, mask=None):
+    _extension()[0].stats_update(S, C, q, x, g, mask)
+
+
+def _cuda_stats(S, C, q, x, g, mask=None):
+    _extension()[0].stats_update_cuda(S, C, q, x, g, mask)
+
+
+def _triton_stats(S, C, q, x, g, mask=None):
+    from layerprof.kernels.stats import stats_update_triton
+
+    stats_update_triton(S, C, q, x, g, mask)
+
+
+_IMPLS: dict[str, Callable] = {"torch": stats_update_torch, "cpp": _cpp_stats, "cuda": _cuda_stats,
+                               "triton": _triton_stats}
 
 
 def stats_update(backend: str, S, C, q, x, g, mask=None) -> None:
@@ -74,5 +138,26 @@ def stats_update(backend: str, S, C, q, x, g, mask=None) -> None:
     _IMPLS[backend](S, C, q, x, g, mask)
 
 
+def op(backend: str, name: str) -> Callable:
+    """One op (``gram_update``, ``cross_update``, ``stats_update``, ``sketch_update``) of one backend."""
+    if backend == "torch":
+        from . import stats as torch_ops
+
+        return getattr(torch_ops, f"{name}_torch")
+    if backend == "reference":
+        from . import stats as torch_ops
+
+        return getattr(torch_ops, f"{name}_reference")
+    if backend == "cpp":
+        return getattr(_extension()[0], name)
+    if backend == "cuda":
+        return getattr(_extension()[0], f"{name}_cuda")
+    if backend == "triton":
+        from layerprof.kernels import stats as triton_ops
+
+        return getattr(triton_ops, f"{name}_triton")
+    raise ValueError(f"unknown backend {backend!r}")
+
+
 __all__ = ["backends", "resolve_backend", "stats_update", "stats_update_reference", "stats_update_torch",
-           "BackendStatus"]
+           "BackendStatus", "symmetric", "op"]

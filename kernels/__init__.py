@@ -1,0 +1,1 @@
+"""Triton accumulation kernels (installed as ``layerprof.kernels``); see ``stats.py``."""
