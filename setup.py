@@ -1,8 +1,8 @@
 """Build layerprof: a pure-Python package, plus native kernels when their sources exist.
 
-The extension hook: ``get_extensions`` compiles ``csrc/cpu/*.cpp`` (and ``csrc/cuda/*.cu``
-when torch has CUDA) into ``layerprof._C`` with torch's cpp_extension. Set
-``LAYERPROF_NO_EXT=1`` to skip it. Without a compiler or sources, the install is
+``get_extensions`` compiles ``csrc/binding.cpp`` and ``csrc/cpu/*.cpp`` (plus ``csrc/cuda/``
+when torch has CUDA and nvcc exists) into ``layerprof._C`` with torch's cpp_extension.
+Set ``LAYERPROF_NO_EXT=1`` to skip it, ``LAYERPROF_NO_CUDA=1`` to build the CPU ops only. Without a compiler or sources, the install is
 pure Python and the ``torch`` backend is used (one clear warning, never an error).
 Install torch first and build with ``pip install --no-build-isolation``: build
 isolation would download a multi-GB torch.
@@ -15,8 +15,8 @@ from setuptools import find_packages, setup
 
 
 def get_extensions():
-    sources = sorted(glob("csrc/cpu/*.cpp"))
-    if os.environ.get("LAYERPROF_NO_EXT") == "1" or not sources:
+    cpu_sources = ["csrc/binding.cpp"] + sorted(glob("csrc/cpu/*.cpp"))
+    if os.environ.get("LAYERPROF_NO_EXT") == "1" or not os.path.exists("csrc/binding.cpp"):
         return [], {}
     try:
         import torch
@@ -24,11 +24,20 @@ def get_extensions():
     except ImportError:
         warnings.warn("torch is not importable at build time: installing layerprof without native kernels")
         return [], {}
-    cuda_sources = sorted(glob("csrc/cuda/*.cu"))
-    use_cuda = bool(cuda_sources) and torch.cuda.is_available() or os.environ.get("LAYERPROF_FORCE_CUDA") == "1"
-    ext_cls = cpp_extension.CUDAExtension if use_cuda else cpp_extension.CppExtension
-    ext = ext_cls("layerprof._C", sources + (cuda_sources if use_cuda else []),
-                  extra_compile_args={"cxx": ["-O3", "-fopenmp"], "nvcc": ["-O3"]}, extra_link_args=["-fopenmp"])
+    cuda_sources = sorted(glob("csrc/cuda/*.cpp")) + sorted(glob("csrc/cuda/*.cu"))
+    # CUDA kernels join the extension when torch has CUDA and nvcc is there (or when forced);
+    # LAYERPROF_NO_CUDA=1 builds the CPU ops only.
+    use_cuda = (torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+                and os.environ.get("LAYERPROF_NO_CUDA") != "1") or os.environ.get("LAYERPROF_FORCE_CUDA") == "1"
+    args = {"cxx": ["-O3", "-fopenmp"]}
+    if use_cuda:
+        args["nvcc"] = ["-O3", "-gencode=arch=compute_80,code=sm_80",
+                        "-gencode=arch=compute_90,code=sm_90"]
+        ext = cpp_extension.CUDAExtension("layerprof._C", cpu_sources + cuda_sources, extra_compile_args=args,
+                                          define_macros=[("WITH_CUDA", None)], extra_link_args=["-fopenmp"])
+    else:
+        ext = cpp_extension.CppExtension("layerprof._C", cpu_sources, extra_compile_args=args,
+                                         extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 
@@ -49,7 +58,8 @@ setup(
     # torch is deliberately unpinned: install it first (a CPU or CUDA build); a range the
     # installed torch satisfies makes pip install nothing more.
     install_requires=["torch>=2.1", "transformers>=4.45", "peft>=0.13", "numpy", "tqdm", "safetensors"],
-    extras_require={"test": ["pytest>=7", "scipy"]},
+    # triton runs its kernels on the CPU under TRITON_INTERPRET=1 in the tests.
+    extras_require={"test": ["pytest>=7", "scipy", "triton; platform_system == \"Linux\" and platform_machine == \"x86_64\""]},
     entry_points={"console_scripts": ["layerprof=layerprof.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

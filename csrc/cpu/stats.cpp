@@ -13,7 +13,7 @@
 // in column blocks that stop at the diagonal, so the Gram costs about half a matrix
 // product (the lower triangle is never computed). The block products are BLAS GEMMs
 // through ATen, which run on torch's OpenMP thread pool.
-#include <torch/extension.h>
+#include "../ops.h"
 
 #include <ATen/Parallel.h>
 
@@ -208,15 +208,3 @@ void sketch_update(at::Tensor CO, const at::Tensor& x, const at::Tensor& g, cons
 }
 
 }  // namespace layerprof
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "layerprof native accumulation ops (CPU); see layerprof/ops/stats.py for the contracts";
-  m.def("gram_update", &layerprof::gram_update, "S += XᵀX (upper triangle)", py::arg("S"), py::arg("x"),
-        py::arg("mask") = py::none());
-  m.def("cross_update", &layerprof::cross_update, "C += XᵀG", py::arg("C"), py::arg("x"), py::arg("g"),
-        py::arg("mask") = py::none());
-  m.def("stats_update", &layerprof::stats_update, "S += XᵀX (upper), C += XᵀG, q += ‖G‖²", py::arg("S"),
-        py::arg("C"), py::arg("q"), py::arg("x"), py::arg("g"), py::arg("mask") = py::none());
-  m.def("sketch_update", &layerprof::sketch_update, "CΩ += Xᵀ(GΩ)", py::arg("C_sketch"), py::arg("x"), py::arg("g"),
-        py::arg("omega"), py::arg("mask") = py::none());
-}
