@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -56,6 +57,15 @@ std::vector<int64_t> kept_rows(int64_t rows, const c10::optional<at::Tensor>& ma
   return idx;
 }
 
+template <typename Acc, typename In>
+inline Acc widen(In v) {
+  if constexpr (std::is_same_v<In, double> || std::is_same_v<In, float>) {
+    return static_cast<Acc>(v);
+  } else {
+    return static_cast<Acc>(static_cast<float>(v));  // exact: fp32 holds every bf16/fp16 value
+  }
+}
+
 // One parallel pass: Z[:, off:off+d] = widen(x[idx]); returns Σ z² (fp64) when asked.
 template <typename In, typename Acc>
 double gather_into(const at::Tensor& x, const std::vector<int64_t>& idx, at::Tensor& Z, int64_t off, bool squares) {
@@ -71,15 +81,21 @@ double gather_into(const at::Tensor& x, const std::vector<int64_t>& idx, at::Ten
     for (int64_t r = begin; r < end; ++r) {
       const In* src = xp + idx[r] * sx0;
       Acc* dst = zp + r * ldz + off;
-      for (int64_t c = 0; c < d; ++c) {
-        Acc v;
-        if constexpr (std::is_same_v<In, double>) {
-          v = static_cast<Acc>(src[c * sx1]);
-        } else {
-          v = static_cast<Acc>(static_cast<float>(src[c * sx1]));  // exact: fp32 holds bf16/fp16
+      if constexpr (std::is_same_v<In, Acc>) {
+        if (sx1 == 1 && !squares) {  // same dtype, contiguous row: a plain copy
+          std::memcpy(dst, src, d * sizeof(Acc));
+          continue;
         }
-        dst[c] = v;
-        if (squares) acc += static_cast<double>(v) * static_cast<double>(v);
+      }
+      if (sx1 == 1) {  // unit stride: the widening loop vectorizes
+        for (int64_t c = 0; c < d; ++c) dst[c] = widen<Acc>(src[c]);
+      } else {
+        for (int64_t c = 0; c < d; ++c) dst[c] = widen<Acc>(src[c * sx1]);
+      }
+      if (squares) {
+        double row = 0.0;
+        for (int64_t c = 0; c < d; ++c) row += static_cast<double>(dst[c]) * static_cast<double>(dst[c]);
+        acc += row;
       }
     }
     partial[at::get_thread_num() * 8] += acc;
@@ -155,11 +171,11 @@ void cross_update(at::Tensor C, const at::Tensor& x, const at::Tensor& g, const 
               x.size(1), ", ", g.size(1), "), got ", C.sizes());
   auto idx = kept_rows(x.size(0), mask);
   if (idx.empty()) return;
-  const int64_t din = x.size(1), dout = g.size(1);
-  at::Tensor Z = at::empty({static_cast<int64_t>(idx.size()), din + dout}, C.options());
-  gather(x, idx, Z, 0, false);
-  gather(g, idx, Z, din, false);
-  C.addmm_(Z.narrow(1, 0, din).t(), Z.narrow(1, din, dout));
+  const int64_t n = static_cast<int64_t>(idx.size());
+  at::Tensor X = at::empty({n, x.size(1)}, C.options()), G = at::empty({n, g.size(1)}, C.options());
+  gather(x, idx, X, 0, false);
+  gather(g, idx, G, 0, false);
+  C.addmm_(X.t(), G);
 }
 
 void stats_update(at::Tensor S, at::Tensor C, at::Tensor q, const at::Tensor& x, const at::Tensor& g,
@@ -179,13 +195,13 @@ void stats_update(at::Tensor S, at::Tensor C, at::Tensor q, const at::Tensor& x,
   TORCH_CHECK(q.numel() == 1, "q must be a scalar tensor");
   auto idx = kept_rows(x.size(0), mask);
   if (idx.empty()) return;
-  // Z = [X | G] of the kept rows, widened, in one pass over each input.
-  at::Tensor Z = at::empty({static_cast<int64_t>(idx.size()), din + dout}, S.options());
-  gather(x, idx, Z, 0, false);
-  double g2 = gather(g, idx, Z, din, true);
-  at::Tensor X = Z.narrow(1, 0, din);
+  // The kept rows of X and G, widened, in one pass over each input (q comes with G's pass).
+  const int64_t n = static_cast<int64_t>(idx.size());
+  at::Tensor X = at::empty({n, din}, S.options()), G = at::empty({n, dout}, S.options());
+  gather(x, idx, X, 0, false);
+  double g2 = gather(g, idx, G, 0, true);
   gram_upper_blocked(S, X);
-  C.addmm_(X.t(), Z.narrow(1, din, dout));
+  C.addmm_(X.t(), G);
   q.add_(g2);
 }
 
@@ -199,12 +215,14 @@ void sketch_update(at::Tensor CO, const at::Tensor& x, const at::Tensor& g, cons
               "C_sketch must be (d_in, k), got ", CO.sizes());
   auto idx = kept_rows(x.size(0), mask);
   if (idx.empty()) return;
-  const int64_t din = x.size(1), dout = g.size(1);
-  at::Tensor Z = at::empty({static_cast<int64_t>(idx.size()), din + dout}, CO.options());
+  // Project first (GΩ over all rows is rows·d_out·k work either way), then gather only X
+  // and the narrow GΩ: G itself is never copied.
+  at::Tensor go = at::mm(g.to(CO.scalar_type()), omega.to(CO.scalar_type()));
+  const int64_t din = x.size(1), k = go.size(1);
+  at::Tensor Z = at::empty({static_cast<int64_t>(idx.size()), din + k}, CO.options());
   gather(x, idx, Z, 0, false);
-  gather(g, idx, Z, din, false);
-  at::Tensor GO = at::mm(Z.narrow(1, din, dout), omega.to(CO.scalar_type()));
-  CO.addmm_(Z.narrow(1, 0, din).t(), GO);
+  gather(go, idx, Z, din, false);
+  CO.addmm_(Z.narrow(1, 0, din).t(), Z.narrow(1, din, k));
 }
 
 }  // namespace layerprof
