@@ -12,41 +12,24 @@ machine noise hits both alike; the ratio of medians is the figure. Three passes:
 Peak memory is measured per pass in a fresh subprocess: the peak resident set size
 during the pass above the resident size just before it (sampled every ms); on CUDA,
 torch.cuda.max_memory_allocated above the memory allocated before it.
-Appends a row to bench/results.csv with the machine described.
+Every available backend's sweep is timed in the same interleaved run. Appends rows to
+bench/results.csv with the machine described.
 
-    python bench/bench_sweep.py [--batches 24] [--reps 5] [--device cpu]
+    python bench/bench_sweep.py [--batches 24] [--reps 5] [--device cpu] [--backends torch cpp]
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}; {os.cpu_count()} cores; torch {torch.__version__} threads {torch.get_num_threads()}; {gpu}"
+from harness import append, interleaved, machine
 
 
 def setup(args):
@@ -58,23 +41,14 @@ def setup(args):
     return model, batches
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def run_plain(model, batches, device, trainable=False):
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(trainable)
     handle = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
     try:
-        sync(device)
-        t = time.perf_counter()
         for b in batches:
             model(**b).loss.backward()
-        sync(device)
-        return time.perf_counter() - t
     finally:
         handle.remove()
         for p, f in zip(model.parameters(), flags):
@@ -82,12 +56,10 @@ def run_plain(model, batches, device, trainable=False):
             p.grad = None
 
 
-def run_sweep(model, batches, device):
+def run_sweep(model, batches, device, backend="auto"):
     import layerprof as lp
 
-    sync(device)
-    card = lp.profile(model, batches, progress=False)
-    sync(device)
+    card = lp.profile(model, batches, progress=False, backend=backend)
     return card.meta["sweep"]["seconds"], card.meta["sweep"]["finalize_seconds"], card
 
 
@@ -123,7 +95,7 @@ def memory_of(args) -> int:
     elif args.memory_of == "train":
         run_plain(model, batches, args.device, trainable=True)
     else:
-        run_sweep(model, batches, args.device)
+        run_sweep(model, batches, args.device, args.memory_of.split(":", 1)[1])
     if args.device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() - base
     sampler.done.set()
@@ -138,54 +110,55 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--memory-of", choices=["plain", "train", "sweep"], help=argparse.SUPPRESS)
-    ap.add_argument("--csv", default=str(HERE / "results.csv"))
+    ap.add_argument("--backends", nargs="+", default=None, help="sweep backends to compare (default: all here)")
+    ap.add_argument("--memory-of", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_of:
         print(json.dumps({"peak_bytes": memory_of(args)}))
         return
 
+    from layerprof import ops
+
+    table = ops.backends()
+    dev = args.device.split(":")[0]
+    backends = args.backends or [b for b in ("torch", "cpp", "cuda", "triton")
+                                 if table[b].available and dev in table[b].devices
+                                 and not (b == "triton" and dev == "cpu")]
     model, batches = setup(args)
     rows = sum(int(b["attention_mask"].sum()) for b in batches)
-    run_plain(model, batches[:2], args.device)  # warm-up both paths
-    run_sweep(model, batches[:2], args.device)
-    plain, train, sweep, fin = [], [], [], []
-    for _ in range(args.reps):
-        plain.append(run_plain(model, batches, args.device))
-        s, f, card = run_sweep(model, batches, args.device)
-        sweep.append(s)
-        fin.append(f)
-        train.append(run_plain(model, batches, args.device, trainable=True))
+    fns = {"plain": lambda: run_plain(model, batches, args.device),
+           "train": lambda: run_plain(model, batches, args.device, trainable=True)}
+    finalize = {}
+
+    def sweep(b):
+        def fn():
+            finalize[b] = run_sweep(model, batches, args.device, b)[1]
+        return fn
+
+    fns.update({f"sweep:{b}": sweep(b) for b in backends})
+    med = interleaved(fns, args.reps, args.device)
+    # A sweep's time as reported by the card excludes finalize; the interleaved timing above
+    # includes it, so take finalize out for the sweep-vs-plain ratio and report it alone.
     mem = {}
-    for kind in ("plain", "train", "sweep"):
+    for kind in ["plain", "train"] + [f"sweep:{b}" for b in backends]:
         cmd = [sys.executable, __file__, "--memory-of", kind, "--batches", str(args.batches), "--batch-size",
                str(args.batch_size), "--seq-len", str(args.seq_len), "--device", args.device]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         mem[kind] = json.loads(out)["peak_bytes"]
-    med = {k: statistics.median(v) for k, v in (("plain", plain), ("train", train), ("sweep", sweep),
-                                               ("finalize", fin))}
-    result = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "bench": "sweep_vs_plain", "model": "bundled shakespeare-gpt2 (8×128, 1.65M params)",
-        "device": args.device, "rows": rows, "batches": args.batches, "reps": args.reps,
-        "plain_s": round(med["plain"], 4), "train_s": round(med["train"], 4), "sweep_s": round(med["sweep"], 4),
-        "finalize_s": round(med["finalize"], 4),
-        "sweep_over_plain": round(med["sweep"] / med["plain"], 3),
-        "sweep_over_train": round(med["sweep"] / med["train"], 3),
-        "peak_mib_plain": round(mem["plain"] / 2 ** 20, 1), "peak_mib_train": round(mem["train"] / 2 ** 20, 1),
-        "peak_mib_sweep": round(mem["sweep"] / 2 ** 20, 1),
-        "machine": machine(), "layerprof_backend": card.meta["settings"]["backend"],
-    }
-    path = Path(args.csv)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(result))
-        if new:
-            w.writeheader()
-        w.writerow(result)
-    width = max(map(len, result))
-    for k, v in result.items():
-        print(f"{k:<{width}}  {v}")
+    rows_out = []
+    print(f"# {machine()}\n# bundled shakespeare-gpt2, {args.batches} batches × {args.batch_size} × {args.seq_len}, "
+          f"{rows:,} tokens, median of {args.reps} interleaved")
+    print(f"{'pass':<14}{'seconds':>9}{'/plain':>8}{'finalize s':>12}{'peak MiB':>10}")
+    for kind, t in med.items():
+        fin = finalize.get(kind.split(":", 1)[1], 0.0) if kind.startswith("sweep") else 0.0
+        sweep_t = t - fin
+        print(f"{kind:<14}{sweep_t:>9.3f}{sweep_t / med['plain']:>8.2f}{fin:>12.3f}{mem[kind] / 2 ** 20:>10.1f}")
+        rows_out.append({"bench": "sweep_vs_plain", "pass": kind, "device": args.device, "rows": rows,
+                         "batches": args.batches, "reps": args.reps, "seconds": round(sweep_t, 4),
+                         "over_plain": round(sweep_t / med["plain"], 3), "finalize_s": round(fin, 4),
+                         "peak_mib": round(mem[kind] / 2 ** 20, 1),
+                         "model": "bundled shakespeare-gpt2 (8x128, 1.65M params)"})
+    append(rows_out)
 
 
 if __name__ == "__main__":
