@@ -24,12 +24,6 @@ class ModuleStats:
     C: torch.Tensor
     q: torch.Tensor
 
-    @classmethod
-    def zeros(cls, d_in: int, d_out: int, dtype: torch.dtype, device: torch.device) -> "ModuleStats":
-        return cls(0, torch.zeros(d_in, d_in, dtype=dtype, device=device),
-                   torch.zeros(d_in, d_out, dtype=dtype, device=device),
-                   torch.zeros((), dtype=dtype, device=device))
-
     def add_(self, other: "ModuleStats") -> "ModuleStats":
         self.N += other.N
         self.S.add_(other.S)
@@ -37,75 +31,119 @@ class ModuleStats:
         self.q.add_(other.q)
         return self
 
-    def zero_(self) -> None:
-        self.N = 0
-        self.S.zero_()
-        self.C.zero_()
-        self.q.zero_()
-
     def __add__(self, other: "ModuleStats") -> "ModuleStats":
         return ModuleStats(self.N + other.N, self.S + other.S, self.C + other.C, self.q + other.q)
 
-    def is_finite(self) -> bool:
-        # tr S is non-finite iff some x was; q iff some g was; C then inherits from either.
-        return bool(torch.isfinite(self.q) & torch.isfinite(self.S.diagonal().sum()))
+
+@dataclass
+class _Staged:
+    """One module's part of the current batch: its C, q, N and the inputs (Gram ids) it read."""
+
+    N: int
+    C: torch.Tensor
+    q: torch.Tensor
+    inputs: list = field(default_factory=list)
 
 
 @dataclass
 class Accumulator:
-    """Per-module statistics in two halves plus the staged statistics of the current batch."""
+    """Per-module statistics in two halves plus the staged statistics of the current batch.
+
+    Modules that read the same input tensor in a forward (q/k/v projections, gate/up) share
+    one Gram update: the first tap to reach an input computes XᵀX into a per-input buffer
+    with the fused op, the others only C and q; at commit each module's S receives the
+    Gram of every input it read. Exact, and the Gram work drops to one per distinct input.
+    """
 
     dims: dict[str, tuple[int, int]]  # name -> (d_in, d_out)
     dtype: torch.dtype = torch.float32
     backend: str = "torch"
     halves: tuple[dict[str, ModuleStats], dict[str, ModuleStats]] = field(default_factory=lambda: ({}, {}))
-    pending: dict[str, ModuleStats] = field(default_factory=dict)
-    pending_calls: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, _Staged] = field(default_factory=dict)
+    grams: dict[int, torch.Tensor] = field(default_factory=dict)  # input id -> this batch's XᵀX
     calls: dict[str, int] = field(default_factory=dict)  # committed tap firings per module
     batches: int = 0
+    gram_updates: int = 0  # Gram computations done (≤ tap firings when inputs are shared)
+    _free: dict = field(default_factory=dict)  # (d_in, device) -> reusable Gram buffers
+    _solo: int = 0
 
-    def update(self, name: str, x: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None, rows: int) -> None:
-        """Stage one call's (X, G) for module ``name``; ``rows`` = number of unmasked rows."""
+    def update(self, name: str, x: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None, rows: int,
+               input_id: int | None = None) -> None:
+        """Stage one call's (X, G) for module ``name``; ``rows`` = number of unmasked rows.
+
+        ``input_id`` names the input tensor within this batch (equal ids: the same tensor,
+        read by several modules); None means not shared.
+        """
+        d_in, d_out = self.dims[name]
         st = self.pending.get(name)
         if st is None:
-            d_in, d_out = self.dims[name]
-            st = self.pending[name] = ModuleStats.zeros(d_in, d_out, self.dtype, x.device)
-        elif st.S.device != x.device:
-            raise RuntimeError(f"module {name} ran on {x.device} after {st.S.device} in one sweep")
-        ops.stats_update(self.backend, st.S, st.C, st.q, x, g, mask)
+            st = self.pending[name] = _Staged(0, torch.zeros(d_in, d_out, dtype=self.dtype, device=x.device),
+                                              torch.zeros((), dtype=self.dtype, device=x.device))
+        elif st.C.device != x.device:
+            raise RuntimeError(f"module {name} ran on {x.device} after {st.C.device} in one sweep")
+        if input_id is None:
+            self._solo -= 1
+            input_id = self._solo
+        S = self.grams.get(input_id)
+        if S is None:
+            S = self.grams[input_id] = self._buffer(d_in, x.device)
+            ops.stats_update(self.backend, S, st.C, st.q, x, g, mask)
+            self.gram_updates += 1
+        else:
+            ops.op(self.backend, "cross_update")(st.C, x, g, mask)
+            gs = g if mask is None else g[mask]
+            st.q.add_(gs.to(self.dtype).pow(2).sum())
         st.N += rows
-        self.pending_calls[name] = self.pending_calls.get(name, 0) + 1
+        st.inputs.append(input_id)
+
+    def _buffer(self, d: int, device: torch.device) -> torch.Tensor:
+        free = self._free.get((d, device))
+        if free:
+            return free.pop()
+        return torch.zeros(d, d, dtype=self.dtype, device=device)
 
     @property
     def has_pending(self) -> bool:
-        return bool(self.pending_calls)
+        return any(st.inputs for st in self.pending.values())
 
     def pending_rows(self) -> int:
         """Most rows staged at any module in this batch (0: nothing but padding reached a tap)."""
-        return max((st.N for n, st in self.pending.items() if n in self.pending_calls), default=0)
+        return max((st.N for st in self.pending.values() if st.inputs), default=0)
 
     def pending_is_finite(self) -> bool:
-        return all(st.is_finite() for st in self.pending.values())
+        # tr S is non-finite iff some x was; q iff some g was; C then inherits from either.
+        return all(bool(torch.isfinite(S.diagonal().sum())) for S in self.grams.values()) and all(
+            bool(torch.isfinite(st.q)) for st in self.pending.values() if st.inputs)
 
     def commit(self) -> None:
         """Add the staged batch into the next half (halves alternate by committed batch)."""
         half = self.halves[self.batches % 2]
         for name, st in self.pending.items():
-            if st.N == 0:
+            if not st.inputs or st.N == 0:
                 continue
+            S = self.grams[st.inputs[0]].clone()
+            for i in st.inputs[1:]:
+                S.add_(self.grams[i])
+            staged = ModuleStats(st.N, S, st.C, st.q)
             if name in half:
-                half[name].add_(st)
+                half[name].add_(staged)
             else:
-                half[name] = ModuleStats(st.N, st.S.clone(), st.C.clone(), st.q.clone())
-            self.calls[name] = self.calls.get(name, 0) + self.pending_calls.get(name, 0)
+                half[name] = ModuleStats(st.N, S, st.C.clone(), st.q.clone())
+            self.calls[name] = self.calls.get(name, 0) + len(st.inputs)
         self.batches += 1
         self.discard()
 
     def discard(self) -> None:
         # Keep the staging buffers allocated (zeroed) for the next batch.
         for st in self.pending.values():
-            st.zero_()
-        self.pending_calls.clear()
+            st.N = 0
+            st.C.zero_()
+            st.q.zero_()
+            st.inputs.clear()
+        for S in self.grams.values():
+            S.zero_()
+            self._free.setdefault((S.shape[0], S.device), []).append(S)
+        self.grams.clear()
 
     def total(self, name: str) -> ModuleStats | None:
         parts = [h[name] for h in self.halves if name in h]

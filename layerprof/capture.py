@@ -13,12 +13,37 @@ parameter ever gets a ``.grad``.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
 from torch import nn
 
-Sink = Callable[[str, torch.Tensor, torch.Tensor, "RowMask | None"], None]
+Sink = Callable[[str, torch.Tensor, torch.Tensor, "RowMask | None", "int | None"], None]
+
+
+class InputKeys:
+    """Names each distinct input tensor of a batch, so that modules reading one tensor share a Gram.
+
+    Keyed by object identity, checked through a weak reference and the tensor's version
+    counter: a freed tensor whose id is reused, or a tensor modified in place between two
+    reads, gets a new name. Reset at each batch.
+    """
+
+    def __init__(self):
+        self._seen: dict[int, tuple] = {}
+        self._next = 0
+
+    def reset(self) -> None:
+        self._seen.clear()
+
+    def __call__(self, x: torch.Tensor) -> int:
+        entry = self._seen.get(id(x))
+        if entry is not None and entry[0]() is x and entry[1] == x._version:
+            return entry[2]
+        self._next += 1
+        self._seen[id(x)] = (weakref.ref(x), x._version, self._next)
+        return self._next
 
 
 class RowMask:
@@ -38,9 +63,10 @@ class RowMask:
 
 class _TapFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, x, anchor, tap, mask):
+    def forward(ctx, y, x, anchor, tap, mask, input_id):
         ctx.tap = tap
         ctx.mask = mask
+        ctx.input_id = input_id
         ctx.save_for_backward(x)
         # An identity that autograd sees as a new node; view_as keeps it free of copies.
         return y.view_as(y)
@@ -48,17 +74,19 @@ class _TapFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         (x,) = ctx.saved_tensors
-        ctx.tap.sink(ctx.tap.name, x, gy, ctx.mask)
-        return gy, None, None, None, None
+        ctx.tap.sink(ctx.tap.name, x, gy, ctx.mask, ctx.input_id)
+        return gy, None, None, None, None, None
 
 
 class Tap:
     """The hook pair on one module; ``remove()`` restores the module exactly."""
 
-    def __init__(self, name: str, module: nn.Module, sink: Sink, mask_source: Callable[[], RowMask | None]):
+    def __init__(self, name: str, module: nn.Module, sink: Sink, mask_source: Callable[[], RowMask | None],
+                 input_key: Callable[[torch.Tensor], int]):
         self.name = name
         self.sink = sink
         self.mask_source = mask_source
+        self.input_key = input_key
         self.forward_calls = 0
         self.anchor: torch.Tensor | None = None
         self.handle = module.register_forward_hook(self._hook)
@@ -75,7 +103,7 @@ class Tap:
             if self.anchor is None or self.anchor.device != output.device:
                 self.anchor = torch.zeros((), device=output.device, requires_grad=True)
             anchor = self.anchor
-        return _TapFunction.apply(output, x.detach(), anchor, self, self.mask_source())
+        return _TapFunction.apply(output, x.detach(), anchor, self, self.mask_source(), self.input_key(x))
 
     def remove(self) -> None:
         self.handle.remove()

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import ops
 from .accumulate import Accumulator
-from .capture import RowMask, Tap
+from .capture import InputKeys, RowMask, Tap
 from .targets import Target, find_targets, linear_kind, modules_by_name, output_head_names
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -96,6 +96,7 @@ class Profiler:
         self._root_handle = None
         self._mask: RowMask | None = None
         self._batch_rows: int | None = None
+        self._input_keys = InputKeys()
         self._unmasked: set[str] = set()
         self.skipped: list[dict] = []
         self._data_hash = hashlib.sha256()
@@ -112,7 +113,7 @@ class Profiler:
         modules = modules_by_name(self.model, self.targets)
         try:
             for name in self.targets:
-                self._taps.append(Tap(name, modules[name], self._sink, lambda: self._mask))
+                self._taps.append(Tap(name, modules[name], self._sink, lambda: self._mask, self._input_keys))
             self._root_handle = self.model.register_forward_pre_hook(self._on_root_forward, with_kwargs=True)
         except BaseException:
             self._remove_hooks()
@@ -152,6 +153,7 @@ class Profiler:
     def begin_batch(self, attention_mask: torch.Tensor | None, ids: Any = None) -> None:
         """Start a batch: its padding mask and the data fingerprint of its inputs."""
         self._batch_index += 1
+        self._input_keys.reset()
         mask = None
         if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
             mask = RowMask(attention_mask)
@@ -165,7 +167,7 @@ class Profiler:
             if mask is not None:
                 self._data_hash.update(mask.mask.cpu().numpy().tobytes())
 
-    def _sink(self, name: str, x: torch.Tensor, g: torch.Tensor, mask: RowMask | None) -> None:
+    def _sink(self, name: str, x: torch.Tensor, g: torch.Tensor, mask: RowMask | None, input_id: int | None) -> None:
         d_in, d_out = self.acc.dims[name]
         x2 = x.reshape(-1, d_in)
         g2 = g.reshape(-1, d_out)
@@ -175,7 +177,7 @@ class Profiler:
             # reads one position per sequence. Every row counts; the card says so.
             self._unmasked.add(name)
         rows = x2.shape[0] if row_mask is None else mask.rows
-        self.acc.update(name, x2, g2, row_mask, rows)
+        self.acc.update(name, x2, g2, row_mask, rows, input_id)
 
     def end_batch(self) -> bool:
         """Commit the staged batch (drop it whole when non-finite); True if committed."""

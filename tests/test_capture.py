@@ -173,3 +173,43 @@ def test_bf16_model_accumulates_in_fp32():
     for a, b in zip(ref.modules, card.modules):
         assert math.isclose(a.energy, b.energy, rel_tol=0.05), a.name
         assert math.isfinite(b.resnorm) and b.rows == a.rows
+
+
+def test_modules_reading_one_input_share_one_gram():
+    # Llama's q/k/v read one tensor, gate/up another: 2 Gram updates per block and batch
+    # instead of 5 (+ o_proj, down_proj: 4 instead of 7), and their S are identical.
+    model = make_model("llama")
+    batches = make_batches()
+    with lp.Profiler(model) as prof:
+        for b in batches:
+            model(**b).loss.backward()
+    fired = sum(prof.acc.calls.values())
+    assert fired == 3 * 7 * len(batches)
+    assert prof.acc.gram_updates == 3 * 4 * len(batches)
+    S = {n: prof.acc.total(n).S for n in prof.targets}
+    for layer in range(3):
+        p = f"model.layers.{layer}."
+        assert torch.equal(S[p + "self_attn.q_proj"], S[p + "self_attn.k_proj"])
+        assert torch.equal(S[p + "self_attn.q_proj"], S[p + "self_attn.v_proj"])
+        assert torch.equal(S[p + "mlp.gate_proj"], S[p + "mlp.up_proj"])
+
+
+def test_input_keys_follow_identity_and_version():
+    # The key that lets modules share a Gram: same object and version -> same key; an
+    # in-place change or a new object (even at a reused id()) -> a new key.
+    from layerprof.capture import InputKeys
+
+    keys = InputKeys()
+    h = torch.randn(3, 4)
+    k1 = keys(h)
+    assert keys(h) == k1
+    h.mul_(2.0)
+    k2 = keys(h)
+    assert k2 != k1 and keys(h) == k2
+    other = torch.randn(3, 4)
+    assert keys(other) not in (k1, k2)
+    del h
+    fresh = torch.randn(3, 4)  # may reuse h's id(); the weak reference tells them apart
+    assert keys(fresh) not in (k1, k2)
+    keys.reset()
+    assert keys(other) != keys(fresh)
