@@ -1,0 +1,136 @@
+"""GPU figures in one run (for bench/gpu_check.sh): ops at Qwen3-8B shapes vs torch and the
+bf16 matmul roofline, and a Qwen3-8B-shaped model's sweep vs its plain forward+backward.
+
+* ops: d_in ∈ {4096, 12288}, 64k rows, bf16 inputs, fp32 accumulators. For each backend
+  (cuda, triton, torch) the fused stats_update is timed beside torch's X.T @ X and X.T @ G
+  and beside a dense bf16 matmul of the same size (the roofline measured in this run).
+  Useful FLOPs count the Gram's upper triangle only: rows·d·(d+1) + 2·rows·d·d_out.
+* sweep: random-init Qwen3-8B-shaped bf16 model (hidden 4096, MLP 12288, 32/8 heads,
+  head_dim 128, vocab 151936) with --layers blocks, frozen; plain fwd+bwd (input grads)
+  vs lp.profile with each GPU backend, on the same batches; peak memory each.
+Prints one summary table and appends rows to bench/results.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+
+import torch
+
+from harness import append, interleaved, machine
+
+
+def roofline_ops(args, summary, rows_out):
+    from layerprof import ops
+
+    table = ops.backends()
+    names = [b for b in ("cuda", "triton", "torch") if table[b].available and "cuda" in table[b].devices]
+    for d in args.dims:
+        d_out = d
+        x = torch.randn(args.rows, d, device="cuda", dtype=torch.bfloat16)
+        g = torch.randn(args.rows, d_out, device="cuda", dtype=torch.bfloat16)
+        mask = torch.rand(args.rows, device="cuda") > 0.05
+        S = {n: torch.zeros(d, d, device="cuda") for n in names}
+        C = {n: torch.zeros(d, d_out, device="cuda") for n in names}
+        q = {n: torch.zeros((), device="cuda") for n in names}
+        fns = {f"stats:{n}": (lambda n=n: ops.op(n, "stats_update")(S[n], C[n], q[n], x, g, mask)) for n in names}
+        fns["torch X.T@X"] = lambda: x.t() @ x
+        fns["torch X.T@G"] = lambda: x.t() @ g
+        fns["roofline bf16 mm"] = lambda: x.t() @ torch.cat([x, g], 1)
+        t = interleaved(fns, args.reps, "cuda")
+        kept = int(mask.sum())
+        useful = kept * d * (d + 1) + 2.0 * kept * d * d_out
+        dense = 2.0 * args.rows * d * (d + d_out)
+        roof = dense / t["roofline bf16 mm"]
+        for k, v in t.items():
+            fl = useful if k.startswith("stats") else (2.0 * args.rows * d * d if "X.T@X" in k else
+                                                         2.0 * args.rows * d * d_out if "X.T@G" in k else dense)
+            pct = fl / v / roof if k.startswith("stats") else None
+            summary.append((f"ops d_in={d} rows={args.rows}", k, f"{v * 1e3:.2f} ms", f"{fl / v / 1e12:.1f} TF/s",
+                            f"{pct:.0%} of roofline" if pct is not None else ""))
+            rows_out.append({"bench": "gpu_ops", "op": k, "d_in": d, "d_out": d_out, "rows": args.rows,
+                             "dtype": "bfloat16", "seconds": round(v, 6), "tflops": round(fl / v / 1e12, 2),
+                             "roofline_fraction": round(pct, 3) if pct is not None else None})
+
+
+def qwen3_sweep(args, summary, rows_out):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    import layerprof as lp
+    from layerprof import ops
+
+    cfg = Qwen3Config(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=args.layers,
+                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen3ForCausalLM(cfg).to(torch.bfloat16).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ids = [torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device="cuda") for _ in range(args.batches)]
+    batches = [{"input_ids": i, "attention_mask": torch.ones_like(i), "labels": i} for i in ids]
+    tokens = args.batches * args.batch * args.seq
+
+    def plain():
+        h = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
+        try:
+            for b in batches:
+                model(**b).loss.backward()
+        finally:
+            h.remove()
+
+    table = ops.backends()
+    names = [b for b in ("cuda", "triton", "torch") if table[b].available and "cuda" in table[b].devices]
+    fns = {"plain": plain}
+    fin = {}
+    for n in names:
+        def sweep(n=n):
+            card = lp.profile(model, batches, progress=False, backend=n)
+            fin[n] = card.meta["sweep"]["finalize_seconds"]
+        fns[f"sweep:{n}"] = sweep
+    mem = {}
+    for k, fn in fns.items():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        mem[k] = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+    t = interleaved(fns, args.reps, "cuda", warmup=0)
+    for k, v in t.items():
+        f = fin.get(k.split(":", 1)[-1], 0.0) if k.startswith("sweep") else 0.0
+        summary.append((f"Qwen3-8B-shaped, {args.layers} layers, {tokens:,} tokens", k, f"{(v - f):.3f} s",
+                        f"{(v - f) / t['plain']:.2f}x plain", f"peak +{mem[k]:.1f} GiB, finalize {f:.1f} s"))
+        rows_out.append({"bench": "gpu_sweep", "pass": k, "layers": args.layers, "rows": tokens,
+                         "seconds": round(v - f, 4), "over_plain": round((v - f) / t["plain"], 3),
+                         "finalize_s": round(f, 3), "peak_gib": round(mem[k], 2)})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dims", type=int, nargs="+", default=[4096, 12288])
+    ap.add_argument("--rows", type=int, default=65536)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--skip-sweep", action="store_true")
+    args = ap.parse_args()
+    summary, rows_out = [], []
+    t0 = time.time()
+    for section in (roofline_ops,) + (() if args.skip_sweep else (qwen3_sweep,)):
+        try:
+            section(args, summary, rows_out)
+        except Exception:  # report and keep going: one script, one summary
+            traceback.print_exc()
+            summary.append((section.__name__, "FAILED", "see traceback above", "", ""))
+        torch.cuda.empty_cache()
+    print(f"\n# {machine()}  ({time.time() - t0:.0f} s)")
+    widths = [max(len(str(r[i])) for r in summary) for i in range(5)] if summary else [0] * 5
+    for r in summary:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    append(rows_out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One call on a CUDA machine (under ~8 minutes): build the extension with its CUDA kernels,
+# run the GPU tests (cuda and triton backends compiled for the device), then the GPU
+# benchmarks; copy the results CSV to $OUT when the device tool provides one.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export LAYERPROF_TEST_TRITON_GPU=1 TRITON_INTERPRET=0 HF_HUB_OFFLINE=1
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+echo "== build"; time python -m pip install --no-build-isolation --no-deps -e . -q 2>&1 | tail -5
+python -m layerprof.cli doctor
+echo "== GPU tests"; timeout 200 python -m pytest -q tests/test_gpu.py tests/test_columns.py 2>&1 | tail -5
+echo "== bench"; (cd bench && timeout 300 python bench_gpu.py)
+if [ -n "${OUT:-}" ]; then cp bench/results.csv "$OUT/" 2>/dev/null; fi

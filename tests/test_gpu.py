@@ -1,0 +1,67 @@
+"""GPU backends at full size against the float64 reference (run only where CUDA exists).
+
+Same analytic tolerance as tests/test_stats.py: |S − S_ref| ≤ 2(n+1)·u·(|X|ᵀ|X|), u = 2⁻²⁴,
+valid for fp32 accumulation in any order (tensor-core products of bf16/fp16 are exact in
+fp32). Triton kernels compile for the GPU when LAYERPROF_TEST_TRITON_GPU=1 (set by
+bench/gpu_check.sh); otherwise conftest runs them interpreted and they are tested on the CPU.
+"""
+import os
+
+import pytest
+import torch
+
+import layerprof as lp
+from conftest import make_batches, make_model
+from layerprof import ops
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+U32 = 2.0 ** -24
+
+
+def gpu_backends():
+    names = []
+    if torch.cuda.is_available():
+        table = ops.backends()
+        if table["cuda"].available:
+            names.append("cuda")
+        if table["triton"].available and os.environ.get("LAYERPROF_TEST_TRITON_GPU") == "1":
+            names.append("triton")
+    return names or ["none"]
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", gpu_backends())
+@pytest.mark.parametrize("d_in,d_out,rows", [(1, 1, 1), (59, 7, 1025), (257, 3, 4099), (1024, 2048, 8192)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_gpu_stats_update_matches_reference(backend, d_in, d_out, rows, dtype):
+    if backend == "none":
+        pytest.skip("no GPU backend built here (see layerprof doctor)")
+    dev = "cuda"
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(rows, d_in, generator=g) * 3 + 0.5).to(dtype)
+    gr = torch.randn(rows, d_out, generator=g).to(dtype)
+    mask = torch.rand(rows, generator=g) > 0.3
+    S, C, q = torch.zeros(d_in, d_in, device=dev), torch.zeros(d_in, d_out, device=dev), torch.zeros((), device=dev)
+    ops.op(backend, "stats_update")(S, C, q, x.to(dev), gr.to(dev), mask.to(dev))
+    S64, C64, q64 = (torch.zeros_like(t, dtype=torch.float64, device="cpu") for t in (S, C, q))
+    ops.op("reference", "stats_update")(S64, C64, q64, x, gr, mask)
+    xs, gs = x[mask].double().abs(), gr[mask].double().abs()
+    n = xs.shape[0]
+    assert (torch.triu(S.cpu().double() - S64).abs() <= torch.triu(2 * (n + 1) * U32 * (xs.t() @ xs)) + 1e-30).all()
+    assert ((C.cpu().double() - C64).abs() <= 2 * (n + 1) * U32 * (xs.t() @ gs) + 1e-30).all()
+    assert abs(float(q) - float(q64)) <= 2 * (n * d_out + 1) * U32 * float(q64) + 1e-30
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", gpu_backends())
+def test_gpu_card_equals_torch_card(backend):
+    if backend == "none":
+        pytest.skip("no GPU backend built here (see layerprof doctor)")
+    model = make_model("llama").cuda()
+    batches = make_batches(n=4)
+    ref = lp.profile(model, batches, rank=4, progress=False, backend="torch")
+    card = lp.profile(model, batches, rank=4, progress=False, backend=backend)
+    assert card.ranking() == ref.ranking()
+    for a, b in zip(ref.modules, card.modules):
+        tol = a.rows * U32 * max(1.0, a.cond ** 0.5) * 4
+        assert abs(a.resnorm - b.resnorm) <= tol * a.resnorm, a.name
