@@ -70,6 +70,7 @@ class LayerRow:
     resnorm_a: float
     resnorm_b: float
     rank: int
+    measured_gain: float | None = None  # single-layer LoRA probe (`layerprof card --probe-steps K`)
 
 
 def _rows(cls, items: list, what: str, source: str) -> list:
@@ -191,6 +192,12 @@ class LayerCard:
         from .placement import place
 
         return place(self, **kwargs)
+
+    def with_probe(self, probe: dict) -> "LayerCard":
+        """A copy of this card carrying single-layer probe results (see ``layerprof.study``)."""
+        gains = probe["measured_gain"]
+        layers = [dataclasses.replace(l, measured_gain=gains.get(str(l.layer))) for l in self.layers]
+        return LayerCard(self.modules, layers, {**self.meta, "probe": probe})
 
     def default_layers(self) -> int:
         """The k that ``layerprof card`` recommends by default: a quarter of the layers."""

@@ -79,6 +79,15 @@ def cmd_card(args) -> int:
                       targets=args.targets.split(",") if args.targets else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.probe_steps:
+        from .study import StudyConfig, bundled_task, probe_layers
+
+        if args.model is not None:
+            raise SystemExit("layerprof: --probe-steps works on the bundled model for now (it needs held-out "
+                             "eval text); run `layerprof validate` style studies in Python for other models")
+        task = bundled_task()
+        card = card.with_probe(probe_layers(card, task, StudyConfig(steps=args.probe_steps, r=args.rank,
+                                                                    lora_alpha=2 * args.rank)))
     card.save(out / "card.json")
     (out / "card.md").write_text(card.to_markdown(), encoding="utf-8")
     k = args.layers or card.default_layers()
@@ -100,6 +109,31 @@ def cmd_card(args) -> int:
         print(f"recommendation: adapt layers {plan.layers} -> {plan.predicted_gain_fraction:.0%} of the predicted "
               f"gain at {plan.cost:.0%} of full-LoRA training cost")
         print(f"wrote {summary['card']}, {summary['markdown']}, {summary['lora_config']}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    import layerprof as lp
+
+    from .study import StudyConfig, bundled_task, run_study, write_report
+
+    task = bundled_task()
+    card = lp.profile(task.model(), task.calibration, rank=args.rank, damping=args.damping, progress=False)
+    cfg = StudyConfig(steps=args.steps, r=args.rank, lora_alpha=2 * args.rank, lr=args.lr, seed=args.seed,
+                      seeds=args.seeds, random_seeds=args.random_seeds)
+    say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
+    result = run_study(task, card, k=args.k, cfg=cfg, probe=not args.no_probe, progress=say)
+    out = Path(args.out)
+    if result.probe:
+        card = card.with_probe(result.probe)
+    paths = write_report(result, card, out)
+    card.save(out / "card.json")
+    _write_json(out / "study.json", result.to_dict())
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1, default=str))
+    else:
+        print(paths["markdown"].read_text())
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -192,9 +226,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backend", default="auto", help="accumulation backend (default: %(default)s)")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (statistics are always fp32)")
+    c.add_argument("--probe-steps", type=int, default=0,
+                   help="also run a K-step single-layer LoRA probe per layer and store measured gains")
     c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     c.add_argument("--json", action="store_true", help="print a JSON summary")
     c.set_defaults(func=cmd_card)
+
+    v = sub.add_parser("validate", help="placement study: LoRA per placement at equal budget vs full LoRA")
+    v.add_argument("--out", default="layerprof_study", help="output directory (default: %(default)s)")
+    v.add_argument("--k", type=int, help="layers per placement (default: a quarter of the layers)")
+    v.add_argument("--steps", type=int, default=60, help="LoRA steps per run (default: %(default)s)")
+    v.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
+    v.add_argument("--lr", type=float, default=2e-3, help="learning rate (default: %(default)s)")
+    v.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
+    v.add_argument("--seeds", type=int, default=1, help="runs per placement, reported as mean ± std")
+    v.add_argument("--random-seeds", type=int, default=3, help="random-k placements (default: %(default)s)")
+    v.add_argument("--damping", type=float, default=1e-3, help="card damping δ (default: %(default)s)")
+    v.add_argument("--no-probe", action="store_true", help="skip the single-layer probes")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_validate)
 
     pl = sub.add_parser("place", help="choose layers from a card and write a LoRA config")
     pl.add_argument("card", help="card.json written by `layerprof card`")
