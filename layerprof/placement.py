@@ -98,7 +98,7 @@ def _candidates(scores: np.ndarray, adapter: np.ndarray, exact: bool) -> np.ndar
 
 def place(card: "LayerCard", *, layers: int | None = None, budget: float | None = None, params: int | None = None,
           objective: str = "gain", target_gain: float | None = None, by: str = "score", rank: int | None = None,
-          rank_target: float | None = None, exact_max_layers: int = EXACT_MAX_LAYERS) -> Plan:
+          rank_target: float | None = None, exact_max_layers: int = EXACT_MAX_LAYERS, coupled: bool = False) -> Plan:
     """Choose the layers to adapt.
 
     ``objective="gain"`` maximizes Σ score_ℓ under exactly one budget: ``layers`` (count),
@@ -106,6 +106,8 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     parameters). ``objective="cost"`` minimizes the modelled cost subject to reaching
     ``target_gain`` (a fraction of the all-layer score). ``by`` names the layer column to
     maximize (default the card's score; baselines such as ``grad_norm`` for comparison).
+    ``coupled=True`` (with ``layers=k``, on a card profiled with ``coupling=True``) picks the
+    layers greedily by the coupled joint gain of ``layerprof.coupling`` instead of the sum.
     """
     if not card.layers:
         raise PlacementError("the card has no per-layer rows (no module name carried a block index such as "
@@ -138,6 +140,8 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     nparams = cand @ params_l
 
     constraint: dict
+    if coupled and (objective != "gain" or layers is None):
+        raise PlacementError("coupled=True supports objective='gain' with layers=k only")
     if objective == "gain":
         given = {k: v for k, v in (("layers", layers), ("budget", budget), ("params", params)) if v is not None}
         if len(given) != 1:
@@ -149,10 +153,12 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
         if layers is not None:
             if not isinstance(layers, (int, np.integer)) or not 1 <= layers <= L:
                 raise PlacementError(f"layers must be an int in 1..{L} (the card has {L} layers), got {layers!r}")
-            # Additive gain under a count budget: the top-k scores are exactly optimal.
-            top = np.argsort(-col, kind="stable")[:layers]
             ok = np.zeros(L, dtype=bool)
-            ok[top] = True
+            if coupled:
+                ok[[layer_ids.index(l) for l in _coupled_pick(card, col, layer_ids, layers)]] = True
+            else:
+                # Additive gain under a count budget: the top-k scores are exactly optimal.
+                ok[np.argsort(-col, kind="stable")[:layers]] = True
             cand = np.vstack([cand, ok])
             lo = int(np.argmax(ok))
             cost = np.append(cost, (model.forward + backward[lo] + ok @ adapter) / full)
@@ -210,6 +216,17 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
         kinds={m.name: m.kind for m in card.modules if m.name in modules},
         front=pareto_front(cand, cost, gain, nparams, layer_ids),
     )
+
+
+def _coupled_pick(card: "LayerCard", col: np.ndarray, layer_ids: list[int], k: int) -> list[int]:
+    from .coupling import coupled_greedy
+
+    coupling = card.meta.get("coupling")
+    if not coupling:
+        raise PlacementError("coupled=True needs a card profiled with coupling=True (lp.profile(..., coupling=True))")
+    rho = np.asarray(coupling["rho"])
+    order = [coupling["layers"].index(l) for l in layer_ids]
+    return coupled_greedy(dict(zip(layer_ids, col)), layer_ids, rho[np.ix_(order, order)], k)
 
 
 def pareto_front(cand: np.ndarray, cost: np.ndarray, gain: np.ndarray, nparams: np.ndarray,

@@ -206,7 +206,26 @@ class Profiler:
         return self._rows_total
 
     # ------------------------------------------------------------------ card
-    def card(self, *, sweep_seconds: float | None = None):
+    def coupling(self, batches: list[dict]) -> dict | None:
+        """Layer coupling on ``batches`` (see ``layerprof.coupling``); the model is left bitwise as it was."""
+        from .coupling import corrections, coupling_matrix, output_directions
+
+        fired = [n for n in self.targets if self.acc.total(n) is not None and self.targets[n].layer is not None]
+        if not fired or not batches:
+            return None
+        deltas = corrections({n: self.acc.total(n) for n in fired}, self.damping)
+        layer_modules: dict[int, list[str]] = {}
+        for n in fired:
+            layer_modules.setdefault(self.targets[n].layer, []).append(n)
+        t0 = time.perf_counter()
+        dirs = output_directions(self.model, [_as_kwargs(b, self.device) for b in batches], layer_modules, deltas,
+                                 lambda m: linear_kind(m).weight(m))
+        layers, K, rho = coupling_matrix(dirs)
+        return {"layers": layers, "rho": rho.tolist(), "K": K.tolist(), "batches": len(batches),
+                "outputs": int(next(iter(dirs.values())).numel()), "seconds": time.perf_counter() - t0,
+                "method": "central finite difference of logits, ε = 1e-3 of the weight scale"}
+
+    def card(self, *, sweep_seconds: float | None = None, coupling: dict | None = None):
         """Finalize the statistics into a ``LayerCard`` (see ``layerprof.finalize``)."""
         from .card import LayerCard
         from .finalize import finalize
@@ -266,6 +285,8 @@ class Profiler:
             "heads": heads,
             "calls": {n: self.acc.calls.get(n, 0) for n in fired},
         }
+        if coupling is not None:
+            meta["coupling"] = coupling
         return LayerCard(modules=modules_rows, layers=layer_rows, meta=meta)
 
 
@@ -321,7 +342,7 @@ def _check_loss(loss: Any) -> torch.Tensor:
 
 def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, *, targets=None, rank: int = 8,
             damping: float = 1e-3, backend: str = "auto", max_tokens: int | None = None, progress: bool = True,
-            dtype: torch.dtype = torch.float32):
+            dtype: torch.dtype = torch.float32, coupling: bool = False, coupling_batches: int = 2):
     """Profile ``model`` over ``batches`` in one forward/backward sweep and return a ``LayerCard``.
 
     Each batch is a dict of model keyword arguments (or a tensor of input_ids); the loss
@@ -330,6 +351,8 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     parameter frozen (only input gradients flow; no ``.grad`` is written); both are
     restored afterwards, and the parameters are bitwise unchanged.
     A batch with a non-finite loss or gradients is skipped and counted on the card.
+    ``coupling=True`` also measures the layer coupling matrix on the first
+    ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``).
     """
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
         raise ProfileError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
@@ -350,30 +373,43 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
                    leave=False, postfix={"batches": f"0/{total or '?'}"})
     prof = Profiler(model, targets=targets, rank=rank, damping=damping, backend=backend, dtype=dtype)
     t0 = time.perf_counter()
+    kept: list = []
+    coupling_record = None
     try:
-        with frozen_eval(model), prof:
-            for index, batch in enumerate(itertools.chain([first], iterator)):
-                kwargs = _as_kwargs(batch, prof.device)
-                mask = kwargs.get("attention_mask")
-                if isinstance(mask, torch.Tensor) and mask.numel() and not bool(mask.any()):
-                    prof._batch_index += 1
-                    prof.skip(prof._batch_index, "padding-only batch (attention_mask is all zero)")
-                    continue
-                outputs = model(**kwargs)
-                loss = _check_loss(loss_fn(outputs, batch))
-                if not torch.isfinite(loss.detach()):
-                    prof.skip(prof._batch_index, f"non-finite loss ({loss.item()})")
-                    prof.acc.discard()
-                    continue
-                before = prof.rows
-                loss.backward()
-                prof.end_batch()
-                if bar is not None:
-                    bar.update(prof.rows - before)
-                    bar.set_postfix(batches=f"{index + 1}/{total or '?'}", refresh=False)
-                if max_tokens is not None and prof.rows >= max_tokens:
-                    break
+        with frozen_eval(model):
+            with prof:
+                for index, batch in enumerate(itertools.chain([first], iterator)):
+                    if coupling and len(kept) < coupling_batches:
+                        kept.append(batch)
+                    _sweep_one(prof, model, batch, index, loss_fn, bar, total)
+                    if max_tokens is not None and prof.rows >= max_tokens:
+                        break
+            sweep_seconds = time.perf_counter() - t0
+            if coupling:
+                coupling_record = prof.coupling(kept)
     finally:
         if bar is not None:
             bar.close()
-    return prof.card(sweep_seconds=time.perf_counter() - t0)
+    return prof.card(sweep_seconds=sweep_seconds, coupling=coupling_record)
+
+
+def _sweep_one(prof: Profiler, model: nn.Module, batch: Any, index: int, loss_fn: LossFn, bar, total) -> None:
+    """Forward, loss checks and backward of one batch (skipped and counted when padding-only or non-finite)."""
+    kwargs = _as_kwargs(batch, prof.device)
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.numel() and not bool(mask.any()):
+        prof._batch_index += 1
+        prof.skip(prof._batch_index, "padding-only batch (attention_mask is all zero)")
+        return
+    outputs = model(**kwargs)
+    loss = _check_loss(loss_fn(outputs, batch))
+    if not torch.isfinite(loss.detach()):
+        prof.skip(prof._batch_index, f"non-finite loss ({loss.item()})")
+        prof.acc.discard()
+        return
+    before = prof.rows
+    loss.backward()
+    prof.end_batch()
+    if bar is not None:
+        bar.update(prof.rows - before)
+        bar.set_postfix(batches=f"{index + 1}/{total or '?'}", refresh=False)

@@ -1,0 +1,121 @@
+"""Coupling between layers (DESIGN §1): do their residual corrections interact?
+
+For layer a, D_a is the optimal correction of each of its modules,
+ΔW_m = −C_mᵀ (Σ_m + λ_m I)⁻¹ (d_out × d_in), and δf_a = J_a D_a the first-order change it
+induces in the model outputs (logits) on calibration rows, measured by a central finite
+difference of two forwards, (f(W + εD) − f(W − εD)) / 2ε, with ε chosen so the largest
+weight change is 1e-3 of the module's weight scale. Then
+
+    K_ab = ⟨δf_a, δf_b⟩,   ρ_ab = K_ab / (‖δf_a‖ ‖δf_b‖)
+
+With b_a = ρ_a² (the layer's resnorm²), the quadratic model's joint gain of a layer set A
+is ½ b_Aᵀ K̃_AA⁺ b_A where K̃_ab = ρ_ab √(b_a b_b) rescales each direction so that a layer
+alone predicts its own ½ b_a; when ρ is the identity the gain is additive (½ Σ b_a).
+Costs two forwards per layer on the subset of rows; weights are restored bitwise.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from .ops import symmetric
+
+
+def corrections(stats: Mapping[str, "object"], damping: float) -> dict[str, torch.Tensor]:
+    """ΔW_m = −C_mᵀ (Σ_m + λ_m I)⁻¹ per module, float64 on the CPU, shape d_out × d_in."""
+    out = {}
+    for name, st in stats.items():
+        sigma = symmetric(st.S.double().cpu()) / st.N
+        d = sigma.shape[0]
+        lam = damping * float(torch.trace(sigma)) / d
+        A = sigma + lam * torch.eye(d, dtype=torch.float64)
+        out[name] = -torch.linalg.lstsq(A, st.C.double().cpu()).solution.t()
+    return out
+
+
+def _outputs(model: nn.Module, batches: list[dict]) -> torch.Tensor:
+    chunks = []
+    with torch.no_grad():
+        for b in batches:
+            out = model(**{k: v for k, v in b.items() if k != "labels"})
+            logits = out.logits if hasattr(out, "logits") else out[0]
+            mask = b.get("attention_mask")
+            logits = logits.double()
+            if mask is not None and tuple(mask.shape) == tuple(logits.shape[:2]):
+                logits = logits[mask.bool()]
+            chunks.append(logits.reshape(-1))
+    return torch.cat(chunks)
+
+
+def output_directions(model: nn.Module, batches: list[dict], layer_modules: Mapping[int, list[str]],
+                      deltas: Mapping[str, torch.Tensor], weight_of) -> dict[int, torch.Tensor]:
+    """δf_a for each layer a by central finite differences; weights restored bitwise."""
+    modules = dict(model.named_modules())
+    dirs = {}
+    was = model.training
+    model.eval()
+    try:
+        for layer, names in layer_modules.items():
+            ws = {n: weight_of(modules[n]) for n in names}
+            saved = {n: modules[n].weight.detach().clone() for n in names}
+            scale = max(float(ws[n].detach().abs().max()) / max(float(deltas[n].abs().max()), 1e-30) for n in names)
+            eps = 1e-3 * scale
+            outs = []
+            try:
+                for sign in (1.0, -1.0):
+                    with torch.no_grad():
+                        for n in names:
+                            ws[n].add_((sign * eps * deltas[n]).to(ws[n].dtype).to(ws[n].device))
+                    outs.append(_outputs(model, batches))
+                    with torch.no_grad():
+                        for n in names:
+                            modules[n].weight.copy_(saved[n])
+            finally:
+                with torch.no_grad():
+                    for n in names:
+                        modules[n].weight.copy_(saved[n])
+            dirs[layer] = (outs[0] - outs[1]) / (2 * eps)
+    finally:
+        model.train(was)
+    return dirs
+
+
+def coupling_matrix(dirs: Mapping[int, torch.Tensor]) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Layers, K (inner products of output directions) and ρ (their cosines)."""
+    layers = sorted(dirs)
+    F = torch.stack([dirs[l] for l in layers]).double()
+    K = (F @ F.t()).numpy()
+    norms = np.sqrt(np.clip(np.diag(K), 1e-300, None))
+    rho = K / norms[:, None] / norms[None, :]
+    return layers, K, np.clip(rho, -1.0, 1.0)
+
+
+def joint_gain(b: Iterable[float], rho: np.ndarray) -> float:
+    """½ bᵀ K̃⁺ b with K̃_ab = ρ_ab √(b_a b_b): the coupled predicted gain of a layer set."""
+    b = np.asarray(list(b), dtype=float)
+    if b.size == 0:
+        return 0.0
+    root = np.sqrt(np.clip(b, 0, None))
+    Kt = rho * root[:, None] * root[None, :]
+    return 0.5 * float(b @ np.linalg.pinv(Kt, rcond=1e-10, hermitian=True) @ b)
+
+
+def coupled_greedy(scores: Mapping[int, float], layers: list[int], rho: np.ndarray, k: int) -> list[int]:
+    """Add, k times, the layer that raises the coupled joint gain most."""
+    index = {l: i for i, l in enumerate(layers)}
+    chosen: list[int] = []
+    for _ in range(min(k, len(layers))):
+        best, best_gain = None, -np.inf
+        for l in layers:
+            if l in chosen:
+                continue
+            cand = chosen + [l]
+            idx = [index[c] for c in cand]
+            g = joint_gain([scores[c] for c in cand], rho[np.ix_(idx, idx)])
+            if g > best_gain + 1e-15:
+                best, best_gain = l, g
+        chosen.append(best)
+    return sorted(chosen)
