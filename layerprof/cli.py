@@ -118,7 +118,8 @@ def cmd_validate(args) -> int:
     from .study import StudyConfig, bundled_task, run_study, write_report
 
     task = bundled_task()
-    card = lp.profile(task.model(), task.calibration, rank=args.rank, damping=args.damping, progress=False)
+    card = lp.profile(task.model(), task.calibration, rank=args.rank, damping=args.damping, progress=False,
+                      coupling=True)
     cfg = StudyConfig(steps=args.steps, r=args.rank, lora_alpha=2 * args.rank, lr=args.lr, seed=args.seed,
                       seeds=args.seeds, random_seeds=args.random_seeds)
     say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
@@ -279,6 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     from .profiler import ProfileError
 
     args = build_parser().parse_args(argv)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the CLI draws its own progress; keep transformers' weight-loading bar off
+    except ImportError:
+        pass
     try:
         return args.func(args)
     except (CardFormatError, PlacementError, ProfileError, FileNotFoundError) as e:

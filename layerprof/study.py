@@ -328,6 +328,23 @@ def write_report(result: StudyResult, card, out: Path) -> dict[str, Path]:
         lines.append(f"| {r.placement} | {r.layers} | {r.gain:.4f} ± {r.gain_std:.4f} | {_pct(r.gain_fraction_of_full)} | "
                      f"{_pct(r.step_time_fraction_of_full)} | {r.modelled_cost:.2f} | {r.predicted_gain_fraction:.2f} | "
                      f"{r.trainable_params:,} | {r.adapted_modules} | {r.peak_memory_bytes / 2 ** 20:.0f} |")
+    if result.probe:
+        single = {int(k): v for k, v in result.probe["measured_gain"].items()}
+        lines += ["", "## Additivity", "",
+                  "Measured gain of each multi-layer placement against the sum of its layers' single-layer gains"
+                  + (" and the coupled quadratic model's joint/additive ratio" if card.meta.get("coupling") else "")
+                  + ".", "", "| placement | layers | measured | Σ single-layer | measured / Σ |"
+                  + (" coupled/additive predicted |" if card.meta.get("coupling") else ""),
+                  "|---|---|---:|---:|---:|" + ("---:|" if card.meta.get("coupling") else "")]
+        for r in result.runs:
+            if len(r.layers) < 2:
+                continue
+            total_single = sum(single[l] for l in r.layers)
+            row = (f"| {r.placement} | {r.layers} | {r.gain:.4f} | {total_single:.4f} | "
+                   f"{r.gain / total_single if total_single else float('nan'):.2f} |")
+            if card.meta.get("coupling"):
+                row += f" {_coupled_ratio(card, r.layers):.2f} |"
+            lines.append(row)
     rand = [r.gain for r in result.runs if r.placement.startswith("random")]
     if rand:
         lines += ["", f"random-k: mean gain {statistics.mean(rand):.4f} (min {min(rand):.4f}, max {max(rand):.4f})."]
@@ -343,6 +360,17 @@ def write_report(result: StudyResult, card, out: Path) -> dict[str, Path]:
     except ImportError:
         pass  # matplotlib is optional; the table and CSV carry the same numbers
     return paths
+
+
+def _coupled_ratio(card, layers: list[int]) -> float:
+    """Coupled joint gain / additive gain predicted for ``layers`` (1 = no interaction)."""
+    from .coupling import joint_gain
+
+    c = card.meta["coupling"]
+    idx = [c["layers"].index(l) for l in layers]
+    b = [card.layer(l).score for l in layers]
+    rho = np.asarray(c["rho"])[np.ix_(idx, idx)]
+    return joint_gain(b, rho) / (0.5 * sum(b)) if sum(b) else float("nan")
 
 
 def _pct(x):

@@ -40,7 +40,8 @@ def test_placements_have_equal_budget_and_the_baselines(card):
 
 
 def test_study_runs_every_placement_and_writes_reports(task, card, tmp_path):
-    result = run_study(task, card, k=1, cfg=StudyConfig(steps=2, r=4, lora_alpha=8, random_seeds=2, seeds=2))
+    card = lp.profile(task.model(), task.calibration, rank=4, progress=False, coupling=True)
+    result = run_study(task, card, k=2, cfg=StudyConfig(steps=2, r=4, lora_alpha=8, random_seeds=2, seeds=2))
     names = [r.placement for r in result.runs]
     assert len(names) == 10 and names[-1] == "full"
     full = result.runs[-1]
@@ -50,7 +51,7 @@ def test_study_runs_every_placement_and_writes_reports(task, card, tmp_path):
     paths = write_report(result, card.with_probe(result.probe), tmp_path)
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [r["placement"] for r in rows] == names
-    assert "Single-layer probes" in paths["markdown"].read_text()
+    assert "Single-layer probes" in paths["markdown"].read_text() and "Additivity" in paths["markdown"].read_text()
     assert paths["gain_vs_cost"].stat().st_size > 1000 and paths["predicted_vs_measured"].stat().st_size > 1000
     again = lp.LayerCard.from_dict(json.loads(json.dumps(card.with_probe(result.probe).to_dict())))
     assert [l.measured_gain for l in again.layers] == [result.probe["measured_gain"][str(i)] for i in range(3)]
