@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
@@ -141,8 +140,13 @@ class LayerCard:
                    _rows(LayerRow, data["layers"], "layers", source), data["meta"])
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the card as JSON atomically (a failed write leaves any old file intact)."""
+        """Write the card as JSON atomically (a failed write leaves any old file intact).
+
+        Under torch.distributed only rank 0 writes (every rank holds the same card).
+        """
         path = Path(path)
+        if _rank() != 0:
+            return path
         text = json.dumps(self.to_dict(), indent=1, allow_nan=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".card-", suffix=".tmp")
         try:
@@ -204,5 +208,10 @@ class LayerCard:
         return max(1, len(self.layers) // 4)
 
 
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+def _rank() -> int:
+    import sys
+
+    dist = getattr(sys.modules.get("torch"), "distributed", None)
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return 0

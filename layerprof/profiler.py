@@ -230,14 +230,20 @@ class Profiler:
         from .card import LayerCard
         from .finalize import finalize
 
+        from .reduce import all_reduce_meta, all_reduce_stats, world
+
         if self._active:
             self.end_batch()
         elapsed = self._elapsed + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
+        # Under torch.distributed every rank holds its shard's sums: add them up first, so
+        # that every rank finalizes the same global card.
+        all_reduce_stats(self.acc, list(self.targets))
+        rows, data_hash, skipped = all_reduce_meta(self.rows, self._data_hash.hexdigest()[:16], self.skipped)
         fired = {n for n in self.targets if self.acc.total(n) is not None}
         if not fired:
-            reasons = "; ".join(f"batch {s['batch']}: {s['reason']}" for s in self.skipped[:5])
+            reasons = "; ".join(f"batch {s['batch']}: {s['reason']}" for s in skipped[:5])
             raise ProfileError(
-                "no statistics were collected: " + (f"every batch was skipped ({reasons})" if self.skipped else
+                "no statistics were collected: " + (f"every batch was skipped ({reasons})" if skipped else
                 "no backward pass reached a target module; run loss.backward() inside the "
                 "Profiler block (not under torch.no_grad()), or check targets="))
         unfired = sorted(set(self.targets) - fired)
@@ -267,18 +273,18 @@ class Profiler:
                 versions[pkg] = getattr(mod, "__version__", None)
         meta = {
             "model": _model_identity(self.model),
-            "data": {"rows": self.rows, "batches": self.acc.batches, "hash": self._data_hash.hexdigest()[:16]},
+            "data": {"rows": rows, "batches": self.acc.batches, "hash": data_hash, "world_size": world()[1]},
             "settings": {"rank": self.rank, "damping": self.damping, "backend": self.backend,
                          "backend_requested": self.backend_requested,
                          "dtype": str(self.dtype).replace("torch.", ""),
                          "targets": self.target_spec, "score": "resnorm2"},
             "versions": versions,
             "sweep": {"seconds": sweep, "finalize_seconds": finalize_s,
-                      "rows_per_second": self.rows / sweep if sweep > 0 else None,
+                      "rows_per_second": rows / sweep if sweep > 0 else None,
                       "peak_memory_bytes": _peak_memory(self.device),
                       "peak_memory_kind": "cuda max_memory_allocated" if self.device.type == "cuda"
                       else "process peak RSS", "device": str(self.device)},
-            "skipped": list(self.skipped),
+            "skipped": skipped,
             "stability": stability,
             "unfired": unfired,
             "unmasked": sorted(self._unmasked),

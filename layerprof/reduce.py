@@ -1,0 +1,80 @@
+"""Reduce: sum the statistics over torch.distributed ranks before finalize (DESIGN §2).
+
+Every statistic is a plain sum, so a data-parallel sweep (DDP, FSDP, launched by torchrun
+or accelerate) gives the card of one process over the union of the data by one SUM
+all-reduce per tensor. Modules are reduced in one fixed order (the target order, the
+same on every rank); a module that fired on some ranks only is zero-filled on the others
+first, so every rank issues the same collectives. No home-made transport.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from .accumulate import Accumulator, ModuleStats
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) when torch.distributed is not initialized."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _device_for_collectives(acc: Accumulator) -> torch.device:
+    backend = torch.distributed.get_backend()
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_stats(acc: Accumulator, names: list[str]) -> None:
+    """Sum every half of every module's N, S, C, q over ranks, in place."""
+    rank, size = world()
+    if size == 1:
+        return
+    dist = torch.distributed
+    dev = _device_for_collectives(acc)
+    # Which (half, module) exist anywhere: rows per half, summed.
+    present = torch.tensor([[acc.halves[h][n].N if n in acc.halves[h] else 0 for n in names] for h in (0, 1)],
+                           dtype=torch.int64, device=dev)
+    dist.all_reduce(present)
+    for h in (0, 1):
+        half = acc.halves[h]
+        for i, name in enumerate(names):
+            total_rows = int(present[h, i])
+            if total_rows == 0:
+                continue
+            st = half.get(name)
+            if st is None:
+                d_in, d_out = acc.dims[name]
+                st = half[name] = ModuleStats(0, torch.zeros(d_in, d_in, dtype=acc.dtype, device=dev),
+                                              torch.zeros(d_in, d_out, dtype=acc.dtype, device=dev),
+                                              torch.zeros((), dtype=acc.dtype, device=dev))
+            for t in (st.S, st.C, st.q):
+                buf = t if t.device == dev else t.to(dev)
+                dist.all_reduce(buf)
+                if buf is not t:
+                    t.copy_(buf)
+            st.N = total_rows
+    calls = torch.tensor([acc.calls.get(n, 0) for n in names], dtype=torch.int64, device=dev)
+    dist.all_reduce(calls)
+    acc.calls = {n: int(c) for n, c in zip(names, calls) if int(c) > 0}
+    batches = torch.tensor([acc.batches], dtype=torch.int64, device=dev)
+    dist.all_reduce(batches)
+    acc.batches = int(batches)
+
+
+def all_reduce_meta(rows: int, data_hash: str, skipped: list[dict]) -> tuple[int, str, list[dict]]:
+    """Global rows, a fingerprint of every rank's data (in rank order) and all skipped batches."""
+    rank, size = world()
+    if size == 1:
+        return rows, data_hash, skipped
+    dist = torch.distributed
+    gathered: list = [None] * size
+    dist.all_gather_object(gathered, {"rows": rows, "hash": data_hash, "skipped": skipped})
+    digest = hashlib.sha256("".join(g["hash"] for g in gathered).encode()).hexdigest()[:16]
+    skipped_all = [{**s, "rank": r} for r, g in enumerate(gathered) for s in g["skipped"]]
+    return sum(g["rows"] for g in gathered), digest, skipped_all

@@ -1,0 +1,27 @@
+"""Worker for tests/test_distributed.py, launched by torchrun: profile this rank's shard."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import make_batches, make_model  # noqa: E402
+
+import layerprof as lp  # noqa: E402
+
+
+def main(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank, size = dist.get_rank(), dist.get_world_size()
+    model = make_model("llama").double()
+    batches = make_batches(n=4)
+    card = lp.profile(model, batches[rank::size], rank=4, dtype=torch.float64, progress=False)
+    card.save(f"{out}.saved{rank}")  # only rank 0 may write
+    Path(f"{out}.rank{rank}").write_text(json.dumps(card.to_dict()))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
