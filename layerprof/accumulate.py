@@ -8,6 +8,7 @@ Statistics live here, keyed by the module's qualified name — never on the mode
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -58,6 +59,8 @@ class Accumulator:
     dims: dict[str, tuple[int, int]]  # name -> (d_in, d_out)
     dtype: torch.dtype = torch.float32
     backend: str = "torch"
+    sketch: int | None = None  # keep CΩ (d_in × sketch) instead of C where sketch < d_out (DESIGN §2)
+    sketch_seed: int = 0
     halves: tuple[dict[str, ModuleStats], dict[str, ModuleStats]] = field(default_factory=lambda: ({}, {}))
     pending: dict[str, _Staged] = field(default_factory=dict)
     grams: dict[int, torch.Tensor] = field(default_factory=dict)  # input id -> this batch's XᵀX
@@ -76,6 +79,13 @@ class Accumulator:
         """
         d_in, d_out = self.dims[name]
         st = self.pending.get(name)
+        sketched = self.sketched(name)
+        if sketched:
+            # CΩ = Xᵀ(GΩ): project G first, then the same fused op on (X, GΩ); q needs G itself.
+            gs = g if mask is None else g[mask]
+            q = gs.to(self.dtype).pow(2).sum()
+            g = g.to(self.dtype) @ self.omega(name, x.device)
+            d_out = self.sketch
         if st is None:
             st = self.pending[name] = _Staged(0, torch.zeros(d_in, d_out, dtype=self.dtype, device=x.device),
                                               torch.zeros((), dtype=self.dtype, device=x.device))
@@ -85,16 +95,37 @@ class Accumulator:
             self._solo -= 1
             input_id = self._solo
         S = self.grams.get(input_id)
+        q_before = st.q.clone() if sketched else None
         if S is None:
             S = self.grams[input_id] = self._buffer(d_in, x.device)
             ops.stats_update(self.backend, S, st.C, st.q, x, g, mask)
             self.gram_updates += 1
         else:
             ops.op(self.backend, "cross_update")(st.C, x, g, mask)
-            gs = g if mask is None else g[mask]
-            st.q.add_(gs.to(self.dtype).pow(2).sum())
+            if not sketched:
+                gs = g if mask is None else g[mask]
+                st.q.add_(gs.to(self.dtype).pow(2).sum())
+        if q_before is not None:  # the fused op summed ‖GΩ‖²; q is ‖G‖²
+            st.q.copy_(q_before + q)
         st.N += rows
         st.inputs.append(input_id)
+
+    def sketched(self, name: str) -> bool:
+        """Whether ``name`` keeps CΩ: only where the sketch is narrower than C (else dense is exact and smaller)."""
+        return self.sketch is not None and self.sketch < self.dims[name][1]
+
+    def omega(self, name: str, device: torch.device) -> torch.Tensor:
+        """The module's fixed sketch matrix Ω (d_out × k, entries N(0, 1/k)), seeded by its name."""
+        cache = self.__dict__.setdefault("_omegas", {})
+        key = (name, device)
+        if key not in cache:
+            digest = hashlib.sha256(f"{self.sketch_seed}:{name}".encode()).digest()
+            seed = int.from_bytes(digest[:8], "little") & (2 ** 63 - 1)
+            gen = torch.Generator().manual_seed(seed)
+            d_out = self.dims[name][1]
+            cache[key] = (torch.randn(d_out, self.sketch, generator=gen, dtype=torch.float64)
+                          / self.sketch ** 0.5).to(self.dtype).to(device)
+        return cache[key]
 
     def _buffer(self, d: int, device: torch.device) -> torch.Tensor:
         free = self._free.get((d, device))

@@ -9,6 +9,9 @@ For each module, in float64 on the CPU, with Σ = S/N and λ = δ·tr Σ / d_in:
     grad_norm = ‖C‖_F,  act_norm = sqrt(tr Σ),  nfn = sqrt(tr(W Σ Wᵀ) / (‖W‖_F² tr Σ / d_in))
     resid_explained = resnorm² / (N q)            (share of the residual the inputs span)
 
+In sketch mode C is replaced by CΩ (Ω a fixed d_out × k Gaussian with variance 1/k), so
+resnorm² and grad_norm² are unbiased estimates and resnorm_rank a randomized-SVD one.
+
 With δ = 0 the inverse is a pseudo-inverse (eigenvalues below d·ε·μ_max dropped), i.e.
 the exact projection of the residual onto the span of the inputs. Modules whose S is
 identical (they read the same tensor) share one eigen-decomposition.
@@ -67,7 +70,7 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
                    cache: _EigenCache | None = None) -> dict:
     """Every per-module column of DESIGN §1/§3 from one module's statistics."""
     cache = cache or _EigenCache()
-    d_in, d_out = st.C.shape
+    d_in = st.C.shape[0]  # C may be a sketch CΩ (d_in × k): every column below is then an estimate
     N = st.N
     mu, V = cache.get(st.S, N)
     trace = float(mu.sum())

@@ -66,7 +66,8 @@ class Profiler:
     """
 
     def __init__(self, model: nn.Module, *, targets=None, rank: int = 8, damping: float = 1e-3,
-                 backend: str = "auto", dtype: torch.dtype = torch.float32, progress: bool = False):
+                 backend: str = "auto", dtype: torch.dtype = torch.float32, progress: bool = False,
+                 sketch: int | None = None, sketch_seed: int = 0):
         if not isinstance(model, nn.Module):
             raise ProfileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if dtype not in (torch.float32, torch.float64):
@@ -90,7 +91,14 @@ class Profiler:
         self.device = device
         self.backend_requested = backend
         self.backend = ops.resolve_backend(backend, device.type)
-        self.acc = Accumulator({n: (t.d_in, t.d_out) for n, t in self.targets.items()}, dtype, self.backend)
+        if sketch is not None and (not isinstance(sketch, int) or sketch < 1):
+            raise ProfileError(f"sketch must be a positive int (columns of Ω) or None, got {sketch!r}")
+        if sketch is not None and sketch < rank:
+            raise ProfileError(f"sketch={sketch} is smaller than rank={rank}: ρ(r) needs at least r sketch columns; "
+                               f"use sketch >= {rank} (a few times r is better)")
+        self.sketch = sketch
+        self.acc = Accumulator({n: (t.d_in, t.d_out) for n, t in self.targets.items()}, dtype, self.backend,
+                               sketch=sketch, sketch_seed=sketch_seed)
         self.progress = progress
         self._taps: list[Tap] = []
         self._root_handle = None
@@ -210,6 +218,8 @@ class Profiler:
         """Layer coupling on ``batches`` (see ``layerprof.coupling``); the model is left bitwise as it was."""
         from .coupling import corrections, coupling_matrix, output_directions
 
+        if self.sketch is not None:
+            raise ProfileError("coupling needs the dense C (the optimal corrections); profile without sketch=")
         fired = [n for n in self.targets if self.acc.total(n) is not None and self.targets[n].layer is not None]
         if not fired or not batches:
             return None
@@ -277,7 +287,8 @@ class Profiler:
             "settings": {"rank": self.rank, "damping": self.damping, "backend": self.backend,
                          "backend_requested": self.backend_requested,
                          "dtype": str(self.dtype).replace("torch.", ""),
-                         "targets": self.target_spec, "score": "resnorm2"},
+                         "targets": self.target_spec, "score": "resnorm2", "sketch": self.sketch,
+                         "sketched_modules": sum(self.acc.sketched(n) for n in fired)},
             "versions": versions,
             "sweep": {"seconds": sweep, "finalize_seconds": finalize_s,
                       "rows_per_second": rows / sweep if sweep > 0 else None,
@@ -348,7 +359,8 @@ def _check_loss(loss: Any) -> torch.Tensor:
 
 def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, *, targets=None, rank: int = 8,
             damping: float = 1e-3, backend: str = "auto", max_tokens: int | None = None, progress: bool = True,
-            dtype: torch.dtype = torch.float32, coupling: bool = False, coupling_batches: int = 2):
+            dtype: torch.dtype = torch.float32, coupling: bool = False, coupling_batches: int = 2,
+            sketch: int | None = None, sketch_seed: int = 0):
     """Profile ``model`` over ``batches`` in one forward/backward sweep and return a ``LayerCard``.
 
     Each batch is a dict of model keyword arguments (or a tensor of input_ids); the loss
@@ -357,7 +369,8 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     parameter frozen (only input gradients flow; no ``.grad`` is written); both are
     restored afterwards, and the parameters are bitwise unchanged.
     A batch with a non-finite loss or gradients is skipped and counted on the card.
-    ``coupling=True`` also measures the layer coupling matrix on the first
+    ``sketch=k`` keeps CΩ (d_in × k, a fixed Gaussian Ω) instead of C: memory O(d_in·k) per
+    module, unbiased ρ² and ‖C‖², randomized-SVD ρ(r). ``coupling=True`` also measures the layer coupling matrix on the first
     ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``).
     """
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
@@ -377,7 +390,10 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
 
         bar = tqdm(total=max_tokens, unit="rows", unit_scale=True, desc="layerprof sweep", dynamic_ncols=True,
                    leave=False, postfix={"batches": f"0/{total or '?'}"})
-    prof = Profiler(model, targets=targets, rank=rank, damping=damping, backend=backend, dtype=dtype)
+    if coupling and sketch is not None:
+        raise ProfileError("coupling needs the dense C (the optimal corrections); use sketch=None with coupling=True")
+    prof = Profiler(model, targets=targets, rank=rank, damping=damping, backend=backend, dtype=dtype, sketch=sketch,
+                    sketch_seed=sketch_seed)
     t0 = time.perf_counter()
     kept: list = []
     coupling_record = None
