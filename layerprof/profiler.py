@@ -360,7 +360,7 @@ def _check_loss(loss: Any) -> torch.Tensor:
 def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, *, targets=None, rank: int = 8,
             damping: float = 1e-3, backend: str = "auto", max_tokens: int | None = None, progress: bool = True,
             dtype: torch.dtype = torch.float32, coupling: bool = False, coupling_batches: int = 2,
-            sketch: int | None = None, sketch_seed: int = 0):
+            sketch: int | str | None = "auto", sketch_seed: int = 0, max_memory: int | None = None):
     """Profile ``model`` over ``batches`` in one forward/backward sweep and return a ``LayerCard``.
 
     Each batch is a dict of model keyword arguments (or a tensor of input_ids); the loss
@@ -370,7 +370,9 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     restored afterwards, and the parameters are bitwise unchanged.
     A batch with a non-finite loss or gradients is skipped and counted on the card.
     ``sketch=k`` keeps CΩ (d_in × k, a fixed Gaussian Ω) instead of C: memory O(d_in·k) per
-    module, unbiased ρ² and ‖C‖², randomized-SVD ρ(r). ``coupling=True`` also measures the layer coupling matrix on the first
+    module, unbiased ρ² and ‖C‖², randomized-SVD ρ(r). The default ``sketch="auto"`` keeps
+    dense statistics unless they would not fit ``max_memory`` (default: 80% of the free
+    memory of the model's device; ``layerprof.planner``); ``sketch=None`` forces dense. ``coupling=True`` also measures the layer coupling matrix on the first
     ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``).
     """
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
@@ -390,8 +392,26 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
 
         bar = tqdm(total=max_tokens, unit="rows", unit_scale=True, desc="layerprof sweep", dynamic_ncols=True,
                    leave=False, postfix={"batches": f"0/{total or '?'}"})
-    if coupling and sketch is not None:
+    if sketch != "auto" and sketch is not None and (not isinstance(sketch, int) or sketch < 1):
+        raise ProfileError(f"sketch must be 'auto', None or a positive int, got {sketch!r}")
+    from .planner import plan_memory
+
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    first_kw = _as_kwargs(first, device)
+    ids = first_kw.get("input_ids")
+    rows_per_batch = ids.numel() if isinstance(ids, torch.Tensor) else 4096
+    in_bytes = next((p.element_size() for p in model.parameters()), 4)
+    try:
+        plan = plan_memory(find_targets(model, targets), acc_bytes=torch.tensor([], dtype=dtype).element_size(),
+                           input_bytes=in_bytes, rows_per_batch=rows_per_batch, device=device,
+                           sketch=None if coupling and sketch == "auto" else sketch, max_memory=max_memory)
+    except MemoryError as e:
+        raise ProfileError(str(e)) from None
+    if progress and plan.mode == "sketch":
+        print(plan.describe(), file=sys.stderr)
+    if coupling and plan.sketch is not None:
         raise ProfileError("coupling needs the dense C (the optimal corrections); use sketch=None with coupling=True")
+    sketch = plan.sketch
     prof = Profiler(model, targets=targets, rank=rank, damping=damping, backend=backend, dtype=dtype, sketch=sketch,
                     sketch_seed=sketch_seed)
     t0 = time.perf_counter()
@@ -412,7 +432,9 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     finally:
         if bar is not None:
             bar.close()
-    return prof.card(sweep_seconds=sweep_seconds, coupling=coupling_record)
+    card = prof.card(sweep_seconds=sweep_seconds, coupling=coupling_record)
+    card.meta["memory_plan"] = plan.to_dict()
+    return card
 
 
 def _sweep_one(prof: Profiler, model: nn.Module, batch: Any, index: int, loss_fn: LossFn, bar, total) -> None:

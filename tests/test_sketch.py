@@ -65,3 +65,32 @@ def test_sketch_memory_and_bad_settings():
         lp.Profiler(model, rank=8, sketch=4)
     with pytest.raises(lp.ProfileError, match="coupling needs the dense C"):
         lp.profile(model, make_batches(n=1), rank=4, sketch=8, coupling=True, progress=False)
+
+
+def test_memory_planner_chooses_sketch_when_dense_does_not_fit():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from layerprof.planner import plan_memory
+    from layerprof.targets import find_targets
+
+    torch.manual_seed(0)  # MLP outputs (300) wider than the default sketch (128): sketching saves memory
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=24, intermediate_size=300, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    targets = find_targets(model)
+    kw = dict(acc_bytes=4, input_bytes=4, rows_per_batch=33, device=torch.device("cpu"))
+    dense = plan_memory(targets, max_memory=10 ** 9, **kw)
+    assert dense.mode == "dense" and dense.statistics_bytes == sum(
+        3 * (t.d_in ** 2 + t.d_in * t.d_out) * 4 for t in targets.values())
+    budget = dense.dense_bytes + dense.activation_bytes - 1
+    tight = plan_memory(targets, max_memory=budget, **kw)
+    assert tight.mode == "sketch" and tight.sketch == 128 and tight.statistics_bytes < dense.statistics_bytes
+    with pytest.raises(MemoryError, match="do not fit.*several runs"):
+        plan_memory(targets, max_memory=1000, **kw)
+    # profile() follows the plan and stores it; a budget nothing fits is a clear error.
+    batches = [{k: v for k, v in b.items()} for b in make_batches(n=2)]
+    card = lp.profile(model, batches, rank=4, progress=False, max_memory=budget)
+    assert card.meta["memory_plan"]["mode"] == "sketch" and card.meta["settings"]["sketch"] == 128
+    assert card.meta["settings"]["sketched_modules"] == 4  # gate/up of 2 blocks
+    assert lp.profile(model, batches, rank=4, progress=False).meta["memory_plan"]["mode"] == "dense"
+    with pytest.raises(lp.ProfileError, match="do not fit"):
+        lp.profile(model, batches, rank=4, progress=False, max_memory=1000)
