@@ -7,7 +7,8 @@ bf16 matmul roofline, and a Qwen3-8B-shaped model's sweep vs its plain forward+b
   Useful FLOPs count the Gram's upper triangle only: rows·d·(d+1) + 2·rows·d·d_out.
 * sweep: random-init Qwen3-8B-shaped bf16 model (hidden 4096, MLP 12288, 32/8 heads,
   head_dim 128, vocab 151936) with --layers blocks, frozen; plain fwd+bwd (input grads)
-  vs lp.profile with each GPU backend, on the same batches; peak memory each.
+  vs lp.profile with each GPU backend, dense and with sketch k = 128, on the same
+  131,072 tokens; peak memory (statistics included) and finalize time each.
 Prints one summary table and appends rows to bench/results.csv.
 """
 from __future__ import annotations
@@ -84,10 +85,11 @@ def qwen3_sweep(args, summary, rows_out):
     fns = {"plain": plain}
     fin = {}
     for n in names:
-        def sweep(n=n):
-            card = lp.profile(model, batches, progress=False, backend=n)
-            fin[n] = card.meta["sweep"]["finalize_seconds"]
+        def sweep(n=n, sketch=None):
+            card = lp.profile(model, batches, progress=False, backend=n, sketch=sketch)
+            fin[n if sketch is None else f"{n}+sketch{sketch}"] = card.meta["sweep"]["finalize_seconds"]
         fns[f"sweep:{n}"] = sweep
+        fns[f"sweep:{n}+sketch128"] = lambda n=n, sweep=sweep: sweep(n, 128)
     mem = {}
     for k, fn in fns.items():
         torch.cuda.empty_cache()
@@ -111,7 +113,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=65536)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=16)  # 16 × 4 × 2048 = 131,072 tokens
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--skip-sweep", action="store_true")

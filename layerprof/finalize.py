@@ -1,6 +1,6 @@
 """Finalize: statistics → per-module and per-layer columns of the Layer Card (DESIGN §1).
 
-For each module, in float64 on the CPU, with Σ = S/N and λ = δ·tr Σ / d_in:
+For each module, in float64 (on the GPU when the statistics live there, else the CPU), with Σ = S/N and λ = δ·tr Σ / d_in:
 
     M       = (Σ + λI)^{-1/2} C                 (eigen-decomposition Σ = V diag(μ) Vᵀ)
     resnorm = ‖M‖_F,  resnorm_rank = sqrt(Σ_{i≤r} σ_i(M)²),  rank_capture = its share
@@ -32,6 +32,12 @@ SPECTRUM_LEN = 64  # leading squared singular values of M kept on the card (per-
 STABLE_TAU = 0.8  # split-half Kendall τ below this flags the ranking as likely to change
 
 
+def _solve_device(S: torch.Tensor) -> torch.device:
+    # float64 solves where the statistics live: on a GPU (large d: 12288² eigh in seconds,
+    # not minutes), else the CPU. Only scalars and short spectra come back to the host.
+    return S.device if S.device.type == "cuda" else torch.device("cpu")
+
+
 class _EigenCache:
     """Eigen-decompositions of Σ, shared between modules that read the same input."""
 
@@ -43,7 +49,7 @@ class _EigenCache:
         for S_ref, N_ref, eig in self._entries:
             if N_ref == N and S_ref.shape == S.shape and torch.equal(S_ref, S):
                 return eig
-        sigma = symmetric(S.double().cpu()) / N
+        sigma = symmetric(S.to(_solve_device(S), torch.float64)) / N
         mu, V = torch.linalg.eigh(sigma)
         eig = (mu.clamp_min(0.0), V)
         self._entries.append((S, N, eig))
@@ -62,7 +68,7 @@ def _inv_sqrt(mu: torch.Tensor, lam: float) -> torch.Tensor:
 def _resnorm2(st: ModuleStats, damping: float, cache: _EigenCache) -> float:
     mu, V = cache.get(st.S, st.N)
     lam = damping * float(mu.sum()) / mu.numel()
-    M = _inv_sqrt(mu, lam)[:, None] * (V.t() @ st.C.double().cpu())
+    M = _inv_sqrt(mu, lam)[:, None] * (V.t() @ st.C.to(V.device, torch.float64))
     return float((M * M).sum())
 
 
@@ -75,7 +81,7 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
     mu, V = cache.get(st.S, N)
     trace = float(mu.sum())
     lam = damping * trace / d_in
-    C = st.C.double().cpu()
+    C = st.C.to(V.device, torch.float64)
     # M expressed in Σ's eigenbasis: same singular values and norm as (Σ+λI)^{-1/2} C.
     M = _inv_sqrt(mu, lam)[:, None] * (V.t() @ C)
     sv2 = torch.linalg.svdvals(M).pow(2)
@@ -89,7 +95,7 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
     inv = mu + lam
     q = float(st.q.double())
     if weight is not None:
-        W = weight.detach().double().cpu()
+        W = weight.detach().to(V.device, torch.float64)
         sigma = V * mu[None, :] @ V.t()
         w_sigma_w = float(((W @ sigma) * W).sum())
         w2 = float((W * W).sum())
@@ -109,7 +115,7 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
         "act_norm": math.sqrt(trace),
         "nfn": nfn,
         "resid_explained": resnorm2 / (N * q) if N * q > 0 else float("nan"),
-        "sv2": [float(v) for v in sv2[:SPECTRUM_LEN]],
+        "sv2": sv2[:SPECTRUM_LEN].cpu().tolist(),
     }
 
 

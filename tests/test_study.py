@@ -24,7 +24,8 @@ def card(task):
 
 def test_train_lora_trains_only_the_named_modules_and_lowers_train_loss(task, card):
     mods = [m.name for m in card.modules if m.layer == 2]
-    out = train_lora(task, mods, StudyConfig(steps=30, r=4, lora_alpha=8, lr=1e-2))
+    out = train_lora(task, mods, StudyConfig(steps=30, r=4, lora_alpha=8, lr=1e-2),
+                     {m.name: m.kind for m in card.modules})
     assert out["adapted_modules"] == 4
     assert out["trainable_params"] == sum(4 * (m.d_in + m.d_out) for m in card.modules if m.layer == 2)
     assert math.isfinite(out["gain"]) and out["step_seconds"] > 0
