@@ -19,7 +19,7 @@ import traceback
 
 import torch
 
-from harness import append, interleaved, machine
+from harness import append, interleaved, machine, plain_backward
 
 
 def roofline_ops(args, summary, rows_out):
@@ -73,12 +73,7 @@ def qwen3_sweep(args, summary, rows_out):
     tokens = args.batches * args.batch * args.seq
 
     def plain():
-        h = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
-        try:
-            for b in batches:
-                model(**b).loss.backward()
-        finally:
-            h.remove()
+        plain_backward(model, batches)
 
     table = ops.backends()
     names = [b for b in ("cuda", "triton", "torch") if table[b].available and "cuda" in table[b].devices]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from harness import append, interleaved, machine
+from harness import append, interleaved, machine, plain_backward
 
 
 def setup(args):
@@ -42,18 +42,7 @@ def setup(args):
 
 
 def run_plain(model, batches, device, trainable=False):
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(trainable)
-    handle = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
-    try:
-        for b in batches:
-            model(**b).loss.backward()
-    finally:
-        handle.remove()
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
-            p.grad = None
+    plain_backward(model, batches, trainable)
 
 
 def run_sweep(model, batches, device, backend="auto"):

@@ -70,3 +70,25 @@ def append(rows: list[dict], path: Path = RESULTS) -> None:
             w.writerow(r)
         for r in rows:
             w.writerow({**stamp, **r})
+
+
+def plain_backward(model, batches, trainable: bool = False) -> None:
+    """The baseline pass: forward + backward of the same model on the same batches.
+
+    Frozen (default): every parameter frozen and the embedding output made to require grad,
+    so backward computes input gradients through every block — what a profiling sweep's
+    backward does. ``trainable=True``: every weight gets a gradient (a full fine-tuning step).
+    Flags and .grad are restored.
+    """
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(trainable)
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
+    try:
+        for b in batches:
+            model(**b).loss.backward()
+    finally:
+        handle.remove()
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+            p.grad = None

@@ -104,10 +104,33 @@ __device__ void flush_tile(const float* acc_sm, float* out, int64_t ldo, int row
   }
 }
 
+// Both operands of one stage: A = columns ti of X; B = columns tj of X (S tile) or of G (C tile,
+// whose first tile row also sums ‖G‖² of the columns it loads).
+template <typename T>
+__device__ __forceinline__ void load_operands(T* sa, T* sb, const T* x, int64_t ldx, const T* g, int64_t ldg,
+                                              const uint8_t* mask, int64_t r0, int64_t r_end, const TileCoord& tc,
+                                              int d_in, int d_out, float* sq) {
+  load_stage<T>(sa, x, ldx, r0, r_end, tc.ti * TILE, d_in, mask, nullptr);
+  if (tc.is_s)
+    load_stage<T>(sb, x, ldx, r0, r_end, tc.tj * TILE, d_in, mask, nullptr);
+  else
+    load_stage<T>(sb, g, ldg, r0, r_end, tc.tj * TILE, d_out, mask, (tc.ti == 0) ? sq : nullptr);
+}
+
 __device__ void add_q(float sq, float* q) {
   // Warp reduction then one atomic per warp.
   for (int off = 16; off > 0; off >>= 1) sq += __shfl_down_sync(0xffffffffu, sq, off);
   if ((threadIdx.x & 31) == 0 && sq != 0.f) atomicAdd(q, sq);
+}
+
+// Epilogue shared by both kernels: the tile (staged in shared memory) into S or C, and q.
+__device__ void finish_tile(const float* acc_sm, const TileCoord& tc, float* S, int64_t lds, float* C, int64_t ldc,
+                            float* q, int d_in, int d_out, float sq) {
+  if (tc.is_s)
+    flush_tile(acc_sm, S, lds, tc.ti * TILE, d_in, tc.tj * TILE, d_in, true);
+  else
+    flush_tile(acc_sm, C, ldc, tc.ti * TILE, d_in, tc.tj * TILE, d_out, false);
+  if (!tc.is_s && tc.ti == 0) add_q(sq, q);
 }
 
 // Tensor-core path for 16-bit inputs.
@@ -128,13 +151,8 @@ stats_wmma_kernel(const T* __restrict__ x, int64_t ldx, const T* __restrict__ g,
 #pragma unroll
   for (int f = 0; f < TILE / 16; ++f) wmma::fill_fragment(acc[f], 0.f);
   float sq = 0.f;
-  const bool want_q = !tc.is_s && tc.ti == 0;
   for (int64_t r0 = r_begin; r0 < r_end; r0 += KSTEP) {
-    load_stage<T>(sa, x, ldx, r0, r_end, tc.ti * TILE, d_in, mask, nullptr);
-    if (tc.is_s)
-      load_stage<T>(sb, x, ldx, r0, r_end, tc.tj * TILE, d_in, mask, nullptr);
-    else
-      load_stage<T>(sb, g, ldg, r0, r_end, tc.tj * TILE, d_out, mask, want_q ? &sq : nullptr);
+    load_operands<T>(sa, sb, x, ldx, g, ldg, mask, r0, r_end, tc, d_in, d_out, &sq);
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < KSTEP; k += 16) {
@@ -154,11 +172,7 @@ stats_wmma_kernel(const T* __restrict__ x, int64_t ldx, const T* __restrict__ g,
   for (int f = 0; f < TILE / 16; ++f)
     wmma::store_matrix_sync(acc_sm + warp * 16 * TILE + f * 16, acc[f], TILE, wmma::mem_row_major);
   __syncthreads();
-  if (tc.is_s)
-    flush_tile(acc_sm, S, lds, tc.ti * TILE, d_in, tc.tj * TILE, d_in, true);
-  else
-    flush_tile(acc_sm, C, ldc, tc.ti * TILE, d_in, tc.tj * TILE, d_out, false);
-  if (want_q) add_q(sq, q);
+  finish_tile(acc_sm, tc, S, lds, C, ldc, q, d_in, d_out, sq);
 }
 
 // SIMT fp32 path: each thread owns a 4 × 8 block of the 64 × 64 tile.
@@ -176,13 +190,8 @@ stats_f32_kernel(const float* __restrict__ x, int64_t ldx, const float* __restri
   const int tcn = threadIdx.x % 8; // 8 thread cols × 8 = 64
   float acc[4][8] = {};
   float sq = 0.f;
-  const bool want_q = !tc.is_s && tc.ti == 0;
   for (int64_t r0 = r_begin; r0 < r_end; r0 += KSTEP) {
-    load_stage<float>(sa, x, ldx, r0, r_end, tc.ti * TILE, d_in, mask, nullptr);
-    if (tc.is_s)
-      load_stage<float>(sb, x, ldx, r0, r_end, tc.tj * TILE, d_in, mask, nullptr);
-    else
-      load_stage<float>(sb, g, ldg, r0, r_end, tc.tj * TILE, d_out, mask, want_q ? &sq : nullptr);
+    load_operands<float>(sa, sb, x, ldx, g, ldg, mask, r0, r_end, tc, d_in, d_out, &sq);
     __syncthreads();
     for (int k = 0; k < KSTEP; ++k) {
       float av[4], bv[8];
@@ -202,11 +211,7 @@ stats_f32_kernel(const float* __restrict__ x, int64_t ldx, const float* __restri
 #pragma unroll
     for (int j = 0; j < 8; ++j) acc_sm[(tr * 4 + i) * TILE + tcn * 8 + j] = acc[i][j];
   __syncthreads();
-  if (tc.is_s)
-    flush_tile(acc_sm, S, lds, tc.ti * TILE, d_in, tc.tj * TILE, d_in, true);
-  else
-    flush_tile(acc_sm, C, ldc, tc.ti * TILE, d_in, tc.tj * TILE, d_out, false);
-  if (want_q) add_q(sq, q);
+  finish_tile(acc_sm, tc, S, lds, C, ldc, q, d_in, d_out, sq);
 }
 
 }  // namespace layerprof_cuda
