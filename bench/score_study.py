@@ -1,0 +1,34 @@
+"""Which per-layer score predicts measured single-layer LoRA gains? (DESIGN §6)
+
+Reads the probes of a placement study (study.json from `layerprof validate`), re-profiles
+the same model on the same calibration batches at several dampings δ, and prints the
+Spearman correlation of each candidate score with the measured gains.
+
+    python bench/score_study.py docs/study_bundled/study.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import layerprof as lp
+from layerprof.study import bundled_task, spearman
+
+
+def main(path: str) -> None:
+    study = json.load(open(path))
+    measured = study["probe"]["measured_gain"]
+    task = bundled_task()
+    print(f"{'δ':>8}  " + "  ".join(f"{n:>13}" for n in ("ρ²", "ρ(r)²", "ρ²/noise_amp", "ρ(r)²/noise_amp")))
+    for damping in (1e-3, 1e-2, 1e-1, 1.0, 10.0):
+        card = lp.profile(task.model(), task.calibration, rank=study["config"]["r"], damping=damping, progress=False)
+        gains = [measured[str(l.layer)] for l in card.layers]
+        cols = {"ρ²": [l.score for l in card.layers],
+                "ρ(r)²": [l.resnorm_rank ** 2 for l in card.layers],
+                "ρ²/noise_amp": [l.score / l.noise_amp for l in card.layers],
+                "ρ(r)²/noise_amp": [l.resnorm_rank ** 2 / l.noise_amp for l in card.layers]}
+        print(f"{damping:>8g}  " + "  ".join(f"{spearman(v, gains):>+13.2f}" for v in cols.values()))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "docs/study_bundled/study.json")
