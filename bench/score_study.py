@@ -4,7 +4,7 @@ Reads the probes of a placement study (study.json from `layerprof validate`), re
 the same model on the same calibration batches at several dampings δ, and prints the
 Spearman correlation of each candidate score with the measured gains.
 
-    python bench/score_study.py docs/study_bundled/study.json
+    python bench/score_study.py docs/study_bundled/study.json [bundled|minilm]
 """
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import json
 import sys
 
 import layerprof as lp
-from layerprof.study import bundled_task, spearman
+from layerprof.study import spearman
+from layerprof.tasks import TASKS
 
 
-def main(path: str) -> None:
+def main(path: str, task_key: str = "bundled") -> None:
     study = json.load(open(path))
     measured = study["probe"]["measured_gain"]
-    task = bundled_task()
+    task = TASKS[task_key]()
     print(f"{'δ':>8}  " + "  ".join(f"{n:>13}" for n in ("ρ²", "ρ(r)²", "ρ²/noise_amp", "ρ(r)²/noise_amp")))
     for damping in (1e-3, 1e-2, 1e-1, 1.0, 10.0):
         card = lp.profile(task.model(), task.calibration, rank=study["config"]["r"], damping=damping, progress=False)
@@ -31,4 +32,5 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/study_bundled/study.json")
+    main(sys.argv[1] if len(sys.argv) > 1 else "docs/study_bundled/study.json",
+         sys.argv[2] if len(sys.argv) > 2 else "bundled")

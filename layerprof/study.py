@@ -283,27 +283,6 @@ def run_study(task: Task, card, *, k: int | None = None, cfg: StudyConfig | None
     return result
 
 
-def bundled_task(*, batch_size: int = 8, seq_len: int = 128, eval_fraction: float = 0.2,
-                 calibration_batches: int = 16) -> Task:
-    """Domain shift for the bundled Shakespeare model: adapt to Python documentation prose.
-
-    Topics are split (sorted, last ``eval_fraction`` held out) so that eval text is never
-    trained on; the card is computed on the first training batches.
-    """
-    from pydoc_data.topics import topics
-
-    from .bundled import load_default_model, text_batches
-
-    keys = sorted(topics)
-    cut = int(len(keys) * (1 - eval_fraction))
-    train_text = "\n\n".join(topics[k] for k in keys[:cut])
-    eval_text = "\n\n".join(topics[k] for k in keys[cut:])
-    train = text_batches(train_text, batch_size=batch_size, seq_len=seq_len, n_batches=None)
-    evals = text_batches(eval_text, batch_size=batch_size, seq_len=seq_len, n_batches=12)
-    return Task("bundled shakespeare-gpt2 → Python docs", load_default_model, train, evals,
-                train[:calibration_batches])
-
-
 def write_report(result: StudyResult, card, out: Path) -> dict[str, Path]:
     """Markdown table, CSV and plots (gain vs cost with the Pareto front; predicted vs measured)."""
     import csv

