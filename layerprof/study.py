@@ -274,7 +274,8 @@ def run_study(task: Task, card, *, k: int | None = None, cfg: StudyConfig | None
             predicted_gain_fraction=sum(card.layer(l).score for l in layers) / total if total else math.nan, **out))
     full = next(r for r in result.runs if r.placement == "full")
     for r in result.runs:
-        r.gain_fraction_of_full = r.gain / full.gain if full.gain else None
+        # A share of full LoRA's gain means something only when full LoRA improved at all.
+        r.gain_fraction_of_full = r.gain / full.gain if full.gain > 0 else None
         r.step_time_fraction_of_full = r.step_seconds / full.step_seconds if full.step_seconds else None
     if probe:
         if progress:

@@ -46,7 +46,8 @@ def test_study_runs_every_placement_and_writes_reports(task, card, tmp_path):
     names = [r.placement for r in result.runs]
     assert len(names) == 10 and names[-1] == "full"
     full = result.runs[-1]
-    assert full.gain_fraction_of_full == pytest.approx(1.0) and full.trainable_params > result.runs[0].trainable_params
+    assert full.gain_fraction_of_full in (pytest.approx(1.0), None) and full.trainable_params > result.runs[0].trainable_params
+    assert (full.gain_fraction_of_full is None) == (full.gain <= 0)
     assert all(len(r.gains) == 2 for r in result.runs)
     assert set(result.probe["measured_gain"]) == {"0", "1", "2"}
     paths = write_report(result, card.with_probe(result.probe), tmp_path)
