@@ -2,23 +2,28 @@
 PY ?= python
 OUT ?= demo_out
 
-.PHONY: install demo test bench train-default
+.PHONY: torch install install-test demo test bench train-default
 
 # torch first (a CPU build from local disk here; an existing torch, e.g. a CUDA build, is kept),
 # then layerprof without build isolation so pip never fetches a second, multi-GB torch.
-install:
+torch:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+
+install: torch
+	$(PY) -m pip install --no-build-isolation -e .
+
+install-test: torch
 	$(PY) -m pip install --no-build-isolation -e ".[test]"
 
 demo: install
 	$(PY) -m layerprof.cli card --out $(OUT)
 	@echo; head -n 40 $(OUT)/card.md
 
-test: install
+test: install-test
 	$(PY) -m pytest -q tests
 
 bench: install
-	$(PY) bench/bench_sweep.py
+	cd bench && $(PY) bench_sweep.py && $(PY) bench_stats.py && $(PY) bench_sketch.py
 
 train-default: install
 	$(PY) -m layerprof.bundled.train
