@@ -185,6 +185,31 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .card import CardFormatError, LayerCard
+    from .compare import compare
+
+    try:
+        result = compare(LayerCard.load(args.card_a), LayerCard.load(args.card_b), k=args.k)
+    except ValueError as e:
+        if isinstance(e, CardFormatError):
+            raise
+        print(f"layerprof: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"common layers: {len(result['layers'])}"
+              + (f" (only in A: {result['only_in_a']}, only in B: {result['only_in_b']})"
+                 if result["only_in_a"] or result["only_in_b"] else ""))
+        print(f"layer ranking agreement: Kendall τ {result['kendall_tau']:+.2f}, Spearman {result['spearman']:+.2f}")
+        print(f"top-{result['k']}: A {result['top_k_a']}, B {result['top_k_b']}, overlap {result['top_k_overlap']:.0%}")
+        print("baselines τ: " + ", ".join(f"{c} {v:+.2f}" for c, v in result["baselines_kendall_tau"].items()
+                                          if v is not None))
+        print(f"same model: {result['same_model']}, same data: {result['same_data']}")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     import platform
 
@@ -272,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--html", help="also write a self-contained HTML page here")
     r.add_argument("--json", action="store_true", help="print the card JSON")
     r.set_defaults(func=cmd_report)
+
+    cp = sub.add_parser("compare", help="how far two cards agree (rank correlation, top-k overlap)")
+    cp.add_argument("card_a")
+    cp.add_argument("card_b")
+    cp.add_argument("--k", type=int, help="top-k to compare (default: a quarter of the layers)")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_compare)
 
     d = sub.add_parser("doctor", help="versions and available accumulation backends")
     d.add_argument("--json", action="store_true")

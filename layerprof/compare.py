@@ -1,0 +1,45 @@
+"""How far two cards agree: does a card transfer across tasks, seeds and token counts?
+
+Over the layers both cards have: Kendall τ and Spearman ρ of the layer scores, the
+overlap of the top-k placements (k = a quarter of the layers unless given), and the
+same τ for the baseline columns, so a user sees whether the disagreement is in the
+card's score or in the data.
+"""
+from __future__ import annotations
+
+from .card import LayerCard
+from .finalize import kendall_tau
+from .study import spearman
+
+
+def compare(a: LayerCard, b: LayerCard, k: int | None = None) -> dict:
+    """Agreement of two cards on their common layers (see module docstring)."""
+    common = sorted({l.layer for l in a.layers} & {l.layer for l in b.layers})
+    if len(common) < 2:
+        raise ValueError(f"the cards share {len(common)} layer(s) ({common}); comparing rankings needs two or more")
+    k = k or max(1, len(common) // 4)
+    if not 1 <= k <= len(common):
+        raise ValueError(f"k must be in 1..{len(common)}, got {k}")
+
+    def col(card, name):
+        return [getattr(card.layer(l), name) for l in common]
+
+    def top(card):
+        scores = dict(zip(common, col(card, "score")))
+        return set(sorted(common, key=lambda l: -scores[l])[:k])
+
+    ta, tb = top(a), top(b)
+    return {
+        "layers": common,
+        "only_in_a": sorted({l.layer for l in a.layers} - set(common)),
+        "only_in_b": sorted({l.layer for l in b.layers} - set(common)),
+        "k": k,
+        "kendall_tau": kendall_tau(col(a, "score"), col(b, "score")),
+        "spearman": spearman(col(a, "score"), col(b, "score")),
+        "top_k_a": sorted(ta),
+        "top_k_b": sorted(tb),
+        "top_k_overlap": len(ta & tb) / k,
+        "baselines_kendall_tau": {c: kendall_tau(col(a, c), col(b, c)) for c in ("grad_norm", "act_norm", "nfn")},
+        "same_model": a.meta["model"].get("config_hash") == b.meta["model"].get("config_hash"),
+        "same_data": a.meta["data"].get("hash") == b.meta["data"].get("hash"),
+    }

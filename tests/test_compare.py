@@ -1,0 +1,45 @@
+"""`layerprof compare`: agreement of two cards, checked against scipy and by construction."""
+import json
+
+import pytest
+
+import layerprof as lp
+from conftest import make_batches, make_model
+from layerprof.cli import main
+from layerprof.compare import compare
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cards")
+    a = lp.profile(make_model("llama"), make_batches(n=4, seed=1), rank=4, progress=False)
+    b = lp.profile(make_model("llama"), make_batches(n=4, seed=7), rank=4, progress=False)
+    return a, b, a.save(d / "a.json"), b.save(d / "b.json")
+
+
+def test_a_card_agrees_with_itself(cards):
+    a, _, _, _ = cards
+    r = compare(a, a, k=2)
+    assert r["kendall_tau"] == pytest.approx(1.0) and r["top_k_overlap"] == 1.0 and r["same_data"]
+
+
+def test_two_cards_against_scipy(cards):
+    from scipy.stats import kendalltau, spearmanr
+
+    a, b, _, _ = cards
+    r = compare(a, b, k=1)
+    sa, sb = [l.score for l in a.layers], [l.score for l in b.layers]
+    assert r["kendall_tau"] == pytest.approx(kendalltau(sa, sb).statistic)
+    assert r["spearman"] == pytest.approx(spearmanr(sa, sb).statistic)
+    assert r["top_k_overlap"] == (1.0 if a.ranking()[0] == b.ranking()[0] else 0.0)
+    assert r["same_model"] and not r["same_data"]
+
+
+def test_cli_compare_text_json_and_errors(cards, capsys):
+    _, _, pa, pb = cards
+    assert main(["compare", str(pa), str(pb)]) == 0
+    assert "Kendall τ" in capsys.readouterr().out
+    assert main(["compare", str(pa), str(pb), "--json", "--k", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["k"] == 2
+    assert main(["compare", str(pa), str(pb), "--k", "9"]) == 2
+    assert "k must be in 1..3" in capsys.readouterr().err
