@@ -10,7 +10,6 @@ measure each layer's own gain, to check the card's predicted ranking (Spearman).
 """
 from __future__ import annotations
 
-import copy
 import math
 import random
 import statistics
@@ -392,8 +391,3 @@ def _plots(result: StudyResult, card, out: Path) -> dict[str, Path]:
         fig.savefig(paths["predicted_vs_measured"], dpi=120)
         plt.close(fig)
     return paths
-
-
-def copy_model(model: nn.Module) -> ModelFactory:
-    """A factory returning fresh deep copies of ``model`` (for tasks built around one instance)."""
-    return lambda: copy.deepcopy(model)
