@@ -95,18 +95,19 @@ class Accumulator:
             self._solo -= 1
             input_id = self._solo
         S = self.grams.get(input_id)
-        q_before = st.q.clone() if sketched else None
         if S is None:
             S = self.grams[input_id] = self._buffer(d_in, x.device)
-            ops.stats_update(self.backend, S, st.C, st.q, x, g, mask)
+            # Sketched, the fused op's ‖GΩ‖² goes to a scratch scalar: q is ‖G‖², added below.
+            q_out = torch.zeros_like(st.q) if sketched else st.q
+            ops.stats_update(self.backend, S, st.C, q_out, x, g, mask)
             self.gram_updates += 1
         else:
             ops.op(self.backend, "cross_update")(st.C, x, g, mask)
             if not sketched:
                 gs = g if mask is None else g[mask]
                 st.q.add_(gs.to(self.dtype).pow(2).sum())
-        if q_before is not None:  # the fused op summed ‖GΩ‖²; q is ‖G‖²
-            st.q.copy_(q_before + q)
+        if sketched:
+            st.q.add_(q)
         st.N += rows
         st.inputs.append(input_id)
 

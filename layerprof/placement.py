@@ -57,6 +57,13 @@ class Plan:
                 "constraint": self.constraint, "by": self.by, "front": self.front}
 
 
+def card_cost_model(card: "LayerCard") -> CostModel:
+    """The cost model of a card's modules and output head(s)."""
+    head = sum(2.0 * h["d_in"] * h["d_out"] for h in card.meta.get("heads", []))
+    return CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in card.modules if m.layer is not None],
+                     head)
+
+
 def module_ranks(card: "LayerCard", rank: int | None = None, rank_target: float | None = None) -> dict[str, int]:
     """Rank per module: ``rank`` (default: the card's), or the smallest r whose rank capture
     ρ_m(r)²/ρ_m² reaches ``rank_target`` (from the singular spectrum of M_m kept on the card)."""
@@ -118,9 +125,7 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     ranks = module_ranks(card, rank, rank_target)
     layer_ids = [l.layer for l in card.layers]
     L = len(layer_ids)
-    head = sum(2.0 * h["d_in"] * h["d_out"] for h in card.meta.get("heads", []))
-    model = CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in card.modules if m.layer is not None],
-                      head)
+    model = card_cost_model(card)
     col = np.array([float(getattr(l, by)) for l in card.layers])
     if by in ("grad_norm", "act_norm", "resnorm", "resnorm_rank"):
         col = col ** 2  # norms add in squares across a layer's modules

@@ -234,12 +234,9 @@ def placements(card, k: int, random_seeds: int) -> dict[str, list[int]]:
 
 
 def _cost_of(card, layers: list[int]) -> float:
-    from .cost import CostModel, ModuleShape
+    from .placement import card_cost_model
 
-    head = sum(2.0 * h["d_in"] * h["d_out"] for h in card.meta.get("heads", []))
-    model = CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in card.modules if m.layer is not None],
-                      head)
-    return model.cost(layers, card.rank).fraction
+    return card_cost_model(card).cost(layers, card.rank).fraction
 
 
 @dataclass
