@@ -12,8 +12,11 @@ torch:
 install: torch
 	$(PY) -m pip install --no-build-isolation -e .
 
+# Axolotl and LLaMA-Factory without their dependencies: the export tests read our files
+# back with their own config classes, which need only pydantic and the standard library.
 install-test: torch
 	$(PY) -m pip install --no-build-isolation -e ".[test]"
+	$(PY) -m pip install --no-deps axolotl==0.19.0 llamafactory==0.9.5
 
 demo: install
 	$(PY) -m layerprof.cli card --out $(OUT)

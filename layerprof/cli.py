@@ -153,9 +153,19 @@ def cmd_place(args) -> int:
             args.layers = card.default_layers()
         plan = card.place(layers=args.layers, budget=args.budget, params=args.params, **kw)
     r = args.rank or card.rank
-    config = plan.lora_config(r=r, lora_alpha=args.alpha if args.alpha is not None else 2 * r)
-    if args.out:
-        _write_json(Path(args.out), _lora_dict(config))
+    alpha = args.alpha if args.alpha is not None else 2 * r
+    config = plan.lora_config(r=r, lora_alpha=alpha, lora_dropout=args.dropout)
+    written = None
+    if args.export != "json" and not args.out:
+        raise SystemExit(f"layerprof: --export {args.export} needs --out (a directory for peft, a YAML file otherwise)")
+    if args.out and args.export == "json":
+        written = Path(args.out)
+        _write_json(written, _lora_dict(config))
+    elif args.out:
+        from .export import export
+
+        written = export(plan, args.export, args.out, source=str(args.card), r=r, lora_alpha=alpha,
+                         lora_dropout=args.dropout)
     if args.json:
         data = plan.to_dict()
         data["lora_config"] = _lora_dict(config)
@@ -167,8 +177,8 @@ def cmd_place(args) -> int:
         print("pareto front (cost -> gain):")
         for p in plan.front:
             print(f"  {p['cost']:.3f} -> {p['gain_fraction']:.3f}  layers {p['layers']}")
-        if args.out:
-            print(f"wrote {args.out}")
+        if written:
+            print(f"wrote {written}")
     return 0
 
 
@@ -288,7 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--rank", type=int, help="LoRA rank (default: the card's)")
     pl.add_argument("--rank-target", type=float, help="per-module ranks reaching this rank capture")
     pl.add_argument("--alpha", type=float, help="lora_alpha (default: 2·rank)")
-    pl.add_argument("--out", help="write the LoRA config JSON here")
+    pl.add_argument("--dropout", type=float, default=0.0, help="lora_dropout (default: %(default)s)")
+    pl.add_argument("--export", default="json", choices=["json", "peft", "axolotl", "llamafactory"],
+                    help="what --out receives: json = LoraConfig.to_dict(); peft = a directory with "
+                         "adapter_config.json; axolotl / llamafactory = a YAML fragment of their LoRA keys")
+    pl.add_argument("--out", help="where to write the placement (see --export)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_place)
 
@@ -313,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .card import CardFormatError
+    from .export import ExportError
     from .placement import PlacementError
     from .profiler import ProfileError
 
@@ -325,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         return args.func(args)
-    except (CardFormatError, PlacementError, ProfileError, FileNotFoundError) as e:
+    except (CardFormatError, ExportError, PlacementError, ProfileError, FileNotFoundError) as e:
         print(f"layerprof: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,131 @@
+"""Exports of a placement to the tools people train with: PEFT, Axolotl, LLaMA-Factory.
+
+Every export starts from ``plan.lora_config`` (``layerprof.peft_bridge``), so the three
+files name the same modules, ranks and scaling; only the spelling differs:
+
+- **PEFT**: ``adapter_config.json`` written by ``LoraConfig.save_pretrained`` and read
+  back by ``LoraConfig.from_pretrained`` / ``PeftModel``.
+- **Axolotl**: a YAML fragment of its LoRA keys (``adapter``, ``lora_r``, ``lora_alpha``,
+  ``lora_target_modules``, ``lora_rank_pattern``...) to paste into a training config; Axolotl
+  forwards them to ``peft.LoraConfig`` (``axolotl.loaders.adapter``).
+- **LLaMA-Factory**: its LoRA arguments (``finetuning_type: lora``, ``lora_target`` as a
+  comma-separated list, ``lora_rank``, ``lora_alpha``) as a YAML fragment for
+  ``llamafactory-cli train`` or as ``--key value`` command-line arguments. LLaMA-Factory
+  takes one rank for all modules, so a plan with per-module ranks cannot be exported
+  there without loss and is refused with a message that says what to do.
+
+Module names are full qualified names, which PEFT matches exactly, so each consumer
+adapts ``plan.modules`` and nothing else.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .placement import Plan
+
+FORMATS = ("peft", "axolotl", "llamafactory")
+
+
+class ExportError(ValueError):
+    """A plan that a format cannot carry without loss; the message says what to do."""
+
+
+def _lora_fields(plan: "Plan", r: int | None, lora_alpha: float | None, lora_dropout: float) -> dict:
+    config = plan.lora_config(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout)
+    return {"r": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+            "target_modules": sorted(config.target_modules), "rank_pattern": dict(config.rank_pattern),
+            "alpha_pattern": dict(config.alpha_pattern), "fan_in_fan_out": bool(config.fan_in_fan_out)}
+
+
+def _as_int(value: float, what: str, fmt: str) -> int:
+    if float(value) != int(value):
+        raise ExportError(f"{fmt} takes an integer {what}, got {value}; choose an alpha that is a whole number "
+                          "(e.g. --alpha 16) or export to PEFT, which takes any float")
+    return int(value)
+
+
+def peft_adapter_config(plan: "Plan", directory: str | os.PathLike, *, r: int | None = None,
+                        lora_alpha: float | None = None, lora_dropout: float = 0.0,
+                        base_model_name_or_path: str | None = None, **kwargs) -> Path:
+    """Write ``DIRECTORY/adapter_config.json`` (PEFT's own writer); returns its path."""
+    config = plan.lora_config(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, **kwargs)
+    if base_model_name_or_path is not None:
+        config.base_model_name_or_path = base_model_name_or_path
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(directory))
+    return directory / "adapter_config.json"
+
+
+def axolotl_config(plan: "Plan", *, r: int | None = None, lora_alpha: float | None = None,
+                   lora_dropout: float = 0.0) -> dict:
+    """Axolotl's LoRA keys for ``plan`` (see ``axolotl.utils.schemas.peft.LoraConfig``)."""
+    f = _lora_fields(plan, r, lora_alpha, lora_dropout)
+    out = {"adapter": "lora", "lora_r": f["r"], "lora_alpha": _as_int(f["lora_alpha"], "lora_alpha", "Axolotl"),
+           "lora_dropout": f["lora_dropout"], "lora_target_modules": f["target_modules"]}
+    if f["fan_in_fan_out"]:
+        out["lora_fan_in_fan_out"] = True
+    if f["rank_pattern"]:
+        out["lora_rank_pattern"] = f["rank_pattern"]
+        out["lora_alpha_pattern"] = {k: _as_int(v, "alpha_pattern value", "Axolotl")
+                                     for k, v in f["alpha_pattern"].items()}
+    return out
+
+
+def llamafactory_config(plan: "Plan", *, r: int | None = None, lora_alpha: float | None = None,
+                        lora_dropout: float = 0.0) -> dict:
+    """LLaMA-Factory's LoRA arguments for ``plan`` (see ``llamafactory.hparams.FinetuningArguments``)."""
+    f = _lora_fields(plan, r, lora_alpha, lora_dropout)
+    if f["rank_pattern"]:
+        raise ExportError("LLaMA-Factory takes one LoRA rank for every module, but this plan has per-module "
+                          f"ranks ({len(f['rank_pattern'])} differ from r = {f['r']}); place without "
+                          "rank_target= (--rank-target) for a uniform rank, or export to peft/axolotl")
+    return {"finetuning_type": "lora", "lora_target": ",".join(f["target_modules"]), "lora_rank": f["r"],
+            "lora_alpha": _as_int(f["lora_alpha"], "lora_alpha", "LLaMA-Factory"),
+            "lora_dropout": f["lora_dropout"]}
+
+
+def llamafactory_args(plan: "Plan", **kwargs) -> list[str]:
+    """The same arguments as ``--key value`` pairs for ``llamafactory-cli train``."""
+    out = []
+    for key, value in llamafactory_config(plan, **kwargs).items():
+        out += [f"--{key}", str(value)]
+    return out
+
+
+def _yaml(data: dict, header: str) -> str:
+    import yaml
+
+    return header + yaml.safe_dump(data, sort_keys=False, width=1 << 16)
+
+
+def export(plan: "Plan", fmt: str, path: str | os.PathLike, *, source: str = "", **kwargs) -> Path:
+    """Write ``plan`` in ``fmt`` (one of ``FORMATS``) to ``path`` and return the written file.
+
+    ``peft``: ``path`` is a directory (``adapter_config.json`` inside); the others: a YAML file.
+    Nothing is written when the plan cannot be exported (``ExportError``).
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "peft":
+        return peft_adapter_config(plan, path, **kwargs)
+    header = (f"# LoRA placement by layerprof{(' from ' + source) if source else ''}: layers {plan.layers}, "
+              f"{plan.predicted_gain_fraction:.0%} of the predicted gain at {plan.cost:.0%} of full-LoRA cost\n")
+    if fmt == "axolotl":
+        text = _yaml(axolotl_config(plan, **kwargs), header + "# paste into your Axolotl config\n")
+    else:
+        text = _yaml(llamafactory_config(plan, **kwargs),
+                     header + "# merge into your `llamafactory-cli train` YAML (or pass as --key value)\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def plan_summary_json(plan: "Plan") -> str:
+    """The plan as indented JSON (what the Trainer callback and ``layerprof place --json`` write)."""
+    return json.dumps(plan.to_dict(), indent=1, default=str)
