@@ -23,6 +23,7 @@ demo: install
 	@echo; head -n 40 $(OUT)/card.md
 
 test: install-test
+	bash tests/install_browser.sh
 	$(PY) -m pytest -q tests
 
 bench: install

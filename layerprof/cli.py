@@ -188,6 +188,7 @@ def cmd_report(args) -> int:
     card = LayerCard.load(args.card)
     if args.html:
         card.to_html(args.html)
+        print(f"wrote {args.html}", file=sys.stderr)
     if args.json:
         print(json.dumps(card.to_dict(), indent=1))
     else:
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="print a card as Markdown (or JSON / HTML)")
     r.add_argument("card")
-    r.add_argument("--html", help="also write a self-contained HTML page here")
+    r.add_argument("--html", help="also write one self-contained HTML page with plots here (opens offline)")
     r.add_argument("--json", action="store_true", help="print the card JSON")
     r.set_defaults(func=cmd_report)
 
