@@ -1,0 +1,161 @@
+"""``LayerCardCallback``: profile inside a transformers ``Trainer`` before the first step.
+
+On ``on_train_begin`` the callback takes the first ``batches`` batches of the Trainer's
+own train dataloader, runs ``layerprof.profile`` on the model being trained (frozen, in
+eval mode, restored bitwise afterwards) and writes into ``OUTPUT_DIR/layerprof/``:
+
+- ``card.json``, ``card.md``, ``card.html`` — the Layer Card and its report;
+- ``placement.json`` — the chosen plan (layers, modules, ranks, predicted gain, cost, Pareto front);
+- ``adapter/adapter_config.json`` — the plan as a PEFT LoRA config, plus any of
+  ``axolotl.yml`` / ``llamafactory.yaml`` requested with ``exports=``.
+
+If the Trainer's model is already a ``PeftModel`` (LoRA on every layer, the common
+default), the base model is profiled with the adapters disabled and the card names the
+base model's modules, so the placement applies to the next run's ``get_peft_model``.
+Training then proceeds unchanged: the callback never alters the model, the optimizer
+or the data order (the global RNG state is restored after reading the batches).
+Under torch.distributed every rank profiles its own batches, the statistics are
+summed, and only the main process writes.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import json
+import random
+from pathlib import Path
+
+import torch
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:  # pragma: no cover - transformers is a dependency
+    raise ImportError("layerprof.callback needs transformers: pip install transformers") from e
+
+from .export import FORMATS, export
+
+_EXPORT_FILES = {"peft": "adapter", "axolotl": "axolotl.yml", "llamafactory": "llamafactory.yaml"}
+_BASE_LAYER = ".base_layer"
+
+
+class LayerCardCallback(TrainerCallback):
+    """Profile the first ``batches`` training batches and write the card and a placement.
+
+    Placement: ``layers=k`` (default: a quarter of the layers), or ``budget=`` (fraction of
+    full-LoRA cost), or ``target_gain=`` (cheapest placement reaching that fraction of the
+    predicted gain). Other keyword arguments go to ``layerprof.profile`` (``rank``,
+    ``damping``, ``targets``, ``backend``, ...). After training begins, ``self.card`` and
+    ``self.plan`` hold the results.
+    """
+
+    def __init__(self, batches: int = 8, *, layers: int | None = None, budget: float | None = None,
+                 target_gain: float | None = None, exports: tuple[str, ...] = ("peft",), subdir: str = "layerprof",
+                 lora_alpha: float | None = None, **profile_kwargs):
+        if not isinstance(batches, int) or batches < 1:
+            raise ValueError(f"batches must be a positive int (training batches to profile), got {batches!r}")
+        if sum(x is not None for x in (layers, budget, target_gain)) > 1:
+            raise ValueError("give at most one of layers=, budget=, target_gain= for the placement")
+        unknown = set(exports) - set(FORMATS)
+        if unknown:
+            raise ValueError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+        self.batches, self.layers, self.budget, self.target_gain = batches, layers, budget, target_gain
+        self.exports, self.subdir, self.lora_alpha = tuple(exports), subdir, lora_alpha
+        self.profile_kwargs = {"progress": False, **profile_kwargs}
+        self.card = None
+        self.plan = None
+        self.output_dir: Path | None = None
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        if model is None or train_dataloader is None:
+            raise ValueError("LayerCardCallback needs the Trainer's model and train dataloader (transformers "
+                             "passes both to on_train_begin); use it with transformers.Trainer")
+        batches = _first_batches(train_dataloader, self.batches)
+        target, rename, context = _profiled_model(model)
+        import layerprof as lp
+
+        kwargs = dict(self.profile_kwargs)
+        if rename:
+            kwargs["targets"] = _base_layer_targets(kwargs.get("targets"))
+        with context:
+            card = lp.profile(target, batches, **kwargs)
+        if rename:
+            card = _strip_base_layer(card)
+        self.card = card
+        self.plan = self._place(card)
+        self.output_dir = Path(args.output_dir) / self.subdir
+        if state.is_world_process_zero:
+            self._write(card, self.plan, _model_name(model))
+        return control
+
+    def _place(self, card):
+        if self.target_gain is not None:
+            return card.place(objective="cost", target_gain=self.target_gain)
+        if self.budget is not None:
+            return card.place(budget=self.budget)
+        return card.place(layers=self.layers or card.default_layers())
+
+    def _write(self, card, plan, name: str | None) -> None:
+        out = self.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        card.save(out / "card.json")
+        (out / "card.md").write_text(card.to_markdown(), encoding="utf-8")
+        card.to_html(out / "card.html")
+        (out / "placement.json").write_text(json.dumps(plan.to_dict(), indent=1, default=str), encoding="utf-8")
+        r = card.rank
+        alpha = self.lora_alpha if self.lora_alpha is not None else 2 * r
+        for fmt in self.exports:
+            kw = {"base_model_name_or_path": name} if fmt == "peft" else {}
+            export(plan, fmt, out / _EXPORT_FILES[fmt], source="LayerCardCallback", r=r, lora_alpha=alpha, **kw)
+
+
+def _first_batches(loader, n: int) -> list:
+    """The loader's first ``n`` batches, with the global RNG states put back afterwards."""
+    states = (torch.random.get_rng_state(), random.getstate(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+    try:
+        batches = list(itertools.islice(iter(loader), n))
+    finally:
+        torch.random.set_rng_state(states[0])
+        random.setstate(states[1])
+        if states[2] is not None:
+            torch.cuda.set_rng_state_all(states[2])
+    if not batches:
+        raise ValueError("the train dataloader yielded no batches; nothing to profile")
+    return batches
+
+
+def _profiled_model(model):
+    """(module to profile, whether names carry '.base_layer', context) — a PeftModel's base, adapters off."""
+    if hasattr(model, "peft_config") and hasattr(model, "get_base_model") and hasattr(model, "disable_adapter"):
+        return model, True, model.disable_adapter()
+    return model, False, contextlib.nullcontext()
+
+
+def _base_layer_targets(targets):
+    """Targets given for the base model, as names of a PeftModel's wrapped base layers."""
+    if targets is None:
+        return r".*\.base_layer"
+    if isinstance(targets, str):
+        return rf"(?:{targets})\.base_layer"
+    return [f"{t}{_BASE_LAYER}" for t in targets]
+
+
+def _base_name(name: str) -> str:
+    name = name[: -len(_BASE_LAYER)] if name.endswith(_BASE_LAYER) else name
+    prefix = "base_model.model."  # PeftModel → LoraModel → the transformers model
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+def _strip_base_layer(card):
+    """Name a PeftModel card's modules as in the base model (drop PEFT's prefix and '.base_layer')."""
+    from .card import LayerCard
+
+    modules = [dataclasses.replace(m, name=_base_name(m.name)) for m in card.modules]
+    meta = {**card.meta, **{k: [_base_name(n) for n in card.meta.get(k, [])] for k in ("unfired", "unmasked")}}
+    return LayerCard(modules, card.layers, meta)
+
+
+def _model_name(model) -> str | None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "config", None), "name_or_path", None) or None

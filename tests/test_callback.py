@@ -1,0 +1,93 @@
+"""LayerCardCallback inside a real transformers Trainer (tiny Llama, CPU).
+
+Six equal-length rows in two batches of three: the callback profiles every row whatever
+the sampler's order, so its card must match ``lp.profile`` on the same rows; training
+with the callback must end bitwise where training without it ends.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import layerprof as lp
+from conftest import VOCAB, make_model
+from layerprof.callback import LayerCardCallback
+from test_peft import lora_modules
+
+ROWS, SEQ = 6, 10
+
+
+def _rows():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(1, VOCAB, (ROWS, SEQ), generator=g)
+    return [{"input_ids": r, "attention_mask": torch.ones(SEQ, dtype=torch.long), "labels": r.clone()} for r in ids]
+
+
+def _train(model, tmp_path, callbacks, steps=2):
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=3,
+                             learning_rate=1e-2, report_to=[], save_strategy="no", logging_strategy="no",
+                             use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=_rows(), callbacks=callbacks)
+    trainer.train()
+    return trainer
+
+
+def _reference_card(model, rank=4):
+    rows = _rows()
+    batches = [{k: torch.stack([r[k] for r in rows[i:i + 3]]) for k in rows[0]} for i in (0, 3)]
+    return lp.profile(model, batches, rank=rank, progress=False)
+
+
+def _assert_same_columns(a, b):
+    assert [m.name for m in a.modules] == [m.name for m in b.modules]
+    for col in ("resnorm", "resnorm_rank", "energy", "grad_norm", "rows"):
+        np.testing.assert_allclose([getattr(m, col) for m in a.modules], [getattr(m, col) for m in b.modules],
+                                   rtol=1e-4, err_msg=col)
+
+
+def test_callback_writes_card_and_placement_and_leaves_training_unchanged(tmp_path):
+    ref = _reference_card(make_model("llama"))
+    cb = LayerCardCallback(batches=2, layers=1, rank=4, exports=("peft", "axolotl", "llamafactory"))
+    with_cb = _train(make_model("llama"), tmp_path / "a", [cb])
+    without = _train(make_model("llama"), tmp_path / "b", [])
+    # Training is untouched: the same steps end at bitwise the same weights.
+    assert with_cb.state.global_step == 2
+    for (n, p), (_, q) in zip(with_cb.model.named_parameters(), without.model.named_parameters()):
+        assert torch.equal(p, q), n
+    # The card is the card of those rows, profiled before the first step.
+    _assert_same_columns(cb.card, ref)
+    out = tmp_path / "a" / "layerprof"
+    assert lp.LayerCard.load(out / "card.json").ranking() == ref.ranking()
+    assert (out / "card.md").read_text().startswith("# Layer Card")
+    assert "<svg" in (out / "card.html").read_text()
+    plan = json.loads((out / "placement.json").read_text())
+    assert plan["layers"] == ref.place(layers=1).layers == cb.plan.layers
+    for name in ("adapter/adapter_config.json", "axolotl.yml", "llamafactory.yaml"):
+        assert (out / name).exists(), name
+
+
+def test_callback_on_a_peft_model_profiles_the_base_layers(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    ref = _reference_card(make_model("llama"))
+    peft_model = get_peft_model(make_model("llama"), LoraConfig(r=4, target_modules="all-linear"))
+    cb = LayerCardCallback(batches=2, budget=0.9, rank=4)
+    _train(peft_model, tmp_path, [cb], steps=1)
+    # Names are the base model's, values are the base model's (adapters disabled while profiling).
+    _assert_same_columns(cb.card, ref)
+    assert not cb.card.meta["unfired"]
+    # The exported config applies to a fresh base model and adapts exactly the plan.
+    config = LoraConfig.from_pretrained(str(tmp_path / "layerprof" / "adapter"))
+    assert set(lora_modules(get_peft_model(make_model("llama"), config))) == set(cb.plan.modules)
+
+
+def test_callback_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="batches must be a positive int"):
+        LayerCardCallback(batches=0)
+    with pytest.raises(ValueError, match="at most one of"):
+        LayerCardCallback(layers=2, budget=0.5)
+    with pytest.raises(ValueError, match="unknown export format"):
+        LayerCardCallback(exports=("deepspeed",))
