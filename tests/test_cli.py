@@ -87,3 +87,27 @@ def test_card_from_a_local_model_directory(tmp_path):
                  "--seq-len", "32", "--out", str(tmp_path / "o"), "--no-progress", "--rank", "4"]) == 0
     card = lp.LayerCard.load(tmp_path / "o" / "card.json")
     assert [l.layer for l in card.layers] == [0, 1, 2, 3] and card.meta["model"]["class"] == "LlamaForCausalLM"
+
+
+@pytest.mark.parametrize("command", ["card", "validate", "place", "report", "compare", "doctor"])
+def test_every_command_help_has_examples(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and f"layerprof {command}" in text.split("examples:", 1)[1]
+
+
+def test_progress_bar_shows_rows_per_second_and_eta(tmp_path, capsys):
+    assert main(["card", "--batches", "3", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    # tqdm: "layerprof sweep:  33%|...| 703/2.11k [00:00<00:01, 4.5krows/s, batches=1/3]" (percent and ETA)
+    assert "layerprof sweep" in err and "rows/s" in err and "%|" in err and "<" in err
+
+
+def test_doctor_json_lists_devices_and_backends(capsys):
+    assert main(["doctor", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["devices"][0]["device"] == "cpu"
+    assert info["backends"]["torch"]["available"] is True
+    assert info["peft"] and info["transformers"]
