@@ -78,11 +78,14 @@ def qwen3_sweep(args, summary, rows_out):
     table = ops.backends()
     names = [b for b in ("cuda", "triton", "torch") if table[b].available and "cuda" in table[b].devices]
     fns = {"plain": plain}
-    fin = {}
+    fin, stats, cards = {}, {}, {}
     for n in names:
         def sweep(n=n, sketch=None):
             card = lp.profile(model, batches, progress=False, backend=n, sketch=sketch)
-            fin[n if sketch is None else f"{n}+sketch{sketch}"] = card.meta["sweep"]["finalize_seconds"]
+            key = n if sketch is None else f"{n}+sketch{sketch}"
+            fin[key] = card.meta["sweep"]["finalize_seconds"]
+            stats[key] = card.meta["sweep"].get("statistics_bytes", 0) / 2 ** 30
+            cards[key] = card
         fns[f"sweep:{n}"] = sweep
         fns[f"sweep:{n}+sketch128"] = lambda n=n, sweep=sweep: sweep(n, 128)
     mem = {}
@@ -96,10 +99,22 @@ def qwen3_sweep(args, summary, rows_out):
     for k, v in t.items():
         f = fin.get(k.split(":", 1)[-1], 0.0) if k.startswith("sweep") else 0.0
         summary.append((f"Qwen3-8B-shaped, {args.layers} layers, {tokens:,} tokens", k, f"{(v - f):.3f} s",
-                        f"{(v - f) / t['plain']:.2f}x plain", f"peak +{mem[k]:.1f} GiB, finalize {f:.1f} s"))
+                        f"{(v - f) / t['plain']:.2f}x plain",
+                        f"peak +{mem[k]:.1f} GiB, statistics {stats.get(k.split(':', 1)[-1], 0):.2f} GiB, "
+                        f"finalize {f:.1f} s"))
         rows_out.append({"bench": "gpu_sweep", "pass": k, "layers": args.layers, "rows": tokens,
                          "seconds": round(v - f, 4), "over_plain": round((v - f) / t["plain"], 3),
-                         "finalize_s": round(f, 3), "peak_gib": round(mem[k], 2)})
+                         "finalize_s": round(f, 3), "peak_gib": round(mem[k], 2),
+                         "statistics_gib": round(stats.get(k.split(":", 1)[-1], 0), 3)})
+    # Sketch k = 128 against dense on the same statistics: does the layer ranking hold (goal τ ≥ 0.9)?
+    from layerprof.finalize import kendall_tau
+
+    for n in names:
+        dense, sk = cards.get(n), cards.get(f"{n}+sketch128")
+        if dense is not None and sk is not None:
+            tau = kendall_tau([l.score for l in dense.layers], [l.score for l in sk.layers])
+            summary.append((f"sketch k=128 vs dense ({n})", "layer ranking", f"Kendall τ {tau:+.2f}",
+                            f"statistics {stats[f'{n}+sketch128'] / max(stats[n], 1e-12):.0%} of dense", ""))
 
 
 def main() -> None:

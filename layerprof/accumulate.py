@@ -54,6 +54,8 @@ class Accumulator:
     one Gram update: the first tap to reach an input computes XᵀX into a per-input buffer
     with the fused op, the others only C and q; at commit each module's S receives the
     Gram of every input it read. Exact, and the Gram work drops to one per distinct input.
+    Modules whose inputs are always the same also share one S tensor (see ``commit``):
+    treat ``ModuleStats.S`` as read-only outside this class.
     """
 
     dims: dict[str, tuple[int, int]]  # name -> (d_in, d_out)
@@ -68,6 +70,7 @@ class Accumulator:
     batches: int = 0
     gram_updates: int = 0  # Gram computations done (≤ tap firings when inputs are shared)
     _free: dict = field(default_factory=dict)  # (d_in, device) -> reusable Gram buffers
+    _holders: tuple[dict, dict] = field(default_factory=lambda: ({}, {}))  # per half: id(S) -> names holding it
     _solo: int = 0
 
     def update(self, name: str, x: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None, rows: int,
@@ -148,22 +151,77 @@ class Accumulator:
             bool(torch.isfinite(st.q)) for st in self.pending.values() if st.inputs)
 
     def commit(self) -> None:
-        """Add the staged batch into the next half (halves alternate by committed batch)."""
-        half = self.halves[self.batches % 2]
+        """Add the staged batch into the next half (halves alternate by committed batch).
+
+        Modules that read exactly the same inputs hold one S tensor between them (q/k/v,
+        gate/up: 3 and 2 d_in² buffers become one each). A shared S is split into its own
+        copy the first time its holders' inputs differ in a batch, so every module's S is
+        always exactly Σ over its own inputs.
+        """
+        h = self.batches % 2
+        half, holders = self.halves[h], self._holders[h]
+        groups: dict[tuple, list[str]] = {}
         for name, st in self.pending.items():
-            if not st.inputs or st.N == 0:
-                continue
-            S = self.grams[st.inputs[0]].clone()
-            for i in st.inputs[1:]:
-                S.add_(self.grams[i])
-            staged = ModuleStats(st.N, S, st.C, st.q)
-            if name in half:
-                half[name].add_(staged)
-            else:
-                half[name] = ModuleStats(st.N, S, st.C.clone(), st.q.clone())
-            self.calls[name] = self.calls.get(name, 0) + len(st.inputs)
+            if st.inputs and st.N:
+                groups.setdefault(tuple(st.inputs), []).append(name)
+        for key, names in groups.items():
+            gram = self.grams[key[0]]
+            if len(key) > 1:
+                gram = gram.clone()
+                for i in key[1:]:
+                    gram.add_(self.grams[i])
+            by_S: dict[int, list[str]] = {}
+            for name in names:
+                if name in half:
+                    by_S.setdefault(id(half[name].S), []).append(name)
+            for sid, members in by_S.items():
+                S = half[members[0]].S
+                if holders[sid] != set(members):
+                    # Some holders of this S read other inputs in this batch: split off a copy.
+                    holders[sid] -= set(members)
+                    S = S.clone()
+                    holders[id(S)] = set(members)
+                    for n in members:
+                        half[n].S = S
+                S.add_(gram)
+            new = [n for n in names if n not in half]
+            if new:
+                S = gram.clone()
+                holders[id(S)] = set(new)
+            for name in names:
+                st = self.pending[name]
+                if name in half:
+                    stats = half[name]
+                    stats.N += st.N
+                    stats.C.add_(st.C)
+                    stats.q.add_(st.q)
+                else:
+                    half[name] = ModuleStats(st.N, S, st.C.clone(), st.q.clone())
+                self.calls[name] = self.calls.get(name, 0) + len(st.inputs)
         self.batches += 1
         self.discard()
+
+    def shared_S(self) -> int:
+        """How many distinct S tensors the halves hold (≤ modules × 2 when inputs are shared)."""
+        return sum(len({id(st.S) for st in half.values()}) for half in self.halves)
+
+    def statistics_bytes(self) -> int:
+        """Bytes held by the running sums of both halves (each shared S counted once)."""
+        seen, total = set(), 0
+        for half in self.halves:
+            for st in half.values():
+                for t in (st.S, st.C, st.q):
+                    if id(t) not in seen:
+                        seen.add(id(t))
+                        total += t.numel() * t.element_size()
+        return total
+
+    def rebuild_holders(self) -> None:
+        """Recompute which modules share each S (after S tensors were replaced, e.g. by a reduce)."""
+        for half, holders in zip(self.halves, self._holders):
+            holders.clear()
+            for name, st in half.items():
+                holders.setdefault(id(st.S), set()).add(name)
 
     def discard(self) -> None:
         # Keep the staging buffers allocated (zeroed) for the next batch.

@@ -34,6 +34,10 @@ EXAMPLES = {
   layerprof compare out_taskA/card.json out_taskB/card.json --k 4
   layerprof compare seed0/card.json seed1/card.json --json
 """,
+    "bench": """examples:
+  layerprof bench                                  # bundled model, 24 batches, 3 interleaved repetitions
+  layerprof bench --model ./my-hf-model --batches 8 --reps 5 --json
+""",
     "doctor": """examples:
   layerprof doctor          # versions, backends, devices
   layerprof doctor --json
@@ -247,6 +251,25 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .benchmark import sweep_vs_plain
+
+    model, tokenizer = _load_model(args.model, args.dtype)
+    batches = _batches(args, model, tokenizer)
+    if not args.json:
+        print(f"timing plain forward+backward vs the layerprof sweep on {len(batches)} batches, "
+              f"{args.reps} interleaved repetitions ...", file=sys.stderr)
+    result = sweep_vs_plain(model, batches, reps=args.reps, backend=args.backend)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"plain frozen forward+backward: {result['plain_seconds']:.3f} s (median)")
+        print(f"layerprof sweep ({result['backend']}): {result['sweep_seconds']:.3f} s -> "
+              f"{result['ratio']:.2f}x the plain pass; finalize {result['finalize_seconds']:.2f} s once per card")
+        print(f"{result['rows']:,} rows; machine: {result['machine']}")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     import platform
 
@@ -362,6 +385,18 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--k", type=int, help="top-k to compare (default: a quarter of the layers)")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_compare)
+
+    b = command("bench", help="time the sweep against a plain forward+backward of the same model (ratio)")
+    b.add_argument("--model", help="local Hugging Face model directory (default: the bundled model)")
+    b.add_argument("--text", help="calibration text file (default: Python's documentation prose)")
+    b.add_argument("--batches", type=int, default=24, help="batches per pass (default: %(default)s)")
+    b.add_argument("--batch-size", type=int, default=8, help="rows per batch (default: %(default)s)")
+    b.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: %(default)s)")
+    b.add_argument("--reps", type=int, default=3, help="interleaved repetitions; medians (default: %(default)s)")
+    b.add_argument("--backend", default="auto", help="accumulation backend (default: %(default)s)")
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
 
     d = command("doctor", help="versions, devices and available accumulation backends")
     d.add_argument("--json", action="store_true")

@@ -8,7 +8,13 @@ transformer step:
   the lowest adapted layer ℓ_min, plus the head. Below ℓ_min nothing needs a gradient,
   so the backward pass stops there and those layers keep no saved activations.
 * adapter work per adapted module with rank r: forward 2·r·(d_in + d_out), backward
-  twice that (gradients of A, B and of the adapter's input).
+  twice that (gradients of A, B and of the adapter's input), plus the adapter's
+  memory-bound overhead γ·(d_in + d_out): reading its input again, adding its output,
+  the extra small kernels and their backward. γ (``ADAPTER_OVERHEAD``, FLOP-equivalents
+  per element) is fitted to measured LoRA step times (``bench/fit_cost.py``); without
+  it the model overestimated partial placements' cost by 10–20 points, because full
+  LoRA pays this overhead on every module. It matters for small d (d = 128: γ·2d is
+  ~60% of a module's 2·d² FLOPs) and vanishes for large d (d = 4096: ~4%).
 
 Memory: trainable parameters P = Σ r·(d_in + d_out), with fp32 weight, gradient and
 two Adam moments = 16·P bytes; saved activations scale with the layers from ℓ_min up
@@ -20,6 +26,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
+
+# FLOP-equivalents per element of an adapter's input + output (see the module docstring):
+# least-squares fit to the 11 placements of docs/study_bundled_timing (2-core AMD EPYC,
+# torch 2.13 CPU), mean |modelled − measured| step-time fraction 0.13 → 0.03.
+ADAPTER_OVERHEAD = 150.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,11 @@ class Cost:
 class CostModel:
     """Step cost of adapting a set of layers, from module shapes and the head's shape."""
 
-    def __init__(self, modules: Iterable[ModuleShape], head_flops_per_row: float = 0.0):
+    def __init__(self, modules: Iterable[ModuleShape], head_flops_per_row: float = 0.0,
+                 overhead: float = ADAPTER_OVERHEAD):
+        if not overhead >= 0:
+            raise ValueError(f"overhead is FLOP-equivalents per element (>= 0), got {overhead!r}")
+        self.overhead = float(overhead)
         self.modules = [m for m in modules if m.layer is not None]
         self.layers = sorted({m.layer for m in self.modules})
         self.head = float(head_flops_per_row)
@@ -63,7 +78,8 @@ class CostModel:
         self._full = None
 
     def adapter_flops(self, layer: int, ranks: Mapping[str, int] | int) -> float:
-        return sum(3 * 2.0 * _rank(ranks, m.name) * (m.d_in + m.d_out) for m in self.layer_dims[layer])
+        return sum((3 * 2.0 * _rank(ranks, m.name) + self.overhead) * (m.d_in + m.d_out)
+                   for m in self.layer_dims[layer])
 
     def adapter_params(self, layer: int, ranks: Mapping[str, int] | int) -> int:
         return sum(_rank(ranks, m.name) * (m.d_in + m.d_out) for m in self.layer_dims[layer])

@@ -192,21 +192,30 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
             "resnorm_a": math.sqrt(sum(half_r2[0].get(m["name"], 0.0) for m in ms)),
             "resnorm_b": math.sqrt(sum(half_r2[1].get(m["name"], 0.0) for m in ms)),
         })
+    rank_layers(layers)
+    have_halves = bool(half_r2[0]) and bool(half_r2[1])
+    stability = stability_record(layers, acc.batches, have_halves)
+    return modules, layers, stability
+
+
+def rank_layers(layers: list[dict]) -> None:
+    """Set each layer's ``rank`` (1 = highest score), in place."""
     order = sorted(range(len(layers)), key=lambda i: -layers[i]["score"])
     for position, i in enumerate(order, start=1):
         layers[i]["rank"] = position
 
-    have_halves = bool(half_r2[0]) and bool(half_r2[1])
+
+def stability_record(layers: list[dict], batches: int, have_halves: bool) -> dict:
+    """Split-half Kendall τ and top-k overlap of the layer ranking (resnorm_a vs resnorm_b)."""
     tau = kendall_tau([l["resnorm_a"] for l in layers], [l["resnorm_b"] for l in layers]) if have_halves else None
     k = max(1, len(layers) // 4)
     top = lambda key: {l["layer"] for l in sorted(layers, key=lambda l: -l[key])[:k]}  # noqa: E731
-    stability = {
+    return {
         "kendall_tau": tau,
         "threshold": STABLE_TAU,
         "stable": (tau is not None and tau >= STABLE_TAU),
         "top_k": k,
         "top_k_overlap": len(top("resnorm_a") & top("resnorm_b")) / k if have_halves and layers else None,
-        "batches_per_half": [acc.batches - acc.batches // 2, acc.batches // 2],
+        "batches_per_half": [batches - batches // 2, batches // 2],
         "note": None if have_halves else "only one batch: no split-half stability; profile more batches",
     }
-    return modules, layers, stability

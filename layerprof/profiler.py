@@ -8,6 +8,7 @@ non-finite is dropped whole and counted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -293,6 +294,8 @@ class Profiler:
             "sweep": {"seconds": sweep, "finalize_seconds": finalize_s,
                       "rows_per_second": rows / sweep if sweep > 0 else None,
                       "peak_memory_bytes": _peak_memory(self.device),
+                      "statistics_bytes": self.acc.statistics_bytes(),
+                      "gram_updates": self.acc.gram_updates,
                       "peak_memory_kind": "cuda max_memory_allocated" if self.device.type == "cuda"
                       else "process peak RSS", "device": str(self.device)},
             "skipped": skipped,
@@ -411,30 +414,100 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
         print(plan.describe(), file=sys.stderr)
     if coupling and plan.sketch is not None:
         raise ProfileError("coupling needs the dense C (the optimal corrections); use sketch=None with coupling=True")
-    sketch = plan.sketch
-    prof = Profiler(model, targets=targets, rank=rank, damping=damping, backend=backend, dtype=dtype, sketch=sketch,
-                    sketch_seed=sketch_seed)
-    t0 = time.perf_counter()
-    kept: list = []
-    coupling_record = None
+    if plan.groups and coupling:
+        raise ProfileError(f"coupling needs every layer's statistics in one sweep, but they fit only in "
+                           f"{plan.sweeps} sweeps ({plan.describe()}); raise max_memory or profile without coupling")
+    if plan.groups:
+        if iter(batches) is batches:
+            raise ProfileError(f"the statistics fit only in {plan.sweeps} sweeps over the same batches, but batches "
+                               "is a one-shot iterator; pass a list (or any re-iterable) of batches, or raise "
+                               "max_memory")
+        if progress:
+            print(plan.describe(), file=sys.stderr)
+        groups = plan.groups
+    else:
+        groups = [None]
+    kw = dict(rank=rank, damping=damping, backend=backend, dtype=dtype, sketch=plan.sketch, sketch_seed=sketch_seed)
+    parts = []
     try:
-        with frozen_eval(model):
-            with prof:
-                for index, batch in enumerate(itertools.chain([first], iterator)):
-                    if coupling and len(kept) < coupling_batches:
-                        kept.append(batch)
-                    _sweep_one(prof, model, batch, index, loss_fn, bar, total)
-                    if max_tokens is not None and prof.rows >= max_tokens:
-                        break
-            sweep_seconds = time.perf_counter() - t0
-            if coupling:
-                coupling_record = prof.coupling(kept)
+        for gi, group in enumerate(groups):
+            if bar is not None and gi:
+                bar.reset(total=bar.total)
+                bar.set_description(f"layerprof sweep {gi + 1}/{len(groups)}")
+            prof = Profiler(model, targets=group if group is not None else targets, **kw)
+            prof.target_spec = targets if isinstance(targets, (str, type(None))) else list(targets)
+            source = itertools.chain([first], iterator) if gi == 0 else iter(batches)
+            t0 = time.perf_counter()
+            kept: list = []
+            coupling_record = None
+            with frozen_eval(model):
+                with prof:
+                    for index, batch in enumerate(source):
+                        if coupling and len(kept) < coupling_batches:
+                            kept.append(batch)
+                        _sweep_one(prof, model, batch, index, loss_fn, bar, total)
+                        if max_tokens is not None and prof.rows >= max_tokens:
+                            break
+                sweep_seconds = time.perf_counter() - t0
+                if coupling:
+                    coupling_record = prof.coupling(kept)
+            parts.append(prof.card(sweep_seconds=sweep_seconds, coupling=coupling_record))
+            del prof  # free this group's statistics before the next sweep
     finally:
         if bar is not None:
             bar.close()
-    card = prof.card(sweep_seconds=sweep_seconds, coupling=coupling_record)
+    card = parts[0] if len(parts) == 1 else merge_group_cards(parts)
     card.meta["memory_plan"] = plan.to_dict()
     return card
+
+
+def merge_group_cards(parts: list):
+    """One card from sweeps over the same batches with disjoint groups of whole layers.
+
+    Module rows and each layer's own columns come from the sweep that profiled the layer;
+    what depends on every layer is recomputed: gain share, rank, the cost of each layer
+    (backward depth runs over all layers), split-half stability. Sweep time is the sum.
+    """
+    from .card import LayerCard
+    from .cost import CostModel, ModuleShape
+    from .finalize import rank_layers, stability_record
+
+    modules = [m for p in parts for m in p.modules]
+    layers = [dataclasses.asdict(l) for p in parts for l in p.layers]
+    if len({l["layer"] for l in layers}) != len(layers):
+        raise ProfileError("internal: a layer was profiled in two sweeps")  # groups are whole layers
+    meta = parts[0].meta
+    for p in parts[1:]:
+        if p.meta["data"]["hash"] != meta["data"]["hash"] or p.meta["data"]["rows"] != meta["data"]["rows"]:
+            raise ProfileError("the batches changed between sweeps (different data fingerprint): profiling in "
+                               "several sweeps needs batches that iterate the same way every time")
+    head = sum(2.0 * h["d_in"] * h["d_out"] for h in meta.get("heads", []))
+    cost_model = CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in modules if m.layer is not None],
+                           head)
+    total = sum(l["score"] for l in layers)
+    rank = meta["settings"]["rank"]
+    for l in layers:
+        l["gain_share"] = l["score"] / total if total > 0 else float("nan")
+        l["cost"] = cost_model.cost([l["layer"]], rank).fraction
+    layers.sort(key=lambda l: l["layer"])
+    rank_layers(layers)
+    have_halves = all(p.meta["stability"]["batches_per_half"][1] > 0 for p in parts)
+    sweeps = [p.meta["sweep"] for p in parts]
+    merged = {**meta,
+              "stability": stability_record(layers, meta["data"]["batches"], have_halves),
+              "unfired": sorted({n for p in parts for n in p.meta["unfired"]}),
+              "unmasked": sorted({n for p in parts for n in p.meta.get("unmasked", [])}),
+              "sweep": {**sweeps[0],
+                        "seconds": sum(s["seconds"] for s in sweeps),
+                        "finalize_seconds": sum(s["finalize_seconds"] for s in sweeps),
+                        "rows_per_second": meta["data"]["rows"] / max(sum(s["seconds"] for s in sweeps), 1e-12),
+                        "peak_memory_bytes": max(s["peak_memory_bytes"] or 0 for s in sweeps),
+                        "statistics_bytes": max(s.get("statistics_bytes", 0) for s in sweeps),
+                        "gram_updates": sum(s.get("gram_updates", 0) for s in sweeps),
+                        "sweeps": len(parts)}}
+    merged["settings"] = {**meta["settings"],
+                          "sketched_modules": sum(p.meta["settings"]["sketched_modules"] for p in parts)}
+    return LayerCard(modules, layers, merged)
 
 
 def _sweep_one(prof: Profiler, model: nn.Module, batch: Any, index: int, loss_fn: LossFn, bar, total) -> None:

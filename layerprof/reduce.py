@@ -43,6 +43,7 @@ def all_reduce_stats(acc: Accumulator, names: list[str]) -> None:
     dist.all_reduce(present)
     for h in (0, 1):
         half = acc.halves[h]
+        reduced_S: dict[int, torch.Tensor] = {}  # id(local shared S) -> its reduced tensor
         for i, name in enumerate(names):
             total_rows = int(present[h, i])
             if total_rows == 0:
@@ -53,12 +54,27 @@ def all_reduce_stats(acc: Accumulator, names: list[str]) -> None:
                 st = half[name] = ModuleStats(0, torch.zeros(d_in, d_in, dtype=acc.dtype, device=dev),
                                               torch.zeros(d_in, d_out, dtype=acc.dtype, device=dev),
                                               torch.zeros((), dtype=acc.dtype, device=dev))
-            for t in (st.S, st.C, st.q):
+            for t in (st.C, st.q):
                 buf = t if t.device == dev else t.to(dev)
                 dist.all_reduce(buf)
                 if buf is not t:
                     t.copy_(buf)
+            # S may be one tensor shared by several modules here but not on another rank (a
+            # rank without data for a module zero-fills it alone): reduce a copy per module,
+            # so every rank issues the same collectives, and share the result again where
+            # this rank shared it and the global sums agree.
+            local = id(st.S)
+            buf = st.S.to(dev, copy=True)
+            dist.all_reduce(buf)
+            buf = buf.to(st.S.device)
+            prev = reduced_S.get(local)
+            if prev is not None and torch.equal(prev, buf):
+                buf = prev
+            else:
+                reduced_S.setdefault(local, buf)
+            st.S = buf
             st.N = total_rows
+    acc.rebuild_holders()
     calls = torch.tensor([acc.calls.get(n, 0) for n in names], dtype=torch.int64, device=dev)
     dist.all_reduce(calls)
     acc.calls = {n: int(c) for n, c in zip(names, calls) if int(c) > 0}

@@ -213,3 +213,63 @@ def test_input_keys_follow_identity_and_version():
     assert keys(fresh) not in (k1, k2)
     keys.reset()
     assert keys(other) != keys(fresh)
+
+
+def test_modules_reading_one_input_share_one_S_tensor():
+    # Storage, not only compute: q/k/v hold one S tensor per half, gate/up another, so a
+    # Llama block keeps 4 d×d-class buffers per half instead of 7.
+    model = make_model("llama")
+    with lp.Profiler(model) as prof:
+        for b in make_batches(n=4):
+            model(**b).loss.backward()
+    acc = prof.acc
+    for half in acc.halves:
+        for layer in range(3):
+            p = f"model.layers.{layer}."
+            assert half[p + "self_attn.q_proj"].S is half[p + "self_attn.k_proj"].S is half[p + "self_attn.v_proj"].S
+            assert half[p + "mlp.gate_proj"].S is half[p + "mlp.up_proj"].S
+            assert half[p + "self_attn.o_proj"].S is not half[p + "self_attn.q_proj"].S
+    assert acc.shared_S() == 2 * 3 * 4
+    dense = sum(st.S.numel() * 4 + st.C.numel() * 4 + 4 for half in acc.halves for st in half.values())
+    saved = sum(st.S.numel() * 4 for half in acc.halves for n, st in half.items()
+                if n.endswith(("k_proj", "v_proj", "up_proj")))
+    assert acc.statistics_bytes() == dense - saved
+    assert prof.card().meta["sweep"]["statistics_bytes"] == dense - saved
+
+
+class _TwoReaders(torch.nn.Module):
+    """a and b read the same tensor until ``split`` is set; then b reads another one."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(5, 3)
+        self.b = torch.nn.Linear(5, 3)
+        self.split = False
+
+    def forward(self, x):
+        return self.a(x).pow(2).sum() + self.b(x * 2.0 if self.split else x).pow(2).sum()
+
+
+def test_shared_S_is_split_when_inputs_diverge():
+    # Batches 0, 2 (half 0) and 1, 3 (half 1): a and b share S until batch 2, where b reads 2x.
+    # Every S must still equal the sum over that module's own inputs.
+    torch.manual_seed(0)
+    model = _TwoReaders()
+    xs = [torch.randn(7, 5) for _ in range(4)]
+    with lp.Profiler(model, targets=["a", "b"], rank=2) as prof:
+        for i, x in enumerate(xs):
+            model.split = i >= 2
+            model(x).backward()
+    half0 = prof.acc.halves[0]
+    assert half0["a"].S is not half0["b"].S
+    for name, scale in (("a", [1, 1, 1, 1]), ("b", [1, 1, 2, 2])):
+        for h in (0, 1):
+            want = sum((scale[i] * xs[i]).T @ (scale[i] * xs[i]) for i in range(h, 4, 2))
+            got = ops_symmetric(prof.acc.halves[h][name].S)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def ops_symmetric(S):
+    from layerprof.ops import symmetric
+
+    return symmetric(S)

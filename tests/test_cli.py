@@ -89,7 +89,7 @@ def test_card_from_a_local_model_directory(tmp_path):
     assert [l.layer for l in card.layers] == [0, 1, 2, 3] and card.meta["model"]["class"] == "LlamaForCausalLM"
 
 
-@pytest.mark.parametrize("command", ["card", "validate", "place", "report", "compare", "doctor"])
+@pytest.mark.parametrize("command", ["card", "validate", "place", "report", "compare", "bench", "doctor"])
 def test_every_command_help_has_examples(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
@@ -111,3 +111,10 @@ def test_doctor_json_lists_devices_and_backends(capsys):
     assert info["devices"][0]["device"] == "cpu"
     assert info["backends"]["torch"]["available"] is True
     assert info["peft"] and info["transformers"]
+
+
+def test_bench_reports_a_ratio(capsys):
+    assert main(["bench", "--batches", "2", "--reps", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["ratio"] == pytest.approx(r["sweep_seconds"] / r["plain_seconds"])
+    assert r["ratio"] > 0 and r["rows"] > 0 and r["batches"] == 2 and r["backend"] in ("cpp", "torch")

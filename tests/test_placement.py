@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import layerprof as lp
-from layerprof.cost import CostModel, ModuleShape
+from layerprof.cost import ADAPTER_OVERHEAD, CostModel, ModuleShape
 from layerprof.placement import module_ranks
 
 
@@ -90,7 +90,7 @@ def test_cost_model_backward_depth():
     m = CostModel([ModuleShape(x.name, x.layer, x.d_in, x.d_out) for x in card.modules], 1600.0)
     fwd = sum(2 * x.d_in * x.d_out for x in card.modules) + 1600.0
     top = card.modules[-1]
-    step = fwd + 1600.0 + 2 * top.d_in * top.d_out + 6 * 4 * (top.d_in + top.d_out)
+    step = fwd + 1600.0 + 2 * top.d_in * top.d_out + (6 * 4 + ADAPTER_OVERHEAD) * (top.d_in + top.d_out)
     assert math.isclose(m.cost([5], 4).train_flops_per_row, step)
     assert costs[0] == pytest.approx(single[5])
 

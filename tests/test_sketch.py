@@ -84,7 +84,7 @@ def test_memory_planner_chooses_sketch_when_dense_does_not_fit():
     budget = dense.dense_bytes + dense.activation_bytes - 1
     tight = plan_memory(targets, max_memory=budget, **kw)
     assert tight.mode == "sketch" and tight.sketch == 128 and tight.statistics_bytes < dense.statistics_bytes
-    with pytest.raises(MemoryError, match="do not fit.*several runs"):
+    with pytest.raises(MemoryError, match="do not fit even one layer per sweep"):
         plan_memory(targets, max_memory=1000, **kw)
     # profile() follows the plan and stores it; a budget nothing fits is a clear error.
     batches = [{k: v for k, v in b.items()} for b in make_batches(n=2)]

@@ -1,0 +1,74 @@
+"""Profiling in several sweeps when the statistics do not fit at once (memory planner groups).
+
+The card of G sweeps over the same batches, one group of whole layers each, must equal
+the one-sweep card: module rows from their own sweep, and the columns that depend on
+every layer (gain share, rank, cost, stability) recomputed over all layers.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+import layerprof as lp
+from conftest import make_batches, make_model
+from layerprof.planner import plan_memory
+from layerprof.targets import find_targets
+
+KW = dict(acc_bytes=4, input_bytes=4, rows_per_batch=33, device=torch.device("cpu"))
+
+
+def _layer_need(targets, layer):
+    return sum(3 * (t.d_in ** 2 + t.d_in * t.d_out) * 4 + 33 * t.d_in * 4 for t in targets.values()
+               if t.layer == layer)
+
+
+def test_planner_groups_whole_layers_that_fit():
+    targets = find_targets(make_model("llama"))
+    budget = _layer_need(targets, 0) + _layer_need(targets, 1)  # two of the three layers per sweep
+    plan = plan_memory(targets, sketch=None, max_memory=budget, **KW)
+    assert plan.mode == "dense" and plan.sweeps == 2
+    assert [n for g in plan.groups for n in g] == list(targets)  # every target once, in order
+    for g in plan.groups:
+        layers = {targets[n].layer for n in g}
+        assert all(sum(1 for n in targets if targets[n].layer == l) == sum(1 for n in g if targets[n].layer == l)
+                   for l in layers), "a layer was split between sweeps"
+        assert sum(3 * (targets[n].d_in ** 2 + targets[n].d_in * targets[n].d_out) * 4 + 33 * targets[n].d_in * 4
+                   for n in g) <= budget
+    assert plan.to_dict()["sweeps"] == 2 and "2 sweeps" in plan.describe()
+    with pytest.raises(MemoryError, match="do not fit even one layer per sweep: layer 0"):
+        plan_memory(targets, sketch=None, max_memory=_layer_need(targets, 0) - 1, **KW)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_card_from_several_sweeps_equals_one_sweep(arch):
+    model = make_model(arch)
+    batches = make_batches(n=4)
+    one = lp.profile(model, batches, rank=4, sketch=None, progress=False)
+    targets = find_targets(model)
+    rows = batches[0]["input_ids"].numel()
+    need = [sum(3 * (t.d_in ** 2 + t.d_in * t.d_out) * 4 + rows * t.d_in * 4 for t in targets.values()
+                if t.layer == l) for l in range(3)]
+    many = lp.profile(model, batches, rank=4, sketch=None, progress=False, max_memory=max(need))
+    assert many.meta["memory_plan"]["sweeps"] == 3 and many.meta["sweep"]["sweeps"] == 3
+    assert [m.name for m in many.modules] == [m.name for m in one.modules]
+    for a, b in zip(one.modules, many.modules):
+        for f in dataclasses.fields(a):
+            va, vb = getattr(a, f.name), getattr(b, f.name)
+            assert va == pytest.approx(vb, rel=1e-9, abs=1e-12), (a.name, f.name)
+    for a, b in zip(one.layers, many.layers):
+        for f in dataclasses.fields(a):
+            assert getattr(a, f.name) == pytest.approx(getattr(b, f.name), rel=1e-9, abs=1e-12), (a.layer, f.name)
+    assert many.meta["stability"]["kendall_tau"] == one.meta["stability"]["kendall_tau"]
+    assert many.meta["data"] == one.meta["data"]
+    assert many.place(layers=1).layers == one.place(layers=1).layers
+
+
+def test_several_sweeps_need_reiterable_batches_and_no_coupling():
+    model = make_model("llama")
+    targets = find_targets(model)
+    budget = _layer_need(targets, 0) * 2  # rows per batch 33 here, as KW
+    batches = make_batches(n=2, batch=3, seq=11)
+    with pytest.raises(lp.ProfileError, match="one-shot iterator; pass a list"):
+        lp.profile(model, iter(batches), rank=4, sketch=None, progress=False, max_memory=budget)
+    with pytest.raises(lp.ProfileError, match="coupling needs every layer's statistics in one sweep"):
+        lp.profile(model, batches, rank=4, sketch=None, coupling=True, progress=False, max_memory=budget)
