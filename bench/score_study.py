@@ -20,14 +20,16 @@ def main(path: str, task_key: str = "bundled") -> None:
     study = json.load(open(path))
     measured = study["probe"]["measured_gain"]
     task = TASKS[task_key]()
-    print(f"{'δ':>8}  " + "  ".join(f"{n:>13}" for n in ("ρ²", "ρ(r)²", "ρ²/noise_amp", "ρ(r)²/noise_amp")))
+    print(f"{'δ':>8}  " + "  ".join(f"{n:>13}" for n in ("ρ²", "ρ(r)²", "ρ²/noise_amp", "ρ(r)²/noise_amp",
+                                                            "energy")))
     for damping in (1e-3, 1e-2, 1e-1, 1.0, 10.0):
         card = lp.profile(task.model(), task.calibration, rank=study["config"]["r"], damping=damping, progress=False)
         gains = [measured[str(l.layer)] for l in card.layers]
         cols = {"ρ²": [l.score for l in card.layers],
                 "ρ(r)²": [l.resnorm_rank ** 2 for l in card.layers],
                 "ρ²/noise_amp": [l.score / l.noise_amp for l in card.layers],
-                "ρ(r)²/noise_amp": [l.resnorm_rank ** 2 / l.noise_amp for l in card.layers]}
+                "ρ(r)²/noise_amp": [l.resnorm_rank ** 2 / l.noise_amp for l in card.layers],
+                "energy": [l.energy for l in card.layers]}
         print(f"{damping:>8g}  " + "  ".join(f"{spearman(v, gains):>+13.2f}" for v in cols.values()))
 
 

@@ -104,7 +104,7 @@ def cmd_card(args) -> int:
     t0 = time.perf_counter()
     model, tokenizer = _load_model(args.model, args.dtype)
     batches = _batches(args, model, tokenizer)
-    card = lp.profile(model, batches, rank=args.rank, damping=args.damping, backend=args.backend,
+    card = lp.profile(model, batches, rank=args.rank, damping=args.damping, backend=args.backend, score=args.score,
                       max_tokens=args.max_tokens, progress=not args.no_progress,
                       targets=args.targets.split(",") if args.targets else None)
     out = Path(args.out)
@@ -322,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="layerprof_out", help="output directory (default: %(default)s)")
     c.add_argument("--rank", type=int, default=8, help="LoRA rank r for ρ(r) and the config (default: %(default)s)")
     c.add_argument("--damping", type=float, default=1e-3, help="relative damping δ (default: %(default)s)")
+    c.add_argument("--score", default="resnorm2",
+                   choices=["resnorm2", "resnorm2_rank", "resnorm2_over_noise", "resnorm2_rank_over_noise", "energy"],
+                   help="per-layer score placement maximizes (default: %(default)s = ρ²; see docs/RESULTS.md)")
     c.add_argument("--batches", type=int, default=48, help="calibration batches (default: %(default)s)")
     c.add_argument("--batch-size", type=int, default=8, help="rows per batch (default: %(default)s)")
     c.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: %(default)s)")

@@ -12,9 +12,10 @@ transformer step:
   memory-bound overhead γ·(d_in + d_out): reading its input again, adding its output,
   the extra small kernels and their backward. γ (``ADAPTER_OVERHEAD``, FLOP-equivalents
   per element) is fitted to measured LoRA step times (``bench/fit_cost.py``); without
-  it the model overestimated partial placements' cost by 10–20 points, because full
-  LoRA pays this overhead on every module. It matters for small d (d = 128: γ·2d is
-  ~60% of a module's 2·d² FLOPs) and vanishes for large d (d = 4096: ~4%).
+  it the model overestimated partial placements' cost by up to 20 points on the small
+  GPT-2, because full LoRA pays this overhead on every module. It matters for small d
+  (d = 128: γ·2d is ~50% of a module's 2·d² FLOPs) and vanishes for large d (d = 4096:
+  ~3%). Fitted on a CPU; a GPU's balance differs (measure with bench/fit_cost.py).
 
 Memory: trainable parameters P = Σ r·(d_in + d_out), with fp32 weight, gradient and
 two Adam moments = 16·P bytes; saved activations scale with the layers from ℓ_min up
@@ -28,9 +29,11 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
 # FLOP-equivalents per element of an adapter's input + output (see the module docstring):
-# least-squares fit to the 11 placements of docs/study_bundled_timing (2-core AMD EPYC,
-# torch 2.13 CPU), mean |modelled − measured| step-time fraction 0.13 → 0.03.
-ADAPTER_OVERHEAD = 150.0
+# least-squares fit to the 20 partial placements of docs/study_bundled_timing (GPT-2, d 128)
+# and docs/study_minilm_timing (BERT, d 384) on a 2-core AMD EPYC, torch 2.13 CPU
+# (`python bench/fit_cost.py docs/study_bundled_timing docs/study_minilm_timing`): mean
+# |modelled − measured| step-time fraction 0.142 → 0.028 (GPT-2) and 0.026 → 0.036 (BERT).
+ADAPTER_OVERHEAD = 127.0
 
 
 @dataclass(frozen=True)

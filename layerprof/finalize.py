@@ -28,6 +28,20 @@ from .cost import CostModel, ModuleShape
 from .ops import symmetric
 from .targets import Target
 
+# The per-layer score placement maximizes (``profile(score=...)``). ρ² is the quadratic
+# model's predicted gain (DESIGN §1); the others are the candidates of the placement
+# study (docs/RESULTS.md), where ρ² ranked layers worst on both tasks measured.
+SCORES = {
+    "resnorm2": lambda l: l["resnorm"] ** 2,
+    "resnorm2_rank": lambda l: l["resnorm_rank"] ** 2,
+    "resnorm2_over_noise": lambda l: l["resnorm"] ** 2 / l["noise_amp"] if l["noise_amp"] > 0 else 0.0,
+    "resnorm2_rank_over_noise": lambda l: l["resnorm_rank"] ** 2 / l["noise_amp"] if l["noise_amp"] > 0 else 0.0,
+    "energy": lambda l: l["energy"],
+}
+SCORE_LABELS = {"resnorm2": "ρ²", "resnorm2_rank": "ρ(r)²", "resnorm2_over_noise": "ρ²/noise amp",
+                "resnorm2_rank_over_noise": "ρ(r)²/noise amp",
+                "energy": "activation energy tr Σ"}
+
 SPECTRUM_LEN = 64  # leading squared singular values of M kept on the card (per-module rank allocation)
 STABLE_TAU = 0.8  # split-half Kendall τ below this flags the ranking as likely to change
 
@@ -143,7 +157,8 @@ def kendall_tau(a: list[float], b: list[float]) -> float | None:
 
 
 def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[str, torch.Tensor], *,
-             rank: int, damping: float, head_flops_per_row: float = 0.0) -> tuple[list[dict], list[dict], dict]:
+             rank: int, damping: float, head_flops_per_row: float = 0.0,
+             score: str = "resnorm2") -> tuple[list[dict], list[dict], dict]:
     """Module rows, layer rows and the split-half stability record for a finished sweep."""
     cache = _EigenCache()
     modules = []
@@ -192,6 +207,8 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
             "resnorm_a": math.sqrt(sum(half_r2[0].get(m["name"], 0.0) for m in ms)),
             "resnorm_b": math.sqrt(sum(half_r2[1].get(m["name"], 0.0) for m in ms)),
         })
+    for l in layers:
+        l["score"] = float(SCORES[score](l))
     rank_layers(layers)
     have_halves = bool(half_r2[0]) and bool(half_r2[1])
     stability = stability_record(layers, acc.batches, have_halves)

@@ -26,6 +26,8 @@ from .accumulate import Accumulator
 from .capture import InputKeys, RowMask, Tap
 from .targets import Target, find_targets, linear_kind, modules_by_name, output_head_names
 
+DEFAULT_SCORE = "resnorm2"  # the layer score placement maximizes; see layerprof.finalize.SCORES
+
 LossFn = Callable[[Any, Any], torch.Tensor]
 
 
@@ -68,7 +70,12 @@ class Profiler:
 
     def __init__(self, model: nn.Module, *, targets=None, rank: int = 8, damping: float = 1e-3,
                  backend: str = "auto", dtype: torch.dtype = torch.float32, progress: bool = False,
-                 sketch: int | None = None, sketch_seed: int = 0):
+                 sketch: int | None = None, sketch_seed: int = 0, score: str = DEFAULT_SCORE):
+        from .finalize import SCORES
+
+        if score not in SCORES:
+            raise ProfileError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        self.score = score
         if not isinstance(model, nn.Module):
             raise ProfileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if dtype not in (torch.float32, torch.float64):
@@ -271,7 +278,7 @@ class Profiler:
         modules_rows, layer_rows, stability = finalize(
             self.acc, {n: self.targets[n] for n in sorted(fired, key=list(self.targets).index)},
             weights, rank=self.rank, damping=self.damping,
-            head_flops_per_row=sum(2.0 * h["d_in"] * h["d_out"] for h in heads))
+            head_flops_per_row=sum(2.0 * h["d_in"] * h["d_out"] for h in heads), score=self.score)
         finalize_s = time.perf_counter() - t_fin
         sweep = sweep_seconds if sweep_seconds is not None else elapsed
         import layerprof
@@ -288,7 +295,7 @@ class Profiler:
             "settings": {"rank": self.rank, "damping": self.damping, "backend": self.backend,
                          "backend_requested": self.backend_requested,
                          "dtype": str(self.dtype).replace("torch.", ""),
-                         "targets": self.target_spec, "score": "resnorm2", "sketch": self.sketch,
+                         "targets": self.target_spec, "score": self.score, "sketch": self.sketch,
                          "sketched_modules": sum(self.acc.sketched(n) for n in fired)},
             "versions": versions,
             "sweep": {"seconds": sweep, "finalize_seconds": finalize_s,
@@ -361,6 +368,7 @@ def _check_loss(loss: Any) -> torch.Tensor:
 
 
 def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, *, targets=None, rank: int = 8,
+            score: str = DEFAULT_SCORE,
             damping: float = 1e-3, backend: str = "auto", max_tokens: int | None = None, progress: bool = True,
             dtype: torch.dtype = torch.float32, coupling: bool = False, coupling_batches: int = 2,
             sketch: int | str | None = "auto", sketch_seed: int = 0, max_memory: int | None = None):
@@ -377,6 +385,9 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     dense statistics unless they would not fit ``max_memory`` (default: 80% of the free
     memory of the model's device; ``layerprof.planner``); ``sketch=None`` forces dense. ``coupling=True`` also measures the layer coupling matrix on the first
     ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``).
+    ``score`` names the per-layer score placement maximizes (``layerprof.finalize.SCORES``):
+    ``"resnorm2"`` (ρ², the default), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
+    ``"resnorm2_rank_over_noise"``, ``"energy"`` (docs/RESULTS.md compares them).
     """
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
         raise ProfileError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
@@ -427,7 +438,8 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
         groups = plan.groups
     else:
         groups = [None]
-    kw = dict(rank=rank, damping=damping, backend=backend, dtype=dtype, sketch=plan.sketch, sketch_seed=sketch_seed)
+    kw = dict(rank=rank, damping=damping, backend=backend, dtype=dtype, sketch=plan.sketch, sketch_seed=sketch_seed,
+              score=score)
     parts = []
     try:
         for gi, group in enumerate(groups):
@@ -484,10 +496,10 @@ def merge_group_cards(parts: list):
     head = sum(2.0 * h["d_in"] * h["d_out"] for h in meta.get("heads", []))
     cost_model = CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in modules if m.layer is not None],
                            head)
-    total = sum(l["score"] for l in layers)
+    total = sum(l["resnorm"] ** 2 for l in layers)
     rank = meta["settings"]["rank"]
     for l in layers:
-        l["gain_share"] = l["score"] / total if total > 0 else float("nan")
+        l["gain_share"] = l["resnorm"] ** 2 / total if total > 0 else float("nan")
         l["cost"] = cost_model.cost([l["layer"]], rank).fraction
     layers.sort(key=lambda l: l["layer"])
     rank_layers(layers)

@@ -56,12 +56,15 @@ def markdown(card: "LayerCard") -> str:
     meta = card.meta
     model, data, settings, sweep = meta["model"], meta["data"], meta["settings"], meta["sweep"]
     stab = meta.get("stability", {})
+    from .finalize import SCORE_LABELS
+
+    score = SCORE_LABELS.get(settings.get("score", "resnorm2"), settings.get("score"))
     lines = [f"# Layer Card — {model['class']}" + (f" ({model['name_or_path']})" if model.get("name_or_path") else ""),
              "",
              f"- model: {model['parameters']:,} parameters, dtype {model.get('dtype')}, config {model['config_hash']}",
              f"- data: {data['rows']:,} rows in {data['batches']} batches (fingerprint {data['hash']})"
              + (f"; {len(meta['skipped'])} batch(es) skipped" if meta.get("skipped") else ""),
-             f"- settings: rank r = {settings['rank']}, damping δ = {settings['damping']:g}, "
+             f"- settings: rank r = {settings['rank']}, damping δ = {settings['damping']:g}, score {score}, "
              f"backend {settings['backend']}, statistics in {settings['dtype']}",
              f"- sweep: {sweep['seconds']:.2f} s ({_fmt(sweep.get('rows_per_second'))} rows/s), "
              f"finalize {sweep.get('finalize_seconds', 0):.2f} s, peak memory {_bytes(sweep.get('peak_memory_bytes'))} "
@@ -80,7 +83,7 @@ def markdown(card: "LayerCard") -> str:
         plan = card.place(layers=k)
         cheap = card.place(objective="cost", target_gain=0.9)
         lines += ["", "## Recommendation", "",
-                  f"Adapt layers **{', '.join(map(str, plan.layers))}** (top {k} of {len(card.layers)} by score = ρ²): "
+                  f"Adapt layers **{', '.join(map(str, plan.layers))}** (top {k} of {len(card.layers)} by score = {score}): "
                   f"{plan.predicted_gain_fraction:.0%} of the all-layer predicted gain at "
                   f"{plan.cost:.0%} of full-layer LoRA's modelled training cost, "
                   f"{plan.cost_detail.adapter_params:,} adapter parameters, {plan.cost_detail.adapted_modules} "
@@ -90,7 +93,8 @@ def markdown(card: "LayerCard") -> str:
                   f"{', '.join(map(str, cheap.layers))} at {cheap.cost:.0%} of full-layer LoRA's cost "
                   f"(`layerprof place CARD --target-gain 0.9`; `--budget F` caps the cost instead).",
                   "", "## Layers", "",
-                  "score = ρ_ℓ² (sum of module resnorm²); gain share = ρ_ℓ² / Σ ρ²; cost = modelled training cost "
+                  f"score = {score} (what placement maximizes); gain share = ρ_ℓ² / Σ ρ² (ρ_ℓ² = sum of module "
+                  "resnorm²); cost = modelled training cost "
                   "of adapting this layer alone, as a fraction of full-layer LoRA (backward stops at the lowest "
                   "adapted layer).", ""]
         rows = [[str(l.layer), _bar(l.gain_share), l.gain_share, l.resnorm, l.resnorm_rank, l.rank_capture,

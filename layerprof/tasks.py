@@ -48,7 +48,13 @@ class SentenceClassifier(nn.Module):
     """An encoder, masked mean pooling (as sentence-transformers does) and a linear head.
 
     The head is named ``classifier`` so default targets exclude it, like any output head.
+    ``is_gradient_checkpointing = False`` as on transformers models: PEFT reads it with a
+    default of True and would otherwise hook the input embeddings to require grad, which
+    makes every backward run to the bottom layer whatever the placement (the first MiniLM
+    timing run measured exactly that: every single layer cost ~80% of full LoRA).
     """
+
+    is_gradient_checkpointing = False
 
     def __init__(self, encoder: nn.Module, n_classes: int):
         super().__init__()

