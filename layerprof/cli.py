@@ -121,12 +121,13 @@ def cmd_card(args) -> int:
                                                                     lora_alpha=2 * args.rank)))
     card.save(out / "card.json")
     (out / "card.md").write_text(card.to_markdown(), encoding="utf-8")
+    card.to_html(out / "card.html")
     k = args.layers or card.default_layers()
     plan = card.place(layers=k)
     config = plan.lora_config(r=args.rank, lora_alpha=2 * args.rank)
     _write_json(out / "lora_config.json", _lora_dict(config))
     wall = time.perf_counter() - t0
-    summary = {"card": str(out / "card.json"), "markdown": str(out / "card.md"),
+    summary = {"card": str(out / "card.json"), "markdown": str(out / "card.md"), "html": str(out / "card.html"),
                "lora_config": str(out / "lora_config.json"), "layers": plan.layers,
                "predicted_gain_fraction": plan.predicted_gain_fraction, "cost": plan.cost,
                "ranking": card.ranking(), "stability": card.meta["stability"], "rows": card.meta["data"]["rows"],
@@ -139,14 +140,15 @@ def cmd_card(args) -> int:
         print(f"layer ranking (best first): {card.ranking()}")
         print(f"recommendation: adapt layers {plan.layers} -> {plan.predicted_gain_fraction:.0%} of the predicted "
               f"gain at {plan.cost:.0%} of full-LoRA training cost")
-        print(f"wrote {summary['card']}, {summary['markdown']}, {summary['lora_config']}")
+        print(f"wrote {summary['card']}, {summary['markdown']}, {summary['html']} (open it in a browser), "
+              f"{summary['lora_config']}")
     return 0
 
 
 def cmd_validate(args) -> int:
     import layerprof as lp
 
-    from .study import StudyConfig, run_study, write_report
+    from .study import StudyConfig, run_study, study_runs, write_report
     from .tasks import TASKS
 
     task = TASKS[args.task]()
@@ -154,8 +156,30 @@ def cmd_validate(args) -> int:
                       coupling=True)
     cfg = StudyConfig(steps=args.steps, r=args.rank, lora_alpha=2 * args.rank, lr=args.lr, seed=args.seed,
                       seeds=args.seeds, random_seeds=args.random_seeds)
-    say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
-    result = run_study(task, card, k=args.k, cfg=cfg, probe=not args.no_probe, progress=say)
+    bar = None
+    if not args.json:
+        from tqdm.auto import tqdm
+
+        # One step per LoRA training (placements and probes, × seeds): rate and ETA in runs.
+        bar = tqdm(total=study_runs(card, args.k, cfg, not args.no_probe), unit="run", desc="layerprof validate",
+                   dynamic_ncols=True)
+
+    started = []
+
+    def say(message: str) -> None:  # called before each placement or probe: the previous one is done
+        if bar is not None:
+            if started:
+                bar.update(cfg.seeds)
+            started.append(message)
+            bar.set_description(message)
+
+    try:
+        result = run_study(task, card, k=args.k, cfg=cfg, probe=not args.no_probe, progress=say)
+        if bar is not None:
+            bar.update(bar.total - bar.n)
+    finally:
+        if bar is not None:
+            bar.close()
     out = Path(args.out)
     if result.probe:
         card = card.with_probe(result.probe)
@@ -316,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
                               description=kw.get("help"), **kw)
 
-    c = command("card", help="profile a model and write card.json, card.md, lora_config.json")
+    c = command("card", help="profile a model and write card.json, card.md, card.html, lora_config.json")
     c.add_argument("--model", help="local Hugging Face model directory (default: the bundled Shakespeare GPT-2)")
     c.add_argument("--text", help="calibration text file (default: Python's documentation prose)")
     c.add_argument("--out", default="layerprof_out", help="output directory (default: %(default)s)")

@@ -198,10 +198,12 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def probe_layers(card, task: Task, cfg: StudyConfig) -> dict:
+def probe_layers(card, task: Task, cfg: StudyConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Single-layer LoRA per layer: measured gains and their Spearman with each score."""
     gains = {}
     for row in card.layers:
+        if progress:
+            progress(f"probe: layer {row.layer} alone")
         mods = [m.name for m in card.modules if m.layer == row.layer]
         gains[row.layer] = train_seeds(task, mods, cfg, {m.name: m.kind for m in card.modules})["gain"]
     measured = [gains[l.layer] for l in card.layers]
@@ -210,7 +212,8 @@ def probe_layers(card, task: Task, cfg: StudyConfig) -> dict:
               "grad_norm²": [l.grad_norm ** 2 for l in card.layers],
               "act_norm": [l.act_norm for l in card.layers],
               "energy": [l.energy for l in card.layers],
-              "ρ²/noise_amp": [l.score / l.noise_amp if l.noise_amp > 0 else 0.0 for l in card.layers],
+              "ρ²/noise_amp": [l.resnorm ** 2 / l.noise_amp if l.noise_amp > 0 else 0.0 for l in card.layers],
+              "ρ(r)²/noise_amp": [l.resnorm_rank ** 2 / l.noise_amp if l.noise_amp > 0 else 0.0 for l in card.layers],
               "nfn": [l.nfn for l in card.layers]}
     return {"steps": cfg.steps, "r": cfg.r, "lr": cfg.lr, "measured_gain": {str(k): v for k, v in gains.items()},
             "spearman": {name: spearman(vals, measured) for name, vals in scores.items()}}
@@ -252,9 +255,18 @@ class StudyResult:
                 "probe": self.probe}
 
 
+def study_runs(card, k: int | None, cfg: StudyConfig, probe: bool) -> int:
+    """How many LoRA trainings ``run_study`` does (placements plus probes; each × cfg.seeds)."""
+    n = len(placements(card, k or card.default_layers(), cfg.random_seeds)) + (len(card.layers) if probe else 0)
+    return n * cfg.seeds
+
+
 def run_study(task: Task, card, *, k: int | None = None, cfg: StudyConfig | None = None, probe: bool = True,
               progress: Callable[[str], None] | None = None) -> StudyResult:
-    """Fine-tune every placement of ``placements`` (and the probes) and collect the results."""
+    """Fine-tune every placement of ``placements`` (and the probes) and collect the results.
+
+    ``progress(message)`` is called before each placement or probe (cfg.seeds trainings each).
+    """
     cfg = cfg or StudyConfig()
     k = k or card.default_layers()
     kinds = {m.name: m.kind for m in card.modules}
@@ -274,9 +286,7 @@ def run_study(task: Task, card, *, k: int | None = None, cfg: StudyConfig | None
         r.gain_fraction_of_full = r.gain / full.gain if full.gain > 0 else None
         r.step_time_fraction_of_full = r.step_seconds / full.step_seconds if full.step_seconds else None
     if probe:
-        if progress:
-            progress("single-layer probes")
-        result.probe = probe_layers(card, task, cfg)
+        result.probe = probe_layers(card, task, cfg, progress)
     return result
 
 

@@ -22,6 +22,7 @@ def test_card_writes_card_markdown_and_lora_config(out_dir):
     assert card.meta["model"]["name_or_path"] == "layerprof/shakespeare-gpt2"
     assert len(card.layers) == 8 and card.meta["data"]["batches"] == 6
     assert "# Layer Card" in (out_dir / "card.md").read_text()
+    assert (out_dir / "card.html").read_text().count("<svg") >= 4
     cfg = json.loads((out_dir / "lora_config.json").read_text())
     plan = card.place(layers=2)
     assert sorted(cfg["target_modules"]) == sorted(plan.modules)

@@ -8,7 +8,8 @@ import torch
 
 import layerprof as lp
 from conftest import make_batches, make_model
-from layerprof.study import StudyConfig, Task, placements, probe_layers, run_study, spearman, train_lora, write_report
+from layerprof.study import (StudyConfig, Task, placements, probe_layers, run_study, spearman, study_runs, train_lora,
+                             write_report)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,11 @@ def test_placements_have_equal_budget_and_the_baselines(card):
 
 def test_study_runs_every_placement_and_writes_reports(task, card, tmp_path):
     card = lp.profile(task.model(), task.calibration, rank=4, progress=False, coupling=True)
-    result = run_study(task, card, k=2, cfg=StudyConfig(steps=2, r=4, lora_alpha=8, random_seeds=2, seeds=2))
+    cfg = StudyConfig(steps=2, r=4, lora_alpha=8, random_seeds=2, seeds=2)
+    messages = []
+    result = run_study(task, card, k=2, cfg=cfg, progress=messages.append)
+    # One message per placement or probe, each cfg.seeds trainings: what the CLI's ETA bar counts.
+    assert len(messages) * cfg.seeds == study_runs(card, 2, cfg, probe=True) == (10 + 3) * 2
     names = [r.placement for r in result.runs]
     assert len(names) == 10 and names[-1] == "full"
     full = result.runs[-1]
