@@ -109,7 +109,7 @@ def pareto(card: "LayerCard", plan: "Plan") -> "Figure":
     ax.set_ylabel("predicted gain (fraction of all layers)")
     ax.set_xlim(0, 1.05)
     ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left")  # the front rises to the upper right
     return fig
 
 
