@@ -3,9 +3,11 @@
 Per module m (accumulator dtype of b bytes), the sweep holds
     dense:   3·(d_in² + d_in·d_out)·b      (two halves + the staged batch)
     sketch:  3·(d_in² + d_in·k)·b          (k < d_out; S is kept whole)
-plus the taps' saved inputs for one batch, rows·d_in·(input bytes) per module. Both are
-upper bounds: modules that read one input (q/k/v, gate/up) share one S and one saved
-input. The planner picks dense when it fits ``max_memory`` (default: 80% of the free
+plus the taps' saved inputs for one batch, rows·d_in·(input bytes) per module. Modules
+that read one input (q/k/v, gate/up) share one S and one saved input: when the first
+estimate (every module alone, an upper bound) does not fit, one no-grad forward of the
+first batch finds which modules share inputs (``shared_inputs``) and the estimate counts
+each shared S and input once. The planner picks dense when it fits ``max_memory`` (default: 80% of the free
 memory of the statistics' device), else the sketch; when even that does not fit (or
 dense was forced with ``sketch=None``), it splits the targets into groups of whole
 layers that each fit and the profiler runs one sweep per group over the same batches.
@@ -15,6 +17,7 @@ to do.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Hashable, Mapping
 
 import torch
 
@@ -71,25 +74,38 @@ def free_memory(device: torch.device) -> int:
 
 
 def plan_memory(targets: dict[str, Target], *, acc_bytes: int, input_bytes: int, rows_per_batch: int,
-                device: torch.device, sketch: int | None | str = "auto", max_memory: int | None = None) -> MemoryPlan:
-    """Choose dense or sketched statistics to fit ``max_memory`` (see module docstring)."""
+                device: torch.device, sketch: int | None | str = "auto", max_memory: int | None = None,
+                shared: Mapping[str, Hashable] | None = None) -> MemoryPlan:
+    """Choose dense or sketched statistics, in one or several sweeps, to fit ``max_memory``.
+
+    ``shared`` maps target names to the input they read (``shared_inputs``): modules with
+    one key hold one S and save one input, so they are counted once. Without it every
+    module is counted alone (an upper bound).
+    """
     budget = int(max_memory) if max_memory is not None else int(SAFE_FRACTION * free_memory(device))
     k = DEFAULT_SKETCH if sketch in ("auto", None) else int(sketch)
-    dense = sum(3 * (t.d_in ** 2 + t.d_in * t.d_out) * acc_bytes for t in targets.values())
-    sk = sum(3 * (t.d_in ** 2 + t.d_in * min(k, t.d_out)) * acc_bytes for t in targets.values())
-    act = sum(rows_per_batch * t.d_in * input_bytes for t in targets.values())
+    key = (lambda n: shared.get(n, n)) if shared else (lambda n: n)
+
+    def stats_bytes(names, width) -> int:
+        grams = {key(n): targets[n].d_in for n in names}
+        return 3 * acc_bytes * (sum(d * d for d in grams.values())
+                                + sum(targets[n].d_in * width(targets[n]) for n in names))
+
+    def act_bytes(names) -> int:
+        return sum(rows_per_batch * d * input_bytes for d in {key(n): targets[n].d_in for n in names}.values())
+
+    dense_w, sketch_w = (lambda t: t.d_out), (lambda t: min(k, t.d_out))
+    names = list(targets)
+    dense, sk, act = stats_bytes(names, dense_w), stats_bytes(names, sketch_w), act_bytes(names)
     common = dict(dense_bytes=dense, sketch_bytes=sk, activation_bytes=act, max_memory=budget, device=str(device))
     if sketch is None or (sketch == "auto" and dense + act <= budget):
-        mode, chosen, used = "dense", None, dense
+        mode, chosen, used, width = "dense", None, dense, dense_w
     else:
-        mode, chosen, used = "sketch", k, sk
+        mode, chosen, used, width = "sketch", k, sk, sketch_w
     if used + act <= budget:
         return MemoryPlan(mode=mode, sketch=chosen, statistics_bytes=used, **common)
     # Several sweeps: consecutive whole layers per group (a layer's modules stay together so
     # every layer row is finalized from one sweep); modules outside any layer go alone.
-    width = (lambda t: t.d_out) if mode == "dense" else (lambda t: min(k, t.d_out))
-    stats = {n: 3 * (t.d_in ** 2 + t.d_in * width(t)) * acc_bytes for n, t in targets.items()}
-    acts = {n: rows_per_batch * t.d_in * input_bytes for n, t in targets.items()}
     units: list[list[str]] = []
     for name, t in targets.items():
         if t.layer is not None and units and targets[units[-1][0]].layer == t.layer:
@@ -97,7 +113,7 @@ def plan_memory(targets: dict[str, Target], *, acc_bytes: int, input_bytes: int,
         else:
             units.append([name])
     groups: list[list[str]] = []
-    need = lambda names: sum(stats[n] + acts[n] for n in names)  # noqa: E731
+    need = lambda names: stats_bytes(names, width) + act_bytes(names)  # noqa: E731
     for unit in units:
         if need(unit) > budget:
             gib = 2 ** 30
@@ -113,5 +129,33 @@ def plan_memory(targets: dict[str, Target], *, acc_bytes: int, input_bytes: int,
             groups[-1] += unit
         else:
             groups.append(list(unit))
-    largest = max(sum(stats[n] for n in g) for g in groups)
+    largest = max(stats_bytes(g, width) for g in groups)
     return MemoryPlan(mode=mode, sketch=chosen, statistics_bytes=largest, groups=groups, **common)
+
+
+def shared_inputs(model: torch.nn.Module, targets: Mapping[str, Target], batch: Mapping) -> dict[str, tuple]:
+    """Which targets read the same input tensor: one no-grad forward of ``batch`` with pre-hooks.
+
+    Returns ``{name: key}``; equal keys mean the modules read the same tensors in every call
+    of this forward (q/k/v, gate/up), so they will share one S and one saved input.
+    """
+    from .capture import InputKeys
+
+    keys = InputKeys()  # object identity + version, as the sweep's own sharing uses
+    seen: dict[str, list] = {n: [] for n in targets}
+    by_module = {m: n for n, m in model.named_modules() if n in targets}
+
+    def pre_hook(module, args, kwargs):
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(x, torch.Tensor):
+            seen[by_module[module]].append(keys(x))
+        return None
+
+    handles = [m.register_forward_pre_hook(pre_hook, with_kwargs=True) for m in by_module]
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: tuple(v) if v else ("unfired", n) for n, v in seen.items()}

@@ -408,17 +408,31 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
                    leave=False, postfix={"batches": f"0/{total or '?'}"})
     if sketch != "auto" and sketch is not None and (not isinstance(sketch, int) or sketch < 1):
         raise ProfileError(f"sketch must be 'auto', None or a positive int, got {sketch!r}")
-    from .planner import plan_memory
+    from .planner import plan_memory, shared_inputs
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     first_kw = _as_kwargs(first, device)
     ids = first_kw.get("input_ids")
     rows_per_batch = ids.numel() if isinstance(ids, torch.Tensor) else 4096
     in_bytes = next((p.element_size() for p in model.parameters()), 4)
+    found = find_targets(model, targets)
+    plan_kw = dict(acc_bytes=torch.tensor([], dtype=dtype).element_size(), input_bytes=in_bytes,
+                   rows_per_batch=rows_per_batch, device=device,
+                   sketch=None if coupling and sketch == "auto" else sketch, max_memory=max_memory)
+    def refined():
+        # The first estimate counts every module alone; refine it with the input sharing seen in
+        # one no-grad eval-mode forward (q/k/v, gate/up hold one S) before settling for less.
+        with frozen_eval(model):
+            return plan_memory(found, shared=shared_inputs(model, found, first_kw), **plan_kw)
+
     try:
-        plan = plan_memory(find_targets(model, targets), acc_bytes=torch.tensor([], dtype=dtype).element_size(),
-                           input_bytes=in_bytes, rows_per_batch=rows_per_batch, device=device,
-                           sketch=None if coupling and sketch == "auto" else sketch, max_memory=max_memory)
+        try:
+            plan = plan_memory(found, **plan_kw)
+        except MemoryError:
+            plan = refined()
+        else:
+            if plan.groups or (plan.mode == "sketch" and plan_kw["sketch"] == "auto"):
+                plan = refined()
     except MemoryError as e:
         raise ProfileError(str(e)) from None
     if progress and plan.mode == "sketch":

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import layerprof as lp
-from conftest import make_batches, make_model
+from conftest import assert_untouched, make_batches, make_model, snapshot
 from layerprof.planner import plan_memory
 from layerprof.targets import find_targets
 
@@ -72,3 +72,34 @@ def test_several_sweeps_need_reiterable_batches_and_no_coupling():
         lp.profile(model, iter(batches), rank=4, sketch=None, progress=False, max_memory=budget)
     with pytest.raises(lp.ProfileError, match="coupling needs every layer's statistics in one sweep"):
         lp.profile(model, batches, rank=4, sketch=None, coupling=True, progress=False, max_memory=budget)
+
+
+def test_planner_counts_shared_inputs_once():
+    # Llama: q/k/v read one tensor, gate/up another. With the sharing of one no-grad forward,
+    # a budget that fits the shared dense statistics but not the unshared estimate stays dense
+    # in one sweep — and the sweep then fits (statistics_bytes on the card within the plan).
+    from layerprof.planner import shared_inputs
+    from layerprof.profiler import frozen_eval
+
+    model = make_model("llama")
+    targets = find_targets(model)
+    batch = make_batches(n=1, batch=3, seq=11)[0]
+    with frozen_eval(model):
+        shared = shared_inputs(model, targets, batch)
+    for layer in range(3):
+        p = f"model.layers.{layer}."
+        assert shared[p + "self_attn.q_proj"] == shared[p + "self_attn.k_proj"] == shared[p + "self_attn.v_proj"]
+        assert shared[p + "mlp.gate_proj"] == shared[p + "mlp.up_proj"] != shared[p + "mlp.down_proj"]
+        assert shared[p + "self_attn.o_proj"] != shared[p + "self_attn.q_proj"]
+    alone = plan_memory(targets, sketch=None, max_memory=10 ** 12, **KW)
+    both = plan_memory(targets, sketch=None, max_memory=10 ** 12, shared=shared, **KW)
+    d, i = 24, 40
+    assert alone.dense_bytes - both.dense_bytes == 3 * 4 * 3 * (2 * d * d + d * d)  # per layer: k, v, up S saved
+    assert alone.activation_bytes - both.activation_bytes == 3 * 33 * 4 * (3 * d)
+    budget = both.dense_bytes + both.activation_bytes
+    assert plan_memory(targets, sketch="auto", max_memory=budget, **KW).mode == "sketch"  # unshared: too big
+    before = snapshot(model)
+    card = lp.profile(model, make_batches(n=2, batch=3, seq=11), rank=4, progress=False, max_memory=budget)
+    assert card.meta["memory_plan"]["mode"] == "dense" and card.meta["memory_plan"]["sweeps"] == 1
+    assert card.meta["sweep"]["statistics_bytes"] <= card.meta["memory_plan"]["statistics_bytes"]
+    assert_untouched(model, before)

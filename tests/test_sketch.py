@@ -86,8 +86,13 @@ def test_memory_planner_chooses_sketch_when_dense_does_not_fit():
     assert tight.mode == "sketch" and tight.sketch == 128 and tight.statistics_bytes < dense.statistics_bytes
     with pytest.raises(MemoryError, match="do not fit even one layer per sweep"):
         plan_memory(targets, max_memory=1000, **kw)
-    # profile() follows the plan and stores it; a budget nothing fits is a clear error.
+    # profile() follows the plan (refined with the input sharing it observes: q/k/v and gate/up
+    # hold one S) and stores it; a budget nothing fits is a clear error.
+    from layerprof.planner import shared_inputs
+
     batches = [{k: v for k, v in b.items()} for b in make_batches(n=2)]
+    shared = plan_memory(targets, max_memory=10 ** 9, shared=shared_inputs(model, targets, batches[0]), **kw)
+    budget = shared.dense_bytes + shared.activation_bytes - 1
     card = lp.profile(model, batches, rank=4, progress=False, max_memory=budget)
     assert card.meta["memory_plan"]["mode"] == "sketch" and card.meta["settings"]["sketch"] == 128
     assert card.meta["settings"]["sketched_modules"] == 4  # gate/up of 2 blocks
