@@ -406,6 +406,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
 
         bar = tqdm(total=max_tokens, unit="rows", unit_scale=True, desc="layerprof sweep", dynamic_ncols=True,
                    leave=False, postfix={"batches": f"0/{total or '?'}"})
+        bar.lp_estimate = max_tokens is None  # else the total is max_tokens itself
     if sketch != "auto" and sketch is not None and (not isinstance(sketch, int) or sketch < 1):
         raise ProfileError(f"sketch must be 'auto', None or a positive int, got {sketch!r}")
     from .planner import plan_memory, shared_inputs
@@ -554,9 +555,10 @@ def _sweep_one(prof: Profiler, model: nn.Module, batch: Any, index: int, loss_fn
     loss.backward()
     prof.end_batch()
     if bar is not None:
-        if index == 0 and total and bar.total is None:
+        if total and getattr(bar, "lp_estimate", False):
             # Rows are non-padding tokens, known only per batch: estimate the sweep's total from
-            # the first batch so tqdm can show an ETA (exact when batches are unpadded).
-            bar.total = (prof.rows - before) * total
+            # the mean rows per batch so far, so tqdm can show a percentage and an ETA (exact
+            # when batches are unpadded; refined every batch).
+            bar.total = max(int(round(prof.rows / (index + 1) * total)), prof.rows)
         bar.update(prof.rows - before)
         bar.set_postfix(batches=f"{index + 1}/{total or '?'}", refresh=False)
