@@ -13,6 +13,7 @@ EXAMPLES = {
   layerprof card --model ./my-hf-model --text data.txt --batches 64 --out out/
   layerprof card --model ./my-hf-model --dtype bfloat16 --targets q_proj,v_proj --max-tokens 200000
   layerprof card --probe-steps 30 --out out/      # also measure each layer's single-layer LoRA gain
+  layerprof card --model ./llama-8b --dtype bfloat16 --max-memory 60 --sketch none   # dense, several sweeps if needed
 """,
     "validate": """examples:
   layerprof validate --steps 60 --seeds 3 --out study/       # bundled task: placements vs full LoRA
@@ -98,13 +99,22 @@ def _batches(args, model, tokenizer):
     return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()} for b in x]
 
 
+def _sketch_arg(value: str) -> str:
+    if value.lower() in ("auto", "none") or (value.isdigit() and int(value) > 0):
+        return value
+    raise argparse.ArgumentTypeError(f"--sketch takes auto, none or a positive int, got {value!r}")
+
+
 def cmd_card(args) -> int:
     import layerprof as lp
 
     t0 = time.perf_counter()
     model, tokenizer = _load_model(args.model, args.dtype)
     batches = _batches(args, model, tokenizer)
+    sketch = int(args.sketch) if args.sketch.isdigit() else {"auto": "auto", "none": None}[args.sketch.lower()]
+    max_memory = int(args.max_memory * 2 ** 30) if args.max_memory is not None else None
     card = lp.profile(model, batches, rank=args.rank, damping=args.damping, backend=args.backend, score=args.score,
+                      sketch=sketch, max_memory=max_memory, coupling=args.coupling,
                       max_tokens=args.max_tokens, progress=not args.no_progress,
                       targets=args.targets.split(",") if args.targets else None)
     out = Path(args.out)
@@ -356,6 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--targets", help="comma-separated module names as PEFT target_modules (default: all linear)")
     c.add_argument("--layers", type=int, help="k for the recommended placement (default: a quarter of the layers)")
     c.add_argument("--backend", default="auto", help="accumulation backend (default: %(default)s)")
+    c.add_argument("--sketch", default="auto", type=_sketch_arg,
+                   help="statistics: auto (dense unless it does not fit --max-memory), none (dense; several "
+                        "sweeps if needed), or k (sketch C as CΩ with k columns) (default: %(default)s)")
+    c.add_argument("--max-memory", type=float, help="memory budget for the statistics in GiB (default: 80%% of "
+                   "the free memory of the model's device)")
+    c.add_argument("--coupling", action="store_true", help="also measure the layer coupling matrix (dense only)")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (statistics are always fp32)")
     c.add_argument("--probe-steps", type=int, default=0,

@@ -400,13 +400,6 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     total = None
     if hasattr(batches, "__len__"):
         total = len(batches)  # type: ignore[arg-type]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_tokens, unit="rows", unit_scale=True, desc="layerprof sweep", dynamic_ncols=True,
-                   leave=False, postfix={"batches": f"0/{total or '?'}"})
-        bar.lp_estimate = max_tokens is None  # else the total is max_tokens itself
     if sketch != "auto" and sketch is not None and (not isinstance(sketch, int) or sketch < 1):
         raise ProfileError(f"sketch must be 'auto', None or a positive int, got {sketch!r}")
     from .planner import plan_memory, shared_inputs
@@ -436,8 +429,8 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
                 plan = refined()
     except MemoryError as e:
         raise ProfileError(str(e)) from None
-    if progress and plan.mode == "sketch":
-        print(plan.describe(), file=sys.stderr)
+    if progress and (plan.mode == "sketch" or plan.groups):
+        print(plan.describe(), file=sys.stderr)  # the user should know before a long sweep starts
     if coupling and plan.sketch is not None:
         raise ProfileError("coupling needs the dense C (the optimal corrections); use sketch=None with coupling=True")
     if plan.groups and coupling:
@@ -448,11 +441,16 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
             raise ProfileError(f"the statistics fit only in {plan.sweeps} sweeps over the same batches, but batches "
                                "is a one-shot iterator; pass a list (or any re-iterable) of batches, or raise "
                                "max_memory")
-        if progress:
-            print(plan.describe(), file=sys.stderr)
         groups = plan.groups
     else:
         groups = [None]
+    bar = None  # created after the plan is printed, so the two never share a line
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=max_tokens, unit="rows", unit_scale=True, desc="layerprof sweep", dynamic_ncols=True,
+                   leave=False, postfix={"batches": f"0/{total or '?'}"})
+        bar.lp_estimate = max_tokens is None  # else the total is max_tokens itself
     kw = dict(rank=rank, damping=damping, backend=backend, dtype=dtype, sketch=plan.sketch, sketch_seed=sketch_seed,
               score=score)
     parts = []

@@ -119,3 +119,18 @@ def test_bench_reports_a_ratio(capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["ratio"] == pytest.approx(r["sweep_seconds"] / r["plain_seconds"])
     assert r["ratio"] > 0 and r["rows"] > 0 and r["batches"] == 2 and r["backend"] in ("cpp", "torch")
+
+
+def test_card_with_a_memory_budget_runs_several_sweeps(tmp_path, capsys):
+    # ~10 MB of dense statistics and tap inputs per layer of the bundled model: 30 MiB fits a few
+    # layers per sweep, so the card comes from several sweeps and says so.
+    assert main(["card", "--batches", "2", "--out", str(tmp_path), "--no-progress", "--sketch", "none",
+                 "--max-memory", "0.03"]) == 0
+    import layerprof as lp
+
+    card = lp.LayerCard.load(tmp_path / "card.json")
+    assert card.meta["memory_plan"]["sweeps"] > 1 and card.meta["memory_plan"]["mode"] == "dense"
+    assert len(card.layers) == 8
+    with pytest.raises(SystemExit):
+        main(["card", "--sketch", "lots"])
+    assert "--sketch takes auto, none or a positive int" in capsys.readouterr().err
