@@ -19,7 +19,6 @@ adapts ``plan.modules`` and nothing else.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,8 +123,3 @@ def export(plan: "Plan", fmt: str, path: str | os.PathLike, *, source: str = "",
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def plan_summary_json(plan: "Plan") -> str:
-    """The plan as indented JSON (what the Trainer callback and ``layerprof place --json`` write)."""
-    return json.dumps(plan.to_dict(), indent=1, default=str)

@@ -93,7 +93,7 @@ def test_planner_counts_shared_inputs_once():
         assert shared[p + "self_attn.o_proj"] != shared[p + "self_attn.q_proj"]
     alone = plan_memory(targets, sketch=None, max_memory=10 ** 12, **KW)
     both = plan_memory(targets, sketch=None, max_memory=10 ** 12, shared=shared, **KW)
-    d, i = 24, 40
+    d = 24  # hidden size of the tiny Llama (every S here is d×d)
     assert alone.dense_bytes - both.dense_bytes == 3 * 4 * 3 * (2 * d * d + d * d)  # per layer: k, v, up S saved
     assert alone.activation_bytes - both.activation_bytes == 3 * 33 * 4 * (3 * d)
     budget = both.dense_bytes + both.activation_bytes
