@@ -383,8 +383,11 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     ``sketch=k`` keeps CΩ (d_in × k, a fixed Gaussian Ω) instead of C: memory O(d_in·k) per
     module, unbiased ρ² and ‖C‖², randomized-SVD ρ(r). The default ``sketch="auto"`` keeps
     dense statistics unless they would not fit ``max_memory`` (default: 80% of the free
-    memory of the model's device; ``layerprof.planner``); ``sketch=None`` forces dense. ``coupling=True`` also measures the layer coupling matrix on the first
-    ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``).
+    memory of the model's device; ``layerprof.planner``); ``sketch=None`` forces dense. When
+    even that does not fit, the targets are profiled in several sweeps over the same batches,
+    one group of whole layers each (``batches`` must then be re-iterable, e.g. a list), and
+    merged into one card. ``coupling=True`` also measures the layer coupling matrix on the
+    first ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``).
     ``score`` names the per-layer score placement maximizes (``layerprof.finalize.SCORES``):
     ``"resnorm2"`` (ρ², the default), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
     ``"resnorm2_rank_over_noise"``, ``"energy"`` (docs/RESULTS.md compares them).
@@ -413,6 +416,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     plan_kw = dict(acc_bytes=torch.tensor([], dtype=dtype).element_size(), input_bytes=in_bytes,
                    rows_per_batch=rows_per_batch, device=device,
                    sketch=None if coupling and sketch == "auto" else sketch, max_memory=max_memory)
+
     def refined():
         # The first estimate counts every module alone; refine it with the input sharing seen in
         # one no-grad eval-mode forward (q/k/v, gate/up hold one S) before settling for less.
