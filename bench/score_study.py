@@ -10,26 +10,27 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 
 import layerprof as lp
+from layerprof.finalize import SCORES
 from layerprof.study import spearman
 from layerprof.tasks import TASKS
+
+# Column label -> the card's score formula (layerprof.finalize.SCORES).
+CANDIDATES = {"ρ²": "resnorm2", "ρ(r)²": "resnorm2_rank", "ρ²/noise_amp": "resnorm2_over_noise",
+              "ρ(r)²/noise_amp": "resnorm2_rank_over_noise", "energy": "energy"}
 
 
 def main(path: str, task_key: str = "bundled") -> None:
     study = json.load(open(path))
     measured = study["probe"]["measured_gain"]
     task = TASKS[task_key]()
-    print(f"{'δ':>8}  " + "  ".join(f"{n:>13}" for n in ("ρ²", "ρ(r)²", "ρ²/noise_amp", "ρ(r)²/noise_amp",
-                                                            "energy")))
+    print(f"{'δ':>8}  " + "  ".join(f"{n:>13}" for n in CANDIDATES))
     for damping in (1e-3, 1e-2, 1e-1, 1.0, 10.0):
         card = lp.profile(task.model(), task.calibration, rank=study["config"]["r"], damping=damping, progress=False)
         gains = [measured[str(l.layer)] for l in card.layers]
-        cols = {"ρ²": [l.score for l in card.layers],
-                "ρ(r)²": [l.resnorm_rank ** 2 for l in card.layers],
-                "ρ²/noise_amp": [l.score / l.noise_amp for l in card.layers],
-                "ρ(r)²/noise_amp": [l.resnorm_rank ** 2 / l.noise_amp for l in card.layers],
-                "energy": [l.energy for l in card.layers]}
+        cols = {label: [SCORES[name](asdict(l)) for l in card.layers] for label, name in CANDIDATES.items()}
         print(f"{damping:>8g}  " + "  ".join(f"{spearman(v, gains):>+13.2f}" for v in cols.values()))
 
 

@@ -498,8 +498,8 @@ def merge_group_cards(parts: list):
     (backward depth runs over all layers), split-half stability. Sweep time is the sum.
     """
     from .card import LayerCard
-    from .cost import CostModel, ModuleShape
     from .finalize import rank_layers, stability_record
+    from .placement import card_cost_model
 
     modules = [m for p in parts for m in p.modules]
     layers = [dataclasses.asdict(l) for p in parts for l in p.layers]
@@ -510,9 +510,7 @@ def merge_group_cards(parts: list):
         if p.meta["data"]["hash"] != meta["data"]["hash"] or p.meta["data"]["rows"] != meta["data"]["rows"]:
             raise ProfileError("the batches changed between sweeps (different data fingerprint): profiling in "
                                "several sweeps needs batches that iterate the same way every time")
-    head = sum(2.0 * h["d_in"] * h["d_out"] for h in meta.get("heads", []))
-    cost_model = CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in modules if m.layer is not None],
-                           head)
+    cost_model = card_cost_model(LayerCard(modules, [], meta))  # every layer's modules and the heads
     total = sum(l["resnorm"] ** 2 for l in layers)
     rank = meta["settings"]["rank"]
     for l in layers:

@@ -207,13 +207,16 @@ def probe_layers(card, task: Task, cfg: StudyConfig, progress: Callable[[str], N
         mods = [m.name for m in card.modules if m.layer == row.layer]
         gains[row.layer] = train_seeds(task, mods, cfg, {m.name: m.kind for m in card.modules})["gain"]
     measured = [gains[l.layer] for l in card.layers]
+    from .finalize import SCORES
+
+    candidate = lambda name: [SCORES[name](asdict(l)) for l in card.layers]  # noqa: E731 - the card's formulas
     scores = {"score (ρ²)": [l.score for l in card.layers],
-              "ρ(r)²": [l.resnorm_rank ** 2 for l in card.layers],
+              "ρ(r)²": candidate("resnorm2_rank"),
               "grad_norm²": [l.grad_norm ** 2 for l in card.layers],
               "act_norm": [l.act_norm for l in card.layers],
-              "energy": [l.energy for l in card.layers],
-              "ρ²/noise_amp": [l.resnorm ** 2 / l.noise_amp if l.noise_amp > 0 else 0.0 for l in card.layers],
-              "ρ(r)²/noise_amp": [l.resnorm_rank ** 2 / l.noise_amp if l.noise_amp > 0 else 0.0 for l in card.layers],
+              "energy": candidate("energy"),
+              "ρ²/noise_amp": candidate("resnorm2_over_noise"),
+              "ρ(r)²/noise_amp": candidate("resnorm2_rank_over_noise"),
               "nfn": [l.nfn for l in card.layers]}
     return {"steps": cfg.steps, "r": cfg.r, "lr": cfg.lr, "measured_gain": {str(k): v for k, v in gains.items()},
             "spearman": {name: spearman(vals, measured) for name, vals in scores.items()}}
