@@ -45,6 +45,10 @@ class ModuleRow:
     lora_params: int
     calls: int = 0
     sv2: list = field(default_factory=list, repr=False)
+    resnorm2_x: float | None = None    # cross-half ρ² (unbiased for the signal; may be negative)
+    grad_norm2_x: float | None = None  # cross-half ‖C‖²
+    sim_gain: float | None = None      # simulated LoRA gain for meta.budget (layerprof.simulate)
+    lca_gain: float | None = None      # warm-up loss-change allocation (layerprof.warmup)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,13 @@ class LayerRow:
     resnorm_b: float
     rank: int
     measured_gain: float | None = None  # single-layer LoRA probe (`layerprof card --probe-steps K`)
+    resnorm2_x: float | None = None     # Σ over modules of the cross-half ρ²
+    grad_norm2_x: float | None = None   # Σ over modules of the cross-half ‖C‖²
+    noise_share: float | None = None    # (ρ² − ρ²×) / ρ²: the part of the naive ρ² that is sampling noise
+    batches_to_halve_noise: int | None = None  # calibration batches that would halve noise_share
+    sim_gain: float | None = None       # simulated LoRA held-out gain for meta.budget (nats/token)
+    lca_gain: float | None = None       # warm-up loss-change allocation (nats/token)
+    kappa: float | None = None          # loss curvature along the layer's correction (simulation)
 
 
 def _rows(cls, items: list, what: str, source: str) -> list:

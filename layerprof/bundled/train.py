@@ -30,11 +30,12 @@ HERE = Path(__file__).resolve().parent
 HELDOUT_PLAY = "tempest_gut.txt"
 
 
-def model_config():
+def model_config(n_layer: int = 8, n_embd: int = 128):
+    """The bundled default's shape (8 × 128); ``--layers/--width`` train the deep study model (16 × 64)."""
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=256, n_positions=256, n_embd=128, n_layer=8, n_head=4, n_inner=512,
+        vocab_size=256, n_positions=256, n_embd=n_embd, n_layer=n_layer, n_head=4, n_inner=4 * n_embd,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )
@@ -68,6 +69,10 @@ def main(argv=None) -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=8, help="transformer blocks (the deep study model: 16)")
+    ap.add_argument("--width", type=int, default=128, help="d_model (the deep study model: 64)")
+    ap.add_argument("--no-heldout-slice", action="store_true",
+                    help="do not rewrite heldout_shakespeare.txt (training a second model)")
     args = ap.parse_args(argv)
 
     from transformers import GPT2LMHeadModel
@@ -82,7 +87,7 @@ def main(argv=None) -> None:
     val = torch.frombuffer(bytearray(heldout.encode("utf-8")), dtype=torch.uint8).long()
     print(f"train bytes {train.numel():,}  held-out bytes {val.numel():,}", flush=True)
 
-    model = GPT2LMHeadModel(model_config())
+    model = GPT2LMHeadModel(model_config(args.layers, args.width))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     gen = torch.Generator().manual_seed(0)
     warmup = 100
@@ -124,7 +129,8 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(args.out, safe_serialization=True)
     # A slice of the held-out play ships with the package (public domain text).
-    (HERE / "heldout_shakespeare.txt").write_text(heldout[20_000:52_000], encoding="utf-8")
+    if not args.no_heldout_slice:
+        (HERE / "heldout_shakespeare.txt").write_text(heldout[20_000:52_000], encoding="utf-8")
     print(f"saved to {args.out} ({sum(f.stat().st_size for f in args.out.iterdir()) / 1e6:.1f} MB)")
 
 

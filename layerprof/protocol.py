@@ -1,0 +1,269 @@
+"""The placement study's protocol: probes and placements over seeds and budgets, resumable.
+
+Rule 3: every comparison is a mean over ≥ 3 seeds (adapter init seeded with
+``torch.manual_seed`` before ``get_peft_model``; identical batch order), with paired
+differences and bootstrap intervals. Rule 2: every score is tested at ≥ 2 step budgets,
+the card for each budget computed with that budget. Runs are keyed by (budget, layer set,
+seed) and appended to one JSON file as they finish, so an interrupted study resumes where
+it stopped and a layer set shared by several placements is trained once.
+
+``run_protocol`` does the trainings; ``summarize`` turns the file and the cards into the
+tables of docs/RESULTS.md (``layerprof.protocol_report`` writes them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .study import StudyConfig, Task, spearman, train_lora
+
+# The card's candidate scores placed top-k (and coupled greedy) in the study: label -> SCORES name.
+PLACEMENT_SCORES = {"card ρ²": "resnorm2", "card ρ²×": "resnorm2_x", "card ‖C‖²×": "grad_norm2_x",
+                    "card simulated": "sim_gain", "card warm-up LCA": "lca_gain", "card energy": "energy",
+                    "card ρ(r)²/noise": "resnorm2_rank_over_noise"}
+RANDOM_BASE_SEED = 1000  # random-k draw i uses random.Random(RANDOM_BASE_SEED + i), as the first study did
+
+
+@dataclass
+class Protocol:
+    """What one task's study runs: budgets (steps), seeds, LoRA settings, k and the random draws."""
+
+    budgets: list[int] = field(default_factory=lambda: [60, 300])
+    seeds: int = 3
+    lr: float = 2e-3
+    r: int = 8
+    lora_alpha: float = 16.0
+    k: int | None = None           # layers per placement (default: a quarter of the layers)
+    random_draws: int = 5          # random-k placements (each × seeds)
+    probes: bool = True            # single-layer probes
+    placements: bool = True
+
+    def __post_init__(self):
+        if self.seeds < 1 or not self.budgets or any(b < 1 for b in self.budgets) or self.random_draws < 0:
+            raise ValueError(f"invalid protocol: {self}")
+
+    def config(self, steps: int, seed: int) -> StudyConfig:
+        return StudyConfig(steps=steps, r=self.r, lora_alpha=self.lora_alpha, lr=self.lr, seed=seed, seeds=1)
+
+
+def study_cards(task: Task, proto: Protocol, out: Path, progress: bool = False) -> dict[int, object]:
+    """One card per budget (coupling on; simulated and warm-up columns for that budget), cached in ``out``."""
+    import layerprof as lp
+
+    from .budget import TrainingBudget
+    from .card import LayerCard
+
+    cards = {}
+    for steps in proto.budgets:
+        path = Path(out) / f"card_{steps}steps.json"
+        if path.exists():
+            cards[steps] = LayerCard.load(path)
+            continue
+        budget = TrainingBudget(steps=steps, lr=proto.lr, r=proto.r, lora_alpha=proto.lora_alpha)
+        card = lp.profile(task.model(), task.calibration, rank=proto.r, coupling=True, budget=budget,
+                          progress=progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        card.save(path)
+        cards[steps] = card
+    return cards
+
+
+class RunStore:
+    """Finished trainings in one JSON file: key "steps|layers|seed" -> the run's figures."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.runs: dict[str, dict] = {}
+        if self.path.exists():
+            self.runs = json.loads(self.path.read_text(encoding="utf-8")).get("runs", {})
+
+    @staticmethod
+    def key(steps: int, layers: list[int], seed: int) -> str:
+        return f"{steps}|{','.join(map(str, sorted(layers)))}|{seed}"
+
+    def get(self, steps: int, layers: list[int], seed: int) -> dict | None:
+        return self.runs.get(self.key(steps, layers, seed))
+
+    def put(self, steps: int, layers: list[int], seed: int, run: dict) -> None:
+        self.runs[self.key(steps, layers, seed)] = run
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".runs-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"runs": self.runs}, f, indent=0)
+        os.replace(tmp, self.path)
+
+    def gains(self, steps: int, layers: list[int], seeds: int) -> list[float] | None:
+        out = [self.get(steps, layers, s) for s in range(seeds)]
+        return None if any(o is None for o in out) else [o["gain"] for o in out]
+
+
+def uniform_k(layers: list[int], k: int) -> list[int]:
+    """k layers evenly spread over depth: the centres of k equal bins."""
+    L = len(layers)
+    return sorted({layers[min(L - 1, int((i + 0.5) * L / k))] for i in range(k)})
+
+
+def middle_k(layers: list[int], k: int) -> list[int]:
+    """The k layers around the middle of the stack."""
+    start = (len(layers) - k) // 2
+    return layers[start:start + k]
+
+
+def placement_sets(card, k: int, random_draws: int, scores: dict[str, str]) -> dict[str, list[int]]:
+    """Every placement compared at k layers: the card's candidates, the baselines and full LoRA.
+
+    ``scores`` maps a label to a card score name (``layerprof.finalize.SCORES``); each gets its
+    top-k and, when the card has coupling, the coupled greedy on it.
+    """
+    from .finalize import apply_score
+
+    layers = [l.layer for l in card.layers]
+    out: dict[str, list[int]] = {}
+    for label, score in scores.items():
+        rescored = _rescored(card, score, apply_score)
+        if rescored is None:
+            continue
+        out[f"{label} top-k"] = rescored.place(layers=k).layers
+        if card.meta.get("coupling"):
+            out[f"{label} coupled greedy"] = rescored.place(layers=k, coupled=True).layers
+    for i in range(random_draws):
+        out[f"random-k draw {i}"] = sorted(random.Random(RANDOM_BASE_SEED + i).sample(layers, k))
+    out["first-k"] = layers[:k]
+    out["last-k"] = layers[-k:]
+    out["uniform-k"] = uniform_k(layers, k)
+    out["middle-k"] = middle_k(layers, k)
+    out["grad-norm top-k"] = card.place(layers=k, by="grad_norm").layers
+    out["act-norm top-k"] = card.place(layers=k, by="act_norm").layers
+    out["nfn top-k"] = card.place(layers=k, by="nfn").layers
+    out["full"] = layers
+    return out
+
+
+def _rescored(card, score: str, apply_score):
+    from .card import LayerCard
+
+    rows = [asdict(l) for l in card.layers]
+    try:
+        apply_score(rows, score)
+    except (TypeError, KeyError):
+        return None
+    if any(not np.isfinite(r["score"]) for r in rows):
+        return None
+    return LayerCard(card.modules, rows, card.meta)
+
+
+def run_protocol(task: Task, cards: dict[int, object], proto: Protocol, store: RunStore, scores: dict[str, str],
+                 progress: Callable[[str], None] | None = None) -> None:
+    """Train every probe and placement of ``proto`` not yet in ``store`` (cards: steps -> card)."""
+    kinds = {m.name: m.kind for c in cards.values() for m in c.modules}
+    for steps in proto.budgets:
+        card = cards[steps]
+        jobs: list[list[int]] = []
+        if proto.probes:
+            jobs += [[l.layer] for l in card.layers]
+        if proto.placements:
+            jobs += list(placement_sets(card, proto.k or card.default_layers(), proto.random_draws, scores).values())
+        seen = set()
+        for layers in jobs:
+            if tuple(layers) in seen:
+                continue
+            seen.add(tuple(layers))
+            for seed in range(proto.seeds):
+                if store.get(steps, layers, seed) is not None:
+                    continue
+                if progress:
+                    progress(f"{steps} steps: layers {layers} seed {seed}")
+                mods = [m.name for m in card.modules if m.layer in layers]
+                run = train_lora(task, mods, proto.config(steps, seed), kinds)
+                store.put(steps, layers, seed, run)
+
+
+# ------------------------------------------------------------------ analysis
+def bootstrap_spearman(score: list[float], gains: list[list[float]], reps: int = 2000, seed: int = 0
+                       ) -> tuple[float | None, float | None, float | None]:
+    """Spearman(score, mean gain per layer) and a 95% bootstrap interval over the seed runs.
+
+    Each replicate resamples, per layer, its seed runs with replacement (the measurement noise
+    of a LoRA run), so the interval says how much the correlation could move with other seeds.
+    """
+    mean = [float(np.mean(g)) for g in gains]
+    rho = spearman(score, mean)
+    if rho is None:
+        return None, None, None
+    rng = np.random.default_rng(seed)
+    reps_out = []
+    for _ in range(reps):
+        m = [float(np.mean(rng.choice(g, size=len(g), replace=True))) for g in gains]
+        r = spearman(score, m)
+        if r is not None:
+            reps_out.append(r)
+    if not reps_out:
+        return rho, None, None
+    lo, hi = np.percentile(reps_out, [2.5, 97.5])
+    return rho, float(lo), float(hi)
+
+
+def layer_candidates(card) -> dict[str, list[float]]:
+    """Every per-layer score a placement could rank by, with the baselines and depth."""
+    from .finalize import SCORES
+
+    out = {}
+    rows = [asdict(l) for l in card.layers]
+    for name in SCORES:
+        vals = [SCORES[name](r) for r in rows]
+        if all(np.isfinite(vals)):
+            out[name] = vals
+    out["grad_norm"] = [l.grad_norm for l in card.layers]
+    out["act_norm"] = [l.act_norm for l in card.layers]
+    out["nfn"] = [l.nfn for l in card.layers]
+    out["depth"] = [float(l.layer) for l in card.layers]
+    return out
+
+
+def seed_spread(gains: list[list[float]]) -> tuple[float, float]:
+    """(range of the layers' mean gains, pooled seed std of one run)."""
+    means = [float(np.mean(g)) for g in gains]
+    pooled = float(np.sqrt(np.mean([np.var(g, ddof=1) for g in gains if len(g) > 1]))) if any(
+        len(g) > 1 for g in gains) else float("nan")
+    return max(means) - min(means), pooled
+
+
+def summarize(cards: dict[int, object], store: RunStore, proto: Protocol, scores: dict[str, str]) -> dict:
+    """Probe correlations (with intervals) and placement results per budget, from finished runs."""
+    out = {"budgets": {}}
+    for steps in proto.budgets:
+        card = cards[steps]
+        entry: dict = {}
+        probe = {l.layer: store.gains(steps, [l.layer], proto.seeds) for l in card.layers}
+        if all(g is not None for g in probe.values()):
+            gains = [probe[l.layer] for l in card.layers]
+            spread, std = seed_spread(gains)
+            entry["probe"] = {
+                "mean_gain": {str(l): float(np.mean(g)) for l, g in probe.items()},
+                "gains": {str(l): g for l, g in probe.items()},
+                "range": spread, "seed_std": std, "separable": bool(spread > 3 * std),
+                "spearman": {name: dict(zip(("rho", "lo", "hi"), bootstrap_spearman(vals, gains)))
+                             for name, vals in layer_candidates(card).items()}}
+        sets = placement_sets(card, proto.k or card.default_layers(), proto.random_draws, scores)
+        full = store.gains(steps, sets["full"], proto.seeds)
+        rows = {}
+        for name, layers in sets.items():
+            g = store.gains(steps, layers, proto.seeds)
+            if g is None:
+                continue
+            runs = [store.get(steps, layers, s) for s in range(proto.seeds)]
+            rows[name] = {"layers": layers, "gains": g, "mean": float(np.mean(g)),
+                          "std": float(np.std(g, ddof=1)) if len(g) > 1 else 0.0,
+                          "fraction_of_full": float(np.mean(g) / np.mean(full)) if full and np.mean(full) > 0
+                          else None,
+                          "step_seconds": float(np.mean([r["step_seconds"] for r in runs]))}
+        entry["placements"] = rows
+        out["budgets"][str(steps)] = entry
+    return out
