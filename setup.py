@@ -54,6 +54,7 @@ setup(
     packages=find_packages(include=["layerprof", "layerprof.*"]) + ["layerprof.kernels"],
     package_dir={"layerprof.kernels": "kernels"},
     package_data={"layerprof.bundled": ["shakespeare-gpt2/*.json", "shakespeare-gpt2/*.safetensors",
+                                        "shakespeare-gpt2-deep/*.json", "shakespeare-gpt2-deep/*.safetensors",
                                         "heldout_shakespeare.txt"]},
     # torch is deliberately unpinned: install it first (a CPU or CUDA build); a range the
     # installed torch satisfies makes pip install nothing more.

