@@ -239,6 +239,18 @@ def _coupled_pick(card: "LayerCard", col: np.ndarray, layer_ids: list[int], k: i
     return coupled_greedy(dict(zip(layer_ids, col)), layer_ids, rho[np.ix_(order, order)], k)
 
 
+def uniform_k(layers: list[int], k: int) -> list[int]:
+    """k layers evenly spread over depth: the centres of k equal bins."""
+    L = len(layers)
+    return sorted({layers[min(L - 1, int((i + 0.5) * L / k))] for i in range(k)})
+
+
+def middle_k(layers: list[int], k: int) -> list[int]:
+    """The k layers around the middle of the stack."""
+    start = (len(layers) - k) // 2
+    return layers[start:start + k]
+
+
 def pareto_front(cand: np.ndarray, cost: np.ndarray, gain: np.ndarray, nparams: np.ndarray,
                  layer_ids: list[int]) -> list[dict]:
     """Non-dominated (cost ↓, gain ↑) candidates, cheapest first."""

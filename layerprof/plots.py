@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 CHOSEN = "#d62728"  # the recommended layers / plan, in every figure
 OTHER = "#1f77b4"
-BASELINES = (("score", "card score (ρ²)"), ("grad_norm", "gradient norm ‖C‖"), ("act_norm", "activation norm"),
+BASELINES = (("score", "card score"), ("resnorm", "ρ² (the paper's resnorm)"), ("resnorm2_x", "ρ²× (cross-half)"),
+             ("sim_gain", "simulated LoRA gain"), ("lca_gain", "warm-up LCA gain"),
+             ("grad_norm", "gradient norm ‖C‖"), ("act_norm", "activation norm"),
              ("nfn", "nfn (PLoP-style)"), ("measured_gain", "measured single-layer gain"))
 
 
@@ -133,7 +135,11 @@ def coupling(card: "LayerCard") -> "Figure | None":
 
 def selector_ranks(card: "LayerCard") -> "Figure":
     """Each selector's rank of every layer (1 = its first pick), the card's score on top."""
-    rows = [(label, [getattr(l, key) for l in card.layers]) for key, label in BASELINES
+    from .finalize import SCORE_LABELS
+
+    score = card.meta.get("settings", {}).get("score", "resnorm2")
+    rows = [(f"card score ({SCORE_LABELS.get(score, score)})" if key == "score" else label,
+             [getattr(l, key) for l in card.layers]) for key, label in BASELINES
             if all(getattr(l, key, None) is not None for l in card.layers)]
     x = _layers(card)
     ranks = np.array([np.argsort(np.argsort(-np.asarray(v, dtype=float), kind="stable"), kind="stable") + 1

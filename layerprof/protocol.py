@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from .study import StudyConfig, Task, spearman, train_lora
+from .study import StudyConfig, Task, layer_candidates, spearman, train_lora
 
 # The card's candidate scores placed top-k (and coupled greedy) in the study: label -> SCORES name.
 PLACEMENT_SCORES = {"card ρ²": "resnorm2", "card ρ²×": "resnorm2_x", "card ‖C‖²×": "grad_norm2_x",
@@ -104,18 +104,6 @@ class RunStore:
         return None if any(o is None for o in out) else [o["gain"] for o in out]
 
 
-def uniform_k(layers: list[int], k: int) -> list[int]:
-    """k layers evenly spread over depth: the centres of k equal bins."""
-    L = len(layers)
-    return sorted({layers[min(L - 1, int((i + 0.5) * L / k))] for i in range(k)})
-
-
-def middle_k(layers: list[int], k: int) -> list[int]:
-    """The k layers around the middle of the stack."""
-    start = (len(layers) - k) // 2
-    return layers[start:start + k]
-
-
 def placement_sets(card, k: int, random_draws: int, scores: dict[str, str]) -> dict[str, list[int]]:
     """Every placement compared at k layers: the card's candidates, the baselines and full LoRA.
 
@@ -123,6 +111,7 @@ def placement_sets(card, k: int, random_draws: int, scores: dict[str, str]) -> d
     top-k and, when the card has coupling, the coupled greedy on it.
     """
     from .finalize import apply_score
+    from .placement import middle_k, uniform_k
 
     layers = [l.layer for l in card.layers]
     out: dict[str, list[int]] = {}
@@ -208,23 +197,6 @@ def bootstrap_spearman(score: list[float], gains: list[list[float]], reps: int =
         return rho, None, None
     lo, hi = np.percentile(reps_out, [2.5, 97.5])
     return rho, float(lo), float(hi)
-
-
-def layer_candidates(card) -> dict[str, list[float]]:
-    """Every per-layer score a placement could rank by, with the baselines and depth."""
-    from .finalize import SCORES
-
-    out = {}
-    rows = [asdict(l) for l in card.layers]
-    for name in SCORES:
-        vals = [SCORES[name](r) for r in rows]
-        if all(np.isfinite(vals)):
-            out[name] = vals
-    out["grad_norm"] = [l.grad_norm for l in card.layers]
-    out["act_norm"] = [l.act_norm for l in card.layers]
-    out["nfn"] = [l.nfn for l in card.layers]
-    out["depth"] = [float(l.layer) for l in card.layers]
-    return out
 
 
 def seed_spread(gains: list[list[float]]) -> tuple[float, float]:

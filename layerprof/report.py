@@ -51,6 +51,46 @@ def _bar(share: float, width: int = 20) -> str:
     return "█" * n + "·" * (width - n)
 
 
+def _baselines_line(card: "LayerCard", k: int) -> str:
+    """The same k placed by the selectors a user would otherwise reach for (the study's baselines)."""
+    from .placement import middle_k, uniform_k
+
+    ids = [l.layer for l in card.layers]
+    parts = [f"uniform-k {uniform_k(ids, k)}", f"middle-k {middle_k(ids, k)}",
+             f"first-k {ids[:k]}", f"last-k {ids[-k:]}",
+             f"grad-norm {card.place(layers=k, by='grad_norm').layers}",
+             f"act-norm {card.place(layers=k, by='act_norm').layers}"]
+    if card.meta.get("coupling"):
+        parts.insert(0, f"coupled greedy on the score {card.place(layers=k, coupled=True).layers}")
+    return "Other placements of the same k: " + "; ".join(parts) + "."
+
+
+def _noise_and_predictions(card: "LayerCard") -> list[str]:
+    """Rule 1's noise columns and, with a budget, the predicted gains for that fine-tune."""
+    if all(l.resnorm2_x is None for l in card.layers):
+        return []
+    budget = card.meta.get("budget")
+    lines = ["", "### Noise and predicted gains", "",
+             "ρ²× = ρ² estimated across the split halves (unbiased for the signal; negative when the gradient is "
+             "mostly sampling noise); noise share = (ρ² − ρ²×) / ρ², flagged above 0.5 with the calibration "
+             "batches that would halve it."
+             + (f" Predicted gains (nats/token) are for the fine-tune of the budget: {budget['steps']} steps, "
+                f"lr {budget['lr']:g}, r {budget['r']}, alpha {budget['lora_alpha']:g}." if budget else ""), ""]
+    headers = ["layer", "ρ²", "ρ²×", "noise share", "batches to halve", "‖C‖²×"]
+    has_sim = any(l.sim_gain is not None for l in card.layers)
+    has_lca = any(l.lca_gain is not None for l in card.layers)
+    headers += (["simulated gain", "κ"] if has_sim else []) + (["warm-up LCA gain"] if has_lca else [])
+    rows = []
+    for l in card.layers:
+        flag = l.noise_share is not None and l.noise_share > 0.5
+        row = [str(l.layer), l.resnorm ** 2, l.resnorm2_x, l.noise_share,
+               (str(l.batches_to_halve_noise) if l.batches_to_halve_noise else "–") + (" (noisy)" if flag else ""),
+               l.grad_norm2_x]
+        row += ([l.sim_gain, l.kappa] if has_sim else []) + ([l.lca_gain] if has_lca else [])
+        rows.append(row)
+    return lines + _table(headers, rows)
+
+
 def markdown(card: "LayerCard") -> str:
     """The card as Markdown: header, recommendation, per-layer table, per-module table, notes."""
     meta = card.meta
@@ -92,6 +132,7 @@ def markdown(card: "LayerCard") -> str:
                   f"Cost-aware alternative: the cheapest placement reaching 90% of the predicted gain adapts layers "
                   f"{', '.join(map(str, cheap.layers))} at {cheap.cost:.0%} of full-layer LoRA's cost "
                   f"(`layerprof place CARD --target-gain 0.9`; `--budget F` caps the cost instead).",
+                  "", _baselines_line(card, k),
                   "", "## Layers", "",
                   f"score = {score} (what placement maximizes); gain share = ρ_ℓ² / Σ ρ² (ρ_ℓ² = sum of module "
                   "resnorm²); cost = modelled training cost "
@@ -101,6 +142,7 @@ def markdown(card: "LayerCard") -> str:
                  l.energy, l.noise_amp, l.grad_norm, l.act_norm, l.nfn, l.cost, str(l.rank)] for l in card.layers]
         lines += _table(["layer", "gain share", "", "ρ", f"ρ(r={settings['rank']})", "rank capture", "energy",
                          "noise amp", "‖C‖ (grad)", "act norm", "nfn", "cost", "rank"], rows)
+        lines += _noise_and_predictions(card)
     lines += ["", "## Modules", ""]
     rows = [[m.name, str(m.layer) if m.layer is not None else "–", f"{m.d_in}×{m.d_out}", m.rows, m.resnorm,
              m.rank_capture, m.energy, m.cond, m.erank, m.noise_amp, m.grad_norm, m.nfn, m.resid_explained]

@@ -4,7 +4,8 @@ import torch
 
 import layerprof as lp
 from conftest import VOCAB, make_model
-from layerprof.study import StudyConfig, eval_loss, run_study
+from layerprof.protocol import PLACEMENT_SCORES, Protocol, RunStore, run_protocol, summarize
+from layerprof.study import eval_loss
 from layerprof.tasks import SentenceClassifier, classification_task, topic_paragraphs
 
 
@@ -27,7 +28,7 @@ def test_topic_paragraphs_are_labelled_real_text():
     assert all(len(t.split()) >= 8 for t in texts)
 
 
-def test_classification_task_probe_card_and_study():
+def test_classification_task_probe_card_and_study(tmp_path):
     encoder = lambda: make_model("bert").bert  # noqa: E731 - tiny BERT encoder, same code path as MiniLM
     task = classification_task("tiny", encoder, ByteTokenizer(), n_topics=4, batch_size=8, seq_len=32,
                                probe_steps=50, calibration_batches=2, max_train=64)
@@ -38,9 +39,13 @@ def test_classification_task_probe_card_and_study():
     card = lp.profile(task.model(), task.calibration, rank=4, progress=False)
     assert "classifier" not in {r.name for r in card.modules}  # the head is not a target
     assert [l.layer for l in card.layers] == [0, 1, 2]
-    result = run_study(task, card, k=1, cfg=StudyConfig(steps=2, r=4, lora_alpha=8, random_seeds=1))
-    assert result.runs[-1].placement == "full" and result.runs[-1].adapted_modules == 18
-    assert all(r.trainable_params > 0 for r in result.runs)
+    proto = Protocol(budgets=[2], seeds=1, r=4, lora_alpha=8, k=1, random_draws=1)
+    store = RunStore(tmp_path / "runs.json")
+    run_protocol(task, {2: card}, proto, store, PLACEMENT_SCORES)
+    full = store.get(2, [0, 1, 2], 0)
+    assert full["adapted_modules"] == 18 and full["trainable_params"] > store.get(2, [0], 0)["trainable_params"] > 0
+    assert set(summarize({2: card}, store, proto, PLACEMENT_SCORES)["budgets"]["2"]["placements"]) >= {"full",
+                                                                                                      "uniform-k"}
 
 
 def test_minilm_task_names_the_package_when_missing(monkeypatch):

@@ -1,0 +1,76 @@
+"""The placement study's protocol: baselines, resumable runs, intervals (no LoRA training here)."""
+import numpy as np
+import pytest
+
+import layerprof as lp
+from conftest import make_batches, make_model
+from layerprof.placement import middle_k, uniform_k
+from layerprof.protocol import (PLACEMENT_SCORES, Protocol, RunStore, bootstrap_spearman, placement_sets,
+                                seed_spread)
+
+
+def test_uniform_and_middle_k():
+    layers = list(range(16))
+    assert uniform_k(layers, 4) == [2, 6, 10, 14]
+    assert uniform_k(list(range(8)), 2) == [2, 6]
+    assert uniform_k(list(range(6)), 1) == [3]
+    assert middle_k(list(range(8)), 2) == [3, 4]
+    assert middle_k(list(range(6)), 1) == [2]
+    assert all(len(uniform_k(layers, k)) == k for k in range(1, 17))
+
+
+def test_run_store_resumes_and_keys_by_layer_set(tmp_path):
+    store = RunStore(tmp_path / "runs.json")
+    store.put(60, [3, 1], 0, {"gain": 0.5, "step_seconds": 0.1})
+    store.put(60, [1, 3], 1, {"gain": 0.7, "step_seconds": 0.1})
+    assert store.gains(60, [1, 3], 2) == [0.5, 0.7]
+    assert store.gains(60, [1, 3], 3) is None  # seed 2 not run yet
+    again = RunStore(tmp_path / "runs.json")  # a restarted study sees what finished
+    assert again.get(60, [3, 1], 0)["gain"] == 0.5 and again.get(300, [1, 3], 0) is None
+
+
+def test_bootstrap_interval_contains_the_estimate_and_tightens_with_agreement():
+    score = [1.0, 2.0, 3.0, 4.0, 5.0]
+    exact = [[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [0.3, 0.3, 0.3], [0.4, 0.4, 0.4], [0.5, 0.5, 0.5]]
+    assert bootstrap_spearman(score, exact) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
+    rng = np.random.default_rng(0)
+    noisy = [list(0.1 * (i + 1) + rng.normal(0, 0.2, 3)) for i in range(5)]
+    rho, lo, hi = bootstrap_spearman(score, noisy)
+    assert lo <= rho <= hi and hi - lo > 0.2
+    spread, std = seed_spread(noisy)
+    assert std == pytest.approx(np.sqrt(np.mean([np.var(g, ddof=1) for g in noisy])))
+    assert spread == pytest.approx(max(map(np.mean, noisy)) - min(map(np.mean, noisy)))
+
+
+def test_placement_sets_have_k_layers_and_every_baseline():
+    model = make_model("gpt2")
+    card = lp.profile(model, make_batches(n=4), rank=2, progress=False, coupling=True,
+                      budget=dict(steps=4, lr=1e-2, r=2, lora_alpha=4))
+    sets = placement_sets(card, 1, 3, PLACEMENT_SCORES)
+    for name in ("first-k", "last-k", "uniform-k", "middle-k", "grad-norm top-k", "act-norm top-k", "nfn top-k",
+                 "card simulated top-k", "card simulated coupled greedy", "card warm-up LCA top-k",
+                 "random-k draw 2"):
+        assert len(sets[name]) == 1, name
+    assert sets["full"] == [0, 1, 2]
+    assert sets["card simulated top-k"] == [max(card.layers, key=lambda l: l.sim_gain).layer]
+
+
+def test_top_k_ranks_signed_scores_and_gain_ignores_negative_layers():
+    model = make_model("gpt2")
+    card = lp.profile(model, make_batches(n=4), rank=2, progress=False)
+    from dataclasses import asdict
+
+    rows = [asdict(l) for l in card.layers]
+    for r, s in zip(rows, [-3.0, -1.0, 2.0]):
+        r["score"] = s
+    signed = lp.LayerCard(card.modules, rows, card.meta)
+    assert signed.place(layers=2).layers == [1, 2]  # -1 beats -3
+    assert signed.place(layers=2).predicted_gain_fraction == pytest.approx(1.0)  # only layer 2 counts
+
+
+def test_protocol_validation():
+    with pytest.raises(ValueError):
+        Protocol(budgets=[])
+    with pytest.raises(ValueError):
+        Protocol(seeds=0)
+    assert Protocol().config(300, 2).steps == 300
