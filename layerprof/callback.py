@@ -51,7 +51,7 @@ class LayerCardCallback(TrainerCallback):
 
     def __init__(self, batches: int = 8, *, layers: int | None = None, budget: float | None = None,
                  target_gain: float | None = None, exports: tuple[str, ...] = ("peft",), subdir: str = "layerprof",
-                 lora_alpha: float | None = None, **profile_kwargs):
+                 lora_alpha: float | None = None, predict: bool = True, **profile_kwargs):
         if not isinstance(batches, int) or batches < 1:
             raise ValueError(f"batches must be a positive int (training batches to profile), got {batches!r}")
         if sum(x is not None for x in (layers, budget, target_gain)) > 1:
@@ -61,6 +61,9 @@ class LayerCardCallback(TrainerCallback):
             raise ValueError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
         self.batches, self.layers, self.budget, self.target_gain = batches, layers, budget, target_gain
         self.exports, self.subdir, self.lora_alpha = tuple(exports), subdir, lora_alpha
+        # predict=True: the budget-aware columns are computed for the run the Trainer is about to do
+        # (its max steps, learning rate, AdamW settings; r and alpha of the PeftModel or of this callback).
+        self.predict = predict
         self.profile_kwargs = {"progress": False, **profile_kwargs}
         self.card = None
         self.plan = None
@@ -77,6 +80,8 @@ class LayerCardCallback(TrainerCallback):
         kwargs = dict(self.profile_kwargs)
         if rename:
             kwargs["targets"] = _base_layer_targets(kwargs.get("targets"))
+        if self.predict and "budget" not in kwargs:
+            kwargs["budget"] = training_budget(args, state, model, kwargs.get("rank", 8), self.lora_alpha)
         with context:
             card = lp.profile(target, batches, **kwargs)
         if rename:
@@ -107,6 +112,29 @@ class LayerCardCallback(TrainerCallback):
         for fmt in self.exports:
             kw = {"base_model_name_or_path": name} if fmt == "peft" else {}
             export(plan, fmt, out / _EXPORT_FILES[fmt], source="LayerCardCallback", r=r, lora_alpha=alpha, **kw)
+
+
+def training_budget(args, state, model, rank: int, lora_alpha: float | None):
+    """The ``TrainingBudget`` of the run a Trainer is about to do (Rule 2: the placement takes it).
+
+    Steps from ``state.max_steps`` (set before ``on_train_begin``) or ``args.max_steps``; lr, betas,
+    eps and weight decay from ``TrainingArguments``; r and alpha from the model's LoRA config when it
+    is a PeftModel, else the profiling rank and ``lora_alpha`` (default 2r).
+    """
+    from .budget import TrainingBudget
+
+    steps = int(getattr(state, "max_steps", 0) or 0) or int(getattr(args, "max_steps", 0) or 0)
+    if steps < 1:
+        raise ValueError("LayerCardCallback could not tell the number of training steps (state.max_steps and "
+                         "args.max_steps are unset); set max_steps in TrainingArguments or pass predict=False")
+    r, alpha = rank, lora_alpha if lora_alpha is not None else 2 * rank
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and peft_config:
+        cfg = peft_config.get(getattr(model, "active_adapter", "default")) or next(iter(peft_config.values()))
+        r, alpha = int(getattr(cfg, "r", r)), float(getattr(cfg, "lora_alpha", alpha))
+    return TrainingBudget(steps=steps, lr=float(args.learning_rate), r=r, lora_alpha=float(alpha),
+                          betas=(float(args.adam_beta1), float(args.adam_beta2)), eps=float(args.adam_epsilon),
+                          weight_decay=float(args.weight_decay))
 
 
 def _first_batches(loader, n: int) -> list:

@@ -113,10 +113,16 @@ def cmd_card(args) -> int:
     batches = _batches(args, model, tokenizer)
     sketch = int(args.sketch) if args.sketch.isdigit() else {"auto": "auto", "none": None}[args.sketch.lower()]
     max_memory = int(args.max_memory * 2 ** 30) if args.max_memory is not None else None
+    budget = None
+    if not args.no_predict:
+        from .budget import TrainingBudget
+
+        budget = TrainingBudget(steps=args.steps, lr=args.lr, r=args.rank,
+                                lora_alpha=args.lora_alpha if args.lora_alpha is not None else 2 * args.rank)
     card = lp.profile(model, batches, rank=args.rank, damping=args.damping, backend=args.backend, score=args.score,
                       sketch=sketch, max_memory=max_memory, coupling=args.coupling,
                       max_tokens=args.max_tokens, progress=not args.no_progress,
-                      targets=args.targets.split(",") if args.targets else None)
+                      targets=args.targets.split(",") if args.targets else None, budget=budget)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.probe_steps:
@@ -340,15 +346,24 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
                               description=kw.get("help"), **kw)
 
+    from .finalize import SCORES
+    from .profiler import DEFAULT_SCORE
+
     c = command("card", help="profile a model and write card.json, card.md, card.html, lora_config.json")
     c.add_argument("--model", help="local Hugging Face model directory (default: the bundled Shakespeare GPT-2)")
     c.add_argument("--text", help="calibration text file (default: Python's documentation prose)")
     c.add_argument("--out", default="layerprof_out", help="output directory (default: %(default)s)")
     c.add_argument("--rank", type=int, default=8, help="LoRA rank r for ρ(r) and the config (default: %(default)s)")
     c.add_argument("--damping", type=float, default=1e-3, help="relative damping δ (default: %(default)s)")
-    c.add_argument("--score", default="resnorm2",
-                   choices=["resnorm2", "resnorm2_rank", "resnorm2_over_noise", "resnorm2_rank_over_noise", "energy"],
-                   help="per-layer score placement maximizes (default: %(default)s = ρ²; see docs/RESULTS.md)")
+    c.add_argument("--score", default=DEFAULT_SCORE, choices=list(SCORES),
+                   help="per-layer score placement maximizes (default: %(default)s; see docs/RESULTS.md)")
+    c.add_argument("--steps", type=int, default=100,
+                   help="steps of the LoRA fine-tune you will run: the budget-aware scores predict it "
+                        "(default: %(default)s)")
+    c.add_argument("--lr", type=float, default=2e-4, help="its AdamW learning rate (default: %(default)s)")
+    c.add_argument("--lora-alpha", type=float, help="its LoRA alpha (default: 2 × --rank)")
+    c.add_argument("--no-predict", action="store_true",
+                   help="skip the budget-aware columns (simulated LoRA, warm-up LCA): the sweep's columns only")
     c.add_argument("--batches", type=int, default=48, help="calibration batches (default: %(default)s)")
     c.add_argument("--batch-size", type=int, default=8, help="rows per batch (default: %(default)s)")
     c.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: %(default)s)")
