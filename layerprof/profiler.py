@@ -26,6 +26,7 @@ from .accumulate import Accumulator
 from .capture import InputKeys, RowMask, Tap
 from .targets import Target, find_targets, linear_kind, modules_by_name, output_head_names
 
+KAPPA_BATCHES = 1  # batches the simulation's curvature κ is measured on (2 forwards per layer each)
 DEFAULT_SCORE = "resnorm2"  # the layer score placement maximizes; see layerprof.finalize.SCORES
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -520,7 +521,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
         raise ProfileError("the simulated-LoRA score needs dense statistics, but they fit only sketched "
                            f"({plan.describe()}); raise max_memory or pass predict=('warmup',)")
     # Batches kept for what runs after the sweep: coupling, the curvature κ, the warm-up.
-    keep = max(coupling_batches if coupling else 0, coupling_batches if "simulate" in predict else 0,
+    keep = max(coupling_batches if coupling else 0, KAPPA_BATCHES if "simulate" in predict else 0,
                budget.warmup_steps + 1 if "warmup" in predict else 0)
     base_score = "resnorm2" if score in BUDGET_SCORES else score  # re-scored once the predictions exist
     kw = dict(rank=rank, damping=damping, backend=backend, dtype=dtype, sketch=plan.sketch, sketch_seed=sketch_seed,
@@ -550,7 +551,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
                 if coupling:
                     coupling_record = prof.coupling(kept[:coupling_batches])
                 if "simulate" in predict:
-                    part = prof.simulate(kept[:coupling_batches], budget, loss_fn)
+                    part = prof.simulate(kept[:KAPPA_BATCHES], budget, loss_fn)
                     sim["module_gain"].update(part["module_gain"])
                     sim["kappa"].update(part["kappa"])
                     sim["seconds"] += part["seconds"]
@@ -592,8 +593,9 @@ def _with_predictions(card, model, kept: list, loss_fn, budget, predict, sim: di
     meta: dict = {"budget": budget.to_dict()}
     if "simulate" in predict:
         module_cols["sim_gain"] = sim["module_gain"]
-        meta["simulate"] = {"seconds": sim["seconds"], "kappa_batches": min(len(kept), 2),
-                            "extra_forwards": 2 * len(sim["kappa"]) * min(len(kept), 2) + min(len(kept), 2)}
+        nk = min(len(kept), KAPPA_BATCHES)
+        meta["simulate"] = {"seconds": sim["seconds"], "kappa_batches": nk,
+                            "extra_forwards": (2 * len(sim["kappa"]) + 1) * nk}
     if "warmup" in predict:
         if len(kept) < 2:
             raise ProfileError("the warm-up score needs at least 2 batches (train on one, measure on the next)")

@@ -36,80 +36,128 @@ from .ops import symmetric
 
 
 def _sqrt_psd(sigma: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of (a batch of) PSD matrices."""
     mu, V = torch.linalg.eigh(sigma)
-    return (V * mu.clamp_min(0).sqrt()[None, :]) @ V.t()
+    return (V * mu.clamp_min(0).sqrt().unsqueeze(-2)) @ V.transpose(-1, -2)
+
+
+def _chol_psd(m: torch.Tensor) -> torch.Tensor:
+    """L with L Lᵀ ≈ m for small PSD m (r × r, batched): Cholesky after a relative jitter of 1e-6."""
+    eye = torch.eye(m.shape[-1], dtype=m.dtype)
+    jitter = 1e-6 * m.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-30)
+    return torch.linalg.cholesky_ex(m + jitter[..., None, None] * eye)[0]
+
+
+def _halves(a: ModuleStats, b: ModuleStats, nb: tuple[int, int]) -> tuple[tuple, tuple, float]:
+    """(G_a, Σ_a), (G_b, Σ_b) in float64 and the per-batch gradient noise energy v."""
+    out = []
+    for st, n in ((a, nb[0]), (b, nb[1])):
+        out.append((st.C.double().cpu() / n, symmetric(st.S.double().cpu()) / st.N))
+    (Ga, _), (Gb, _) = out
+    # E‖G_a − G_b‖² = v (1/nb_a + 1/nb_b) for independent halves of nb_a and nb_b batches.
+    v = float(((Ga - Gb) ** 2).sum()) / (1.0 / nb[0] + 1.0 / nb[1])
+    return out[0], out[1], v
 
 
 def simulate_module(a: ModuleStats, b: ModuleStats, nb: tuple[int, int], kappa: float, budget: TrainingBudget, *,
                     calib_rows_per_batch: float, seed: int = 0) -> float:
     """Held-out gain of the simulated LoRA run on one module, averaged over both directions."""
-    halves = []
-    for st, n in ((a, nb[0]), (b, nb[1])):
-        sigma = symmetric(st.S.double().cpu()) / st.N
-        halves.append((st.C.double().cpu() / n, sigma))
-    (Ga, Sa), (Gb, Sb) = halves
-    # Per-batch gradient noise energy from the halves' disagreement, at the budget's batch size
-    # (the noise of a mean over rows falls as 1/rows).
-    v = float(((Ga - Gb) ** 2).sum()) / (1.0 / nb[0] + 1.0 / nb[1])
-    if budget.batch_rows is not None:
-        v *= calib_rows_per_batch / budget.batch_rows
-    gains = []
-    for i, ((G_fit, S_fit), (G_eval, S_eval)) in enumerate((((Ga, Sa), (Gb, Sb)), ((Gb, Sb), (Ga, Sa)))):
-        delta = _run_adam(G_fit, S_fit, kappa, v, budget, seed=seed + i)
-        gains.append(-_local_loss(delta, G_eval, S_eval, kappa, budget.scale))
-    return 0.5 * (gains[0] + gains[1])
+    return simulated_gains({"m": (a, b)}, nb, {"m": kappa}, budget, calib_rows_per_batch=calib_rows_per_batch,
+                           seed=seed)["m"]
 
 
-def _local_loss(AB: tuple[torch.Tensor, torch.Tensor], G: torch.Tensor, sigma: torch.Tensor, kappa: float,
-                scale: float) -> float:
-    """ℓ(ΔW) = ⟨Gᵀ, ΔW⟩ + ½ κ tr(ΔW Σ ΔWᵀ) with ΔW = s B A, through the factors."""
+def simulated_gains(halves: Mapping[str, tuple[ModuleStats, ModuleStats]], nb: tuple[int, int],
+                    kappa: Mapping[str, float], budget: TrainingBudget, *, calib_rows_per_batch: float,
+                    seed: int = 0) -> dict:
+    """Name -> predicted held-out gain, for every module with both halves.
+
+    Modules of one shape run as one batch (both directions of each: fit a score b, fit b
+    score a), so the cost is a few batched products per step, not a Python loop per module.
+    """
+    groups: dict[tuple[int, int], list[str]] = {}
+    for name, (a, _) in halves.items():
+        groups.setdefault(tuple(a.C.shape), []).append(name)
+    out = {}
+    for gi, names in enumerate(groups.values()):
+        fit_G, fit_S, eval_G, eval_S, kap, noise = [], [], [], [], [], []
+        for name in names:
+            (Ga, Sa), (Gb, Sb), v = _halves(*halves[name], nb)
+            if budget.batch_rows is not None:
+                v *= calib_rows_per_batch / budget.batch_rows  # the noise of a mean over rows falls as 1/rows
+            fit_G += [Ga, Gb]
+            fit_S += [Sa, Sb]
+            eval_G += [Gb, Ga]
+            eval_S += [Sb, Sa]
+            kap += [kappa[name]] * 2
+            noise += [v, v]
+        # The simulated run in float32, as the user's LoRA trains; held-out scoring in float64.
+        kap_t = torch.tensor(kap, dtype=torch.float64)
+        A, B = _run_adam(torch.stack(fit_G).float(), torch.stack(fit_S).float(), kap_t.float(),
+                         torch.tensor(noise, dtype=torch.float32), budget, seed=seed + gi)
+        loss = _local_loss((A.double(), B.double()), torch.stack(eval_G), torch.stack(eval_S), kap_t, budget.scale)
+        for i, name in enumerate(names):
+            out[name] = float(-0.5 * (loss[2 * i] + loss[2 * i + 1]))
+    return out
+
+
+def _local_loss(AB: tuple[torch.Tensor, torch.Tensor], G: torch.Tensor, sigma: torch.Tensor, kappa,
+                scale: float):
+    """ℓ(ΔW) = ⟨Gᵀ, ΔW⟩ + ½ κ tr(ΔW Σ ΔWᵀ) with ΔW = s B A, through the factors (batched or not)."""
     A, B = AB
-    linear = scale * float(((G.t() @ A.t()) * B).sum())           # tr(G s B A) = s ⟨Gᵀ Aᵀ, B⟩
-    quad = scale ** 2 * float(((B.t() @ B) * (A @ sigma @ A.t())).sum())
+    GtAt = G.transpose(-1, -2) @ A.transpose(-1, -2)                    # d_out × r
+    linear = scale * (GtAt * B).sum(dim=(-1, -2))                        # tr(G s B A)
+    quad = scale ** 2 * ((B.transpose(-1, -2) @ B) * (A @ sigma @ A.transpose(-1, -2))).sum(dim=(-1, -2))
     return linear + 0.5 * kappa * quad
 
 
-def _run_adam(G: torch.Tensor, sigma: torch.Tensor, kappa: float, noise: float, budget: TrainingBudget, *,
+def _run_adam(G: torch.Tensor, sigma: torch.Tensor, kappa, noise, budget: TrainingBudget, *,
               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    d_in, d_out = G.shape
+    """AdamW on the LoRA factors of a batch of local models (G: n × d_in × d_out; or one, unbatched).
+
+    The update is torch.optim.AdamW's, written out so that a batch of modules steps at once:
+    p ← p(1 − lr·wd); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²; p ← p − lr/(1−β₁ᵗ) · m / (√v/√(1−β₂ᵗ) + ε).
+    """
+    single = G.dim() == 2
+    if single:
+        G, sigma = G.unsqueeze(0), sigma.unsqueeze(0)
+    n, d_in, d_out = G.shape
+    dtype = G.dtype
+    kappa = torch.as_tensor(kappa, dtype=dtype).reshape(-1, 1, 1).expand(n, 1, 1)
+    noise = torch.as_tensor(noise, dtype=dtype).reshape(-1).expand(n)
     r, s = budget.r, budget.scale
     gen = torch.Generator().manual_seed(seed)
     bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_(a=√5) on an r × d_in weight, as PEFT initialises lora_A
-    A = ((torch.rand(r, d_in, generator=gen, dtype=torch.float64) * 2 - 1) * bound).requires_grad_(False)
-    B = torch.zeros(d_out, r, dtype=torch.float64)
-    A.grad, B.grad = torch.zeros_like(A), torch.zeros_like(B)
-    opt = torch.optim.AdamW([A, B], lr=budget.lr, betas=budget.betas, eps=budget.eps,
-                            weight_decay=budget.weight_decay)
-    Gt = G.t().contiguous()  # d_out × d_in
-    noise_root = _sqrt_psd(sigma) * math.sqrt(noise / max(float(torch.trace(sigma)) * d_out, 1e-300)) \
-        if noise > 0 else None
-    for _ in range(budget.steps):
-        A_sigma = A @ sigma                     # r × d_in
+    A = (torch.rand(n, r, d_in, generator=gen, dtype=dtype) * 2 - 1) * bound
+    B = torch.zeros(n, d_out, r, dtype=dtype)
+    Gt = G.transpose(1, 2)  # n × d_out × d_in
+    trace = sigma.diagonal(dim1=1, dim2=2).sum(-1)
+    scale = torch.sqrt(noise / (trace * d_out).clamp_min(1e-300))
+    noise_root = _sqrt_psd(sigma) * scale.reshape(-1, 1, 1) if bool((noise > 0).any()) else None
+    (b1, b2), lr, eps, wd = budget.betas, budget.lr, budget.eps, budget.weight_decay
+    mA, vA, mB, vB = (torch.zeros_like(A), torch.zeros_like(A), torch.zeros_like(B), torch.zeros_like(B))
+    for t in range(1, budget.steps + 1):
+        A_sigma = A @ sigma                                                        # n × r × d_in
+        At = A.transpose(1, 2)
         # ∇_ΔW Aᵀ and Bᵀ ∇_ΔW without forming ΔW (d_out × d_in) times Σ.
-        grad_At = Gt @ A.t() + kappa * s * B @ (A_sigma @ A.t())          # d_out × r
-        Bt_grad = B.t() @ Gt + kappa * s * (B.t() @ B) @ A_sigma          # r × d_in
+        grad_At = Gt @ At + kappa * s * B @ (A_sigma @ At)                         # n × d_out × r
+        Bt_grad = B.transpose(1, 2) @ Gt + kappa * s * (B.transpose(1, 2) @ B) @ A_sigma   # n × r × d_in
         if noise_root is not None:
             # ξ = Z Σ^{1/2}·c (Z Gaussian d_out × d_in) enters only as ξ Aᵀ and Bᵀ ξ. Each is sampled
             # from its exact marginal (rows of Z M ~ N(0, MᵀM), columns of Bᵀ Z ~ N(0, BᵀB)) in
             # O(r (d_in + d_out)), never forming Z; their cross-correlation is dropped.
-            M = noise_root @ A.t()                                          # d_in × r
-            grad_At = grad_At + torch.randn(d_out, r, generator=gen, dtype=torch.float64) @ _sqrt_psd(M.t() @ M)
-            Bt_grad = Bt_grad + (_sqrt_psd(B.t() @ B) @ torch.randn(r, d_in, generator=gen,
-                                                                    dtype=torch.float64)) @ noise_root
-        B.grad.copy_(s * grad_At)
-        A.grad.copy_(s * Bt_grad)
-        opt.step()
-    return A.detach(), B.detach()
-
-
-def simulated_gains(halves: Mapping[str, tuple[ModuleStats, ModuleStats]], nb: tuple[int, int],
-                    kappa: Mapping[str, float], budget: TrainingBudget, *, calib_rows_per_batch: float) -> dict:
-    """``simulate_module`` for every module with both halves; name -> predicted held-out gain."""
-    out = {}
-    for i, (name, (a, b)) in enumerate(halves.items()):
-        out[name] = simulate_module(a, b, nb, kappa[name], budget, calib_rows_per_batch=calib_rows_per_batch,
-                                    seed=1000 * i)
-    return out
+            M = noise_root @ At                                                    # n × d_in × r
+            grad_At = grad_At + torch.randn(n, d_out, r, generator=gen, dtype=dtype) @ _chol_psd(
+                M.transpose(1, 2) @ M).transpose(1, 2)
+            Bt_grad = Bt_grad + (_chol_psd(B.transpose(1, 2) @ B) @ torch.randn(
+                n, r, d_in, generator=gen, dtype=dtype)) @ noise_root
+        gB, gA = s * grad_At, s * Bt_grad
+        bc1, bc2 = 1 - b1 ** t, math.sqrt(1 - b2 ** t)
+        for p, g, m, v in ((A, gA, mA, vA), (B, gB, mB, vB)):
+            p.mul_(1 - lr * wd)
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            p.addcdiv_(m, (v.sqrt() / bc2).add_(eps), value=-lr / bc1)
+    return (A[0], B[0]) if single else (A, B)
 
 
 def curvature(model: nn.Module, batches: list[dict], layer_modules: Mapping[int, list[str]],
