@@ -57,8 +57,13 @@ def test_callback_writes_card_and_placement_and_leaves_training_unchanged(tmp_pa
     assert with_cb.state.global_step == 2
     for (n, p), (_, q) in zip(with_cb.model.named_parameters(), without.model.named_parameters()):
         assert torch.equal(p, q), n
-    # The card is the card of those rows, profiled before the first step.
+    # The card is the card of those rows, profiled before the first step, with predictions for
+    # the run the Trainer does (Rule 2: its steps, lr and AdamW settings).
     _assert_same_columns(cb.card, ref)
+    budget = cb.card.meta["budget"]
+    assert (budget["steps"], budget["lr"], budget["r"], budget["lora_alpha"]) == (2, 1e-2, 4, 8.0)
+    assert budget["betas"] == [0.9, 0.999] and budget["weight_decay"] == 0.0
+    assert all(l.sim_gain is not None and l.lca_gain is not None for l in cb.card.layers)
     out = tmp_path / "a" / "layerprof"
     assert lp.LayerCard.load(out / "card.json").ranking() == ref.ranking()
     assert (out / "card.md").read_text().startswith("# Layer Card")
@@ -74,11 +79,13 @@ def test_callback_on_a_peft_model_profiles_the_base_layers(tmp_path):
 
     ref = _reference_card(make_model("llama"))
     peft_model = get_peft_model(make_model("llama"), LoraConfig(r=4, target_modules="all-linear"))
-    cb = LayerCardCallback(batches=2, budget=0.9, rank=4)
+    cb = LayerCardCallback(batches=2, budget=0.9, rank=4, lora_alpha=3)
     _train(peft_model, tmp_path, [cb], steps=1)
     # Names are the base model's, values are the base model's (adapters disabled while profiling).
     _assert_same_columns(cb.card, ref)
     assert not cb.card.meta["unfired"]
+    # r and alpha of the budget are the PeftModel's own (alpha 8 is PEFT's default), not the callback's.
+    assert (cb.card.meta["budget"]["r"], cb.card.meta["budget"]["lora_alpha"]) == (4, 8.0)
     # The exported config applies to a fresh base model and adapts exactly the plan.
     config = LoraConfig.from_pretrained(str(tmp_path / "layerprof" / "adapter"))
     assert set(lora_modules(get_peft_model(make_model("llama"), config))) == set(cb.plan.modules)

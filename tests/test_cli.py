@@ -60,6 +60,22 @@ def test_card_json_summary(tmp_path, capsys):
     assert summary["rows"] > 0 and len(summary["layers"]) == 2
 
 
+def test_card_takes_the_finetune_budget(tmp_path, capsys):
+    import layerprof as lp
+
+    assert main(["card", "--batches", "3", "--out", str(tmp_path), "--no-progress", "--json", "--steps", "30",
+                 "--lr", "1e-3", "--lora-alpha", "4", "--score", "sim_gain"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    card = lp.LayerCard.load(tmp_path / "card.json")
+    b = card.meta["budget"]
+    assert (b["steps"], b["lr"], b["r"], b["lora_alpha"]) == (30, 1e-3, 8, 4.0)
+    assert card.meta["settings"]["score"] == "sim_gain" and card.meta["warmup"]["steps"] == 2
+    best = max(card.layers, key=lambda l: l.sim_gain).layer
+    assert summary["ranking"][0] == best and best in summary["layers"]
+    assert main(["card", "--batches", "2", "--out", str(tmp_path / "plain"), "--no-progress", "--no-predict"]) == 0
+    assert "budget" not in lp.LayerCard.load(tmp_path / "plain" / "card.json").meta
+
+
 def test_errors_exit_2_with_a_message(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
