@@ -110,6 +110,17 @@ def markdown(card: "LayerCard") -> str:
              f"finalize {sweep.get('finalize_seconds', 0):.2f} s, peak memory {_bytes(sweep.get('peak_memory_bytes'))} "
              f"({sweep.get('peak_memory_kind')})",
              ]
+    if meta.get("budget"):
+        b = meta["budget"]
+        parts = [f"budget {b['steps']} steps, lr {b['lr']:g}, r {b['r']}, alpha {b['lora_alpha']:g}"]
+        if meta.get("simulate"):
+            parts.append(f"simulated LoRA {meta['simulate']['seconds']:.2f} s "
+                         f"({meta['simulate']['seconds'] / max(sweep['seconds'], 1e-9):.2f}× the sweep)")
+        if meta.get("warmup"):
+            w = meta["warmup"]
+            parts.append(f"warm-up {w['steps']} steps, {w['seconds']:.2f} s "
+                         f"({w['cost_of_full_lora_finetune']:.0%} of a full-LoRA fine-tune's steps)")
+        lines.append("- predictions: " + "; ".join(parts))
     tau = stab.get("kendall_tau")
     if tau is None:
         lines.append(f"- stability: {stab.get('note') or 'not available'}")
