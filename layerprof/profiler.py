@@ -281,6 +281,10 @@ class Profiler:
 
         kappa = curvature(self.model, batches, layer_modules, directions, sigmas, mean_loss,
                           lambda m: linear_kind(m).weight(m))
+        from .reduce import all_reduce_mean
+
+        # Each rank measured κ on its own batch: the mean over ranks, so that every rank's card agrees.
+        kappa = {int(k): v for k, v in all_reduce_mean({str(k): v for k, v in kappa.items()}).items()}
         gains = simulated_gains({n: (self.acc.half(0, n), self.acc.half(1, n)) for n in fired}, nb,
                                 {n: kappa[self.targets[n].layer] for n in fired}, budget,
                                 calib_rows_per_batch=self.rows / max(self.acc.batches, 1))
@@ -550,12 +554,13 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
                 sweep_seconds = time.perf_counter() - t0
                 if coupling:
                     coupling_record = prof.coupling(kept[:coupling_batches])
+                parts.append(prof.card(sweep_seconds=sweep_seconds, coupling=coupling_record))
                 if "simulate" in predict:
+                    # After card(): under torch.distributed the statistics are then the global sums.
                     part = prof.simulate(kept[:KAPPA_BATCHES], budget, loss_fn)
                     sim["module_gain"].update(part["module_gain"])
                     sim["kappa"].update(part["kappa"])
                     sim["seconds"] += part["seconds"]
-            parts.append(prof.card(sweep_seconds=sweep_seconds, coupling=coupling_record))
             del prof  # free this group's statistics before the next sweep
     finally:
         if bar is not None:
@@ -610,7 +615,9 @@ def _with_predictions(card, model, kept: list, loss_fn, budget, predict, sim: di
         t0 = time.perf_counter()
         with frozen_eval(model):
             lca = warmup_lca(model, kept, mods, dims, budget, loss_of)
-        module_cols["lca_gain"] = lca.pop("gains")
+        from .reduce import all_reduce_mean
+
+        module_cols["lca_gain"] = all_reduce_mean(lca.pop("gains"))  # every rank warms up on its own batches
         meta["warmup"] = {**lca, "seconds": time.perf_counter() - t0,
                           "cost_of_full_lora_finetune": lca["passes"] / budget.steps}
     return attach_predictions(card, module_cols, {"kappa": sim["kappa"]} if "simulate" in predict else {},

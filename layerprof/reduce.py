@@ -94,3 +94,17 @@ def all_reduce_meta(rows: int, data_hash: str, skipped: list[dict]) -> tuple[int
     digest = hashlib.sha256("".join(g["hash"] for g in gathered).encode()).hexdigest()[:16]
     skipped_all = [{**s, "rank": r} for r, g in enumerate(gathered) for s in g["skipped"]]
     return sum(g["rows"] for g in gathered), digest, skipped_all
+
+
+def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    """The mean over ranks of per-module scalars (same keys on every rank); unchanged without a process group."""
+    rank, size = world()
+    if size == 1 or not values:
+        return values
+    dist = torch.distributed
+    keys = sorted(values)
+    buf = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        buf = buf.cuda()
+    dist.all_reduce(buf)
+    return {k: float(v) / size for k, v in zip(keys, buf.cpu().tolist())}

@@ -20,6 +20,12 @@ def main(out: str) -> None:
     card = lp.profile(model, batches[rank::size], rank=4, dtype=torch.float64, progress=False)
     card.save(f"{out}.saved{rank}")  # only rank 0 may write
     Path(f"{out}.rank{rank}").write_text(json.dumps(card.to_dict()))
+    # With a budget: the simulation runs on the reduced statistics, κ and the warm-up's LCA are
+    # averaged over ranks, so every rank still holds the same card.
+    budget = {"steps": 4, "lr": 1e-2, "r": 2, "lora_alpha": 4}
+    card = lp.profile(model, make_batches(n=8)[rank::size], rank=4, dtype=torch.float64, progress=False,
+                      budget=budget)
+    Path(f"{out}.budget{rank}").write_text(json.dumps(card.to_dict()))
     dist.destroy_process_group()
 
 

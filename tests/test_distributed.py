@@ -33,6 +33,9 @@ def test_two_rank_card_equals_one_process_card(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     cards = [lp.LayerCard.from_dict(json.loads(Path(f"{out}.rank{r}").read_text())) for r in (0, 1)]
     assert cards[0].modules == cards[1].modules and cards[0].layers == cards[1].layers  # every rank, same card
+    with_budget = [lp.LayerCard.from_dict(json.loads(Path(f"{out}.budget{r}").read_text())) for r in (0, 1)]
+    assert with_budget[0].layers == with_budget[1].layers and with_budget[0].modules == with_budget[1].modules
+    assert all(l.sim_gain is not None and l.lca_gain is not None for l in with_budget[0].layers)
     assert Path(f"{out}.saved0").exists() and not Path(f"{out}.saved1").exists()  # only rank 0 writes
     ref = lp.profile(make_model("llama").double(), make_batches(n=4), rank=4, dtype=torch.float64, progress=False)
     card = cards[0]
