@@ -50,7 +50,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    # Triton kernels live in the top-level kernels/ folder (DESIGN §2) and install as layerprof.kernels.
+    # Triton kernels live in the top-level kernels/ folder (docs/method.md) and install as layerprof.kernels.
     packages=find_packages(include=["layerprof", "layerprof.*"]) + ["layerprof.kernels"],
     package_dir={"layerprof.kernels": "kernels"},
     package_data={"layerprof.bundled": ["shakespeare-gpt2/*.json", "shakespeare-gpt2/*.safetensors",

@@ -1,4 +1,4 @@
-"""Which per-layer score predicts measured single-layer LoRA gains? (DESIGN §6)
+"""Which per-layer score predicts measured single-layer LoRA gains? (docs/method.md)
 
 Reads the probes of a placement study (study.json from `layerprof validate`), re-profiles
 the same model on the same calibration batches at several dampings δ, and prints the

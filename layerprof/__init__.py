@@ -3,7 +3,7 @@
 One forward/backward sweep over calibration batches gives a Layer Card (per-module
 resnorm, rank-r resnorm, activation energy, baselines, cost); the card places LoRA
 adapters under a budget and writes the ``peft.LoraConfig``. See README.md and
-DESIGN.md. Importing layerprof never initializes CUDA.
+docs/method.md. Importing layerprof never initializes CUDA.
 """
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ __version__ = "0.1.0"
 from .card import CardFormatError, LayerCard, LayerRow, ModuleRow
 from .ops import backends
 from .placement import Plan, PlacementError, place
+from .budget import TrainingBudget
 from .profiler import ProfileError, Profiler, profile
 from .targets import find_targets, register_linear_kind
 
 __all__ = ["profile", "Profiler", "LayerCard", "ModuleRow", "LayerRow", "Plan", "place", "backends",
            "find_targets", "register_linear_kind", "CardFormatError", "PlacementError", "ProfileError",
-           "__version__"]
+           "TrainingBudget", "__version__"]

@@ -1,4 +1,4 @@
-"""Running statistics N, S, C, q per target module (DESIGN §1 "streaming statistics").
+"""Running statistics N, S, C, q per target module (docs/method.md "streaming statistics").
 
 All statistics are plain sums, so batches, halves and ranks combine by addition. The
 accumulator keeps them in two halves (alternate committed batches, for the split-half
@@ -61,7 +61,7 @@ class Accumulator:
     dims: dict[str, tuple[int, int]]  # name -> (d_in, d_out)
     dtype: torch.dtype = torch.float32
     backend: str = "torch"
-    sketch: int | None = None  # keep CΩ (d_in × sketch) instead of C where sketch < d_out (DESIGN §2)
+    sketch: int | None = None  # keep CΩ (d_in × sketch) instead of C where sketch < d_out (docs/method.md)
     sketch_seed: int = 0
     halves: tuple[dict[str, ModuleStats], dict[str, ModuleStats]] = field(default_factory=lambda: ({}, {}))
     pending: dict[str, _Staged] = field(default_factory=dict)

@@ -23,7 +23,7 @@ class CardFormatError(ValueError):
 
 @dataclass(frozen=True)
 class ModuleRow:
-    """One target module. See DESIGN §1 for each quantity; ``sv2`` = leading σ_i(M)²."""
+    """One target module. See docs/method.md for each quantity; ``sv2`` = leading σ_i(M)²."""
 
     name: str
     layer: int | None
@@ -98,7 +98,7 @@ def _rows(cls, items: list, what: str, source: str) -> list:
 
 
 class LayerCard:
-    """Per-module and per-layer results of one profiling sweep (see DESIGN §3)."""
+    """Per-module and per-layer results of one profiling sweep (see docs/method.md)."""
 
     def __init__(self, modules: list, layers: list, meta: dict):
         self.modules: list[ModuleRow] = [m if isinstance(m, ModuleRow) else ModuleRow(**m) for m in modules]

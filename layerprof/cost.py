@@ -1,4 +1,4 @@
-"""Cost model of a LoRA placement for training on frozen base weights (DESIGN §1).
+"""Cost model of a LoRA placement for training on frozen base weights (docs/method.md).
 
 Counted per calibration row (token), in FLOPs of the linear maps, which dominate a
 transformer step:

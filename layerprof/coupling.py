@@ -1,4 +1,4 @@
-"""Coupling between layers (DESIGN §1): do their residual corrections interact?
+"""Coupling between layers (docs/method.md): do their residual corrections interact?
 
 For layer a, D_a is the optimal correction of each of its modules,
 ΔW_m = −C_mᵀ (Σ_m + λ_m I)⁻¹ (d_out × d_in), and δf_a = J_a D_a the first-order change it

@@ -1,4 +1,4 @@
-"""Finalize: statistics → per-module and per-layer columns of the Layer Card (DESIGN §1).
+"""Finalize: statistics → per-module and per-layer columns of the Layer Card (docs/method.md).
 
 For each module, in float64 (on the GPU when the statistics live there, else the CPU), with Σ = S/N and λ = δ·tr Σ / d_in:
 
@@ -29,7 +29,7 @@ from .ops import symmetric
 from .targets import Target
 
 # The per-layer score placement maximizes (``profile(score=...)``). ρ² is the quadratic
-# model's predicted gain (DESIGN §1); the others are the candidates of the placement
+# model's predicted gain (docs/method.md); the others are the candidates of the placement
 # study (docs/RESULTS.md), where ρ² ranked layers worst on both tasks measured.
 SCORES = {
     "resnorm2": lambda l: l["resnorm"] ** 2,
@@ -106,7 +106,7 @@ def _resnorm2(st: ModuleStats, damping: float, cache: _EigenCache) -> float:
 
 def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, damping: float,
                    cache: _EigenCache | None = None) -> dict:
-    """Every per-module column of DESIGN §1/§3 from one module's statistics."""
+    """Every per-module column of docs/method.md from one module's statistics."""
     cache = cache or _EigenCache()
     d_in = st.C.shape[0]  # C may be a sketch CΩ (d_in × k): every column below is then an estimate
     N = st.N

@@ -1,4 +1,4 @@
-"""Placement: which layers to adapt, under a budget, with the Pareto front (DESIGN §1).
+"""Placement: which layers to adapt, under a budget, with the Pareto front (docs/method.md).
 
 The gain of a layer set A is additive in the layer scores (Σ_{ℓ∈A} score_ℓ; the default
 score is ρ_ℓ², so the predicted loss decrease is half of it). The cost is not: the

@@ -116,7 +116,7 @@ def pareto(card: "LayerCard", plan: "Plan") -> "Figure":
 
 
 def coupling(card: "LayerCard") -> "Figure | None":
-    """Heat map of the layer coupling ρ_ab (DESIGN §1); ``None`` when the card has no coupling."""
+    """Heat map of the layer coupling ρ_ab (docs/method.md); ``None`` when the card has no coupling."""
     c = card.meta.get("coupling")
     if not c:
         return None

@@ -1,4 +1,4 @@
-"""Reduce: sum the statistics over torch.distributed ranks before finalize (DESIGN §2).
+"""Reduce: sum the statistics over torch.distributed ranks before finalize (docs/method.md).
 
 Every statistic is a plain sum, so a data-parallel sweep (DDP, FSDP, launched by torchrun
 or accelerate) gives the card of one process over the union of the data by one SUM

@@ -172,7 +172,7 @@ def markdown(card: "LayerCard") -> str:
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     lines += ["", "ρ² / 2 is the loss decrease that layer's best linear correction predicts under a local quadratic "
-              "model (DESIGN §1); large noise amp or cond means ill-conditioned inputs that inflate ρ.", ""]
+              "model (docs/method.md); large noise amp or cond means ill-conditioned inputs that inflate ρ.", ""]
     return "\n".join(lines)
 
 
@@ -188,7 +188,7 @@ FIGURES = (("fig-share", "Gain share and rank capture",
             "Large condition numbers or noise amplification mean ill-conditioned inputs: a layer's ρ there can be "
             "inflated by directions a short fine-tune will not follow. Compare with the selectors below."),
            ("fig-coupling", "Layer coupling",
-            "ρ_ab between the output changes of the layers' best corrections (DESIGN §1): near 0, gains add; "
+            "ρ_ab between the output changes of the layers' best corrections (docs/method.md): near 0, gains add; "
             "near ±1, two layers can do each other's work and adapting both gains less than the sum."),
            ("fig-selectors", "The card's ranking beside the baseline selectors",
             "Each row ranks the layers by one selector (1 = first choice). Where rows agree the choice is easy; "

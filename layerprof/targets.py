@@ -1,6 +1,6 @@
 """Which modules are profiled: linear-like kinds, PEFT-style target matching, layer index.
 
-A *target module* is a linear map y = W x (+ b) (DESIGN §1). Each supported module
+A *target module* is a linear map y = W x (+ b) (docs/method.md). Each supported module
 class has a small handler that says how to read d_in, d_out and W (as d_out × d_in)
 from it — BackPACK's "module class → handler" map. Users can register their own.
 """

@@ -1,4 +1,4 @@
-"""DESIGN §4: each bad input gets a clear message naming the fix and leaves the model exactly as it was."""
+"""docs/method.md: each bad input gets a clear message naming the fix and leaves the model exactly as it was."""
 import json
 import math
 

@@ -2,7 +2,7 @@
 
 Model: frozen nonlinear features → Linear(d_in, d_out); loss L = mean_t ½‖y_t − z_t‖² over
 the batch. Curvature per row is I/N, so the best correction ΔW lowers L by exactly
-½ tr(Cᵀ Σ⁻¹ C) = ρ²/2 at δ = 0 (DESIGN §1): compared against an independent lstsq fit.
+½ tr(Cᵀ Σ⁻¹ C) = ρ²/2 at δ = 0 (docs/method.md): compared against an independent lstsq fit.
 """
 import math
 

@@ -1,4 +1,4 @@
-"""Accumulation ops and backend dispatch (DESIGN §2 "accumulate").
+"""Accumulation ops and backend dispatch (docs/method.md "accumulate").
 
 Every backend implements the signatures of ``layerprof.ops.stats`` (declared there
 once, with the float64 reference). ``backend="auto"`` picks cuda > triton > cpp > torch

@@ -1,7 +1,7 @@
 """``stats_update``: the one op every accumulation backend implements.
 
 For a micro-batch of rows X (rows × d_in), output gradients G (rows × d_out) and a
-row mask (padding excluded), add into the running sums of DESIGN §1::
+row mask (padding excluded), add into the running sums of docs/method.md::
 
     S += Xᵀ X        (d_in × d_in)     2·rows·d_in² FLOPs (about half with a triangle kernel)
     C += Xᵀ G        (d_in × d_out)    2·rows·d_in·d_out FLOPs
