@@ -85,11 +85,15 @@ def placement_table(studies: dict, default: str | None) -> list[dict]:
             base = baseline_mean(pl)
             card = pl[f"{label} top-k"]
             coupled = pl.get(f"{label} coupled greedy")
+            cheap = pl.get(f"{label} cost ≤ 0.6")
             rows.append({"task": task, "steps": steps, "card_layers": card["layers"],
                          "card": card["mean"] / full, "coupled": coupled["mean"] / full if coupled else None,
                          "baselines_mean": base / full, "random_mean": rand_mean / full,
                          "card_minus_random_in_seed_stds": (card["mean"] - rand_mean) / seed_std if seed_std else None,
                          "card_step_time": card["step_seconds"] / pl["full"]["step_seconds"],
+                         "cost_aware_layers": cheap["layers"] if cheap else None,
+                         "cost_aware": cheap["mean"] / full if cheap else None,
+                         "cost_aware_step_time": cheap["step_seconds"] / pl["full"]["step_seconds"] if cheap else None,
                          "per_baseline": {n: r["mean"] / full for n, r in pl.items()
                                           if not n.startswith("card") and n != "full" and not n.startswith("random")}})
     return rows
@@ -128,12 +132,13 @@ def main(argv=None) -> None:
     if rows:
         print(f"## Placements at k = L/4, default score {default} (fractions of full LoRA)\n")
         print("| task | steps | card layers | card | coupled greedy | mean of baselines | random-k mean | "
-              "card − random (seed stds) | card step time |")
-        print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+              "card − random (seed stds) | card step time | cost ≤ 0.6 layers | its gain | its step time |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
         for r in rows:
             print(f"| {r['task']} | {r['steps']} | {r['card_layers']} | {r['card']:.0%} | "
                   f"{_pct(r['coupled'])} | {r['baselines_mean']:.0%} | "
-                  f"{r['random_mean']:.0%} | {r['card_minus_random_in_seed_stds']:+.1f} | {r['card_step_time']:.0%} |")
+                  f"{r['random_mean']:.0%} | {r['card_minus_random_in_seed_stds']:+.1f} | {r['card_step_time']:.0%} | "
+                  f"{r['cost_aware_layers']} | {_pct(r['cost_aware'])} | {_pct(r['cost_aware_step_time'])} |")
         print(f"\nMean over rows: card {np.mean([r['card'] for r in rows]):.1%}, mean of baselines "
               f"{np.mean([r['baselines_mean'] for r in rows]):.1%}")
     if args.json:

@@ -28,6 +28,7 @@ from .study import StudyConfig, Task, layer_candidates, spearman, train_lora
 PLACEMENT_SCORES = {"card ρ²": "resnorm2", "card ρ²×": "resnorm2_x", "card ‖C‖²×": "grad_norm2_x",
                     "card simulated": "sim_gain", "card warm-up LCA": "lca_gain", "card energy": "energy",
                     "card ρ(r)²/noise": "resnorm2_rank_over_noise"}
+COST_BUDGET = 0.6  # the cost-aware placement's cap: a fraction of full-LoRA training cost (the goal's 60%)
 RANDOM_BASE_SEED = 1000  # random-k draw i uses random.Random(RANDOM_BASE_SEED + i), as the first study did
 
 
@@ -120,6 +121,8 @@ def placement_sets(card, k: int, random_draws: int, scores: dict[str, str]) -> d
         if rescored is None:
             continue
         out[f"{label} top-k"] = rescored.place(layers=k).layers
+        # The card's cost-aware recommendation: the best predicted gain within 60% of full LoRA's modelled cost.
+        out[f"{label} cost ≤ 0.6"] = rescored.place(budget=COST_BUDGET).layers
         if card.meta.get("coupling"):
             out[f"{label} coupled greedy"] = rescored.place(layers=k, coupled=True).layers
     for i in range(random_draws):
