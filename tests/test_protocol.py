@@ -52,6 +52,10 @@ def test_placement_sets_have_k_layers_and_every_baseline():
                  "random-k draw 2"):
         assert len(sets[name]) == 1, name
     assert sets["full"] == [0, 1, 2]
+    cheap = sets["card simulated cost ≤ 0.6"]
+    from layerprof.placement import card_cost_model
+
+    assert card_cost_model(card).cost(cheap, card.rank).fraction <= 0.6 + 1e-12
     assert sets["card simulated top-k"] == [max(card.layers, key=lambda l: l.sim_gain).layer]
 
 
