@@ -60,27 +60,36 @@ def output_directions(model: nn.Module, batches: list[dict], layer_modules: Mapp
     try:
         for layer, names in layer_modules.items():
             ws = {n: weight_of(modules[n]) for n in names}
-            saved = {n: modules[n].weight.detach().clone() for n in names}
             scale = max(float(ws[n].detach().abs().max()) / max(float(deltas[n].abs().max()), 1e-30) for n in names)
             eps = 1e-3 * scale
-            outs = []
-            try:
-                for sign in (1.0, -1.0):
-                    with torch.no_grad():
-                        for n in names:
-                            ws[n].add_((sign * eps * deltas[n]).to(ws[n].dtype).to(ws[n].device))
-                    outs.append(_outputs(model, batches))
-                    with torch.no_grad():
-                        for n in names:
-                            modules[n].weight.copy_(saved[n])
-            finally:
-                with torch.no_grad():
-                    for n in names:
-                        modules[n].weight.copy_(saved[n])
-            dirs[layer] = (outs[0] - outs[1]) / (2 * eps)
+            plus, minus = central_difference(model, names, deltas, eps, weight_of, lambda: _outputs(model, batches))
+            dirs[layer] = (plus - minus) / (2 * eps)
     finally:
         model.train(was)
     return dirs
+
+
+def central_difference(model: nn.Module, names: list[str], deltas: Mapping[str, torch.Tensor], eps: float,
+                       weight_of, evaluate) -> tuple:
+    """(evaluate() at W + εΔ, evaluate() at W − εΔ) for the named modules together; weights restored bitwise."""
+    modules = dict(model.named_modules())
+    ws = {n: weight_of(modules[n]) for n in names}
+    saved = {n: modules[n].weight.detach().clone() for n in names}
+    out = []
+    try:
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for n in names:
+                    ws[n].add_((sign * eps * deltas[n]).to(ws[n].dtype).to(ws[n].device))
+            out.append(evaluate())
+            with torch.no_grad():
+                for n in names:
+                    modules[n].weight.copy_(saved[n])
+    finally:
+        with torch.no_grad():
+            for n in names:
+                modules[n].weight.copy_(saved[n])
+    return out[0], out[1]
 
 
 def coupling_matrix(dirs: Mapping[int, torch.Tensor]) -> tuple[list[int], np.ndarray, np.ndarray]:

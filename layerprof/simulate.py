@@ -170,33 +170,20 @@ def curvature(model: nn.Module, batches: list[dict], layer_modules: Mapping[int,
     enough that the second difference stands above float32 rounding, small enough to be local.
     A negative or non-finite estimate (the loss is not convex along D at this scale) gives κ = 0.
     """
+    from .coupling import central_difference
+
     modules = dict(model.named_modules())
     base = loss_of(model, batches)
     out = {}
     for layer, names in layer_modules.items():
-        ws = {n: weight_of(modules[n]) for n in names}
-        saved = {n: modules[n].weight.detach().clone() for n in names}
-        w_max = max(float(ws[n].detach().abs().max()) for n in names)
+        w_max = max(float(weight_of(modules[n]).detach().abs().max()) for n in names)
         d_max = max(float(directions[n].abs().max()) for n in names)
         quad = sum(float(((directions[n] @ sigmas[n]) * directions[n]).sum()) for n in names)
         if d_max == 0 or quad <= 0:
             out[layer] = 0.0
             continue
         eps = 1e-2 * w_max / d_max
-        losses = []
-        try:
-            for sign in (1.0, -1.0):
-                with torch.no_grad():
-                    for n in names:
-                        ws[n].add_((sign * eps * directions[n]).to(ws[n].dtype).to(ws[n].device))
-                losses.append(loss_of(model, batches))
-                with torch.no_grad():
-                    for n in names:
-                        modules[n].weight.copy_(saved[n])
-        finally:
-            with torch.no_grad():
-                for n in names:
-                    modules[n].weight.copy_(saved[n])
-        k = (losses[0] - 2 * base + losses[1]) / (eps ** 2 * quad)
+        plus, minus = central_difference(model, names, directions, eps, weight_of, lambda: loss_of(model, batches))
+        k = (plus - 2 * base + minus) / (eps ** 2 * quad)
         out[layer] = k if math.isfinite(k) and k > 0 else 0.0
     return out
