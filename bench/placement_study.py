@@ -1,13 +1,13 @@
-"""The placement study (issue 4): `layerprof validate` run from bench/, same arguments.
+"""The placement study: `layerprof validate` run from bench/, same arguments.
 
-Fine-tunes LoRA for every placement at an equal budget (card top-k, card cost-budget,
-random-k, first-k, last-k, gradient-norm, activation-norm, nfn, full), side by side in
-one run with identical batches, seeds and hyper-parameters, and writes study.md/csv/json,
-card.json and plots. The runs behind docs/RESULTS.md:
+Per task and step budget: a card profiled with that budget, single-layer LoRA probes and
+every placement at k = L/4 (the card's candidate scores top-k, coupled greedy and cost-capped;
+random-k, first/last/uniform/middle-k, gradient-norm, activation-norm, nfn; full LoRA), each
+over 3 seeds, resumable. The runs behind docs/RESULTS.md:
 
-    python bench/placement_study.py --steps 60 --seeds 3 --out docs/study_bundled
-    python bench/placement_study.py --task code --steps 60 --seeds 2 --out docs/study_code
-    python bench/placement_study.py --task minilm --steps 40 --seeds 2 --lr 1e-3 --out docs/study_minilm_v2
+    python bench/placement_study.py --task bundled --budgets 60 300 --out docs/study/bundled
+    python bench/placement_study.py --task minilm --budgets 40 200 --lr 1e-3 --out docs/study/minilm
+    python bench/study_summary.py     # the pre-registered rule and the goal tables over all tasks
 """
 import sys
 

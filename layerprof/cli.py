@@ -16,8 +16,10 @@ EXAMPLES = {
   layerprof card --model ./llama-8b --dtype bfloat16 --max-memory 60 --sketch none   # dense, several sweeps if needed
 """,
     "validate": """examples:
-  layerprof validate --steps 60 --seeds 3 --out study/       # bundled task: placements vs full LoRA
-  layerprof validate --task minilm --k 2 --out study_minilm/  # all-MiniLM-L6-v2 topic classification
+  layerprof validate --budgets 60 300 --seeds 3 --out docs/study/bundled   # probes + placements, 2 budgets
+  layerprof validate --task minilm --budgets 40 200 --lr 1e-3 --out docs/study/minilm
+  layerprof validate --task deep --no-placements --out study_deep/            # single-layer probes only
+  (an interrupted study resumes: finished runs are kept in OUT/runs.json)
 """,
     "place": """examples:
   layerprof place out/card.json --layers 4 --out lora_config.json
