@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description=kw.get("help"), **kw)
 
     from .finalize import SCORES
-    from .profiler import DEFAULT_SCORE
+    from .profiler import DEFAULT_SCORE, DEFAULT_SWEEP_SCORE
 
     c = command("card", help="profile a model and write card.json, card.md, card.html, lora_config.json")
     c.add_argument("--model", help="local Hugging Face model directory (default: the bundled Shakespeare GPT-2)")
@@ -357,8 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="layerprof_out", help="output directory (default: %(default)s)")
     c.add_argument("--rank", type=int, default=8, help="LoRA rank r for ρ(r) and the config (default: %(default)s)")
     c.add_argument("--damping", type=float, default=1e-3, help="relative damping δ (default: %(default)s)")
-    c.add_argument("--score", default=DEFAULT_SCORE, choices=list(SCORES),
-                   help="per-layer score placement maximizes (default: %(default)s; see docs/RESULTS.md)")
+    c.add_argument("--score", choices=list(SCORES),
+                   help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE}, or {DEFAULT_SWEEP_SCORE} with "
+                        "--no-predict: the placement study's choice, docs/RESULTS.md)")
     c.add_argument("--steps", type=int, default=100,
                    help="steps of the LoRA fine-tune you will run: the budget-aware scores predict it "
                         "(default: %(default)s)")

@@ -27,7 +27,21 @@ from .capture import InputKeys, RowMask, Tap
 from .targets import Target, find_targets, linear_kind, modules_by_name, output_head_names
 
 KAPPA_BATCHES = 1  # batches the simulation's curvature κ is measured on (2 forwards per layer each)
-DEFAULT_SCORE = "resnorm2"  # the layer score placement maximizes; see layerprof.finalize.SCORES
+# The layer score placement maximizes by default (layerprof.finalize.SCORES), chosen by the
+# placement study's pre-registered rule (docs/RESULTS.md): DEFAULT_SCORE when the card knows the
+# fine-tune's budget, DEFAULT_SWEEP_SCORE (the best score the sweep alone gives) when it does not.
+DEFAULT_SCORE = "resnorm2"
+DEFAULT_SWEEP_SCORE = "resnorm2"
+
+
+def default_score(predict: tuple[str, ...]) -> str:
+    """The default score given the predictors that will run (none without a budget)."""
+    from .finalize import BUDGET_SCORES
+
+    needs = {"sim_gain": "simulate", "lca_gain": "warmup"}
+    if DEFAULT_SCORE in BUDGET_SCORES and needs[DEFAULT_SCORE] not in predict:
+        return DEFAULT_SWEEP_SCORE
+    return DEFAULT_SCORE
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 
@@ -71,7 +85,7 @@ class Profiler:
 
     def __init__(self, model: nn.Module, *, targets=None, rank: int = 8, damping: float = 1e-3,
                  backend: str = "auto", dtype: torch.dtype = torch.float32, progress: bool = False,
-                 sketch: int | None = None, sketch_seed: int = 0, score: str = DEFAULT_SCORE):
+                 sketch: int | None = None, sketch_seed: int = 0, score: str = DEFAULT_SWEEP_SCORE):
         from .finalize import BUDGET_SCORES, SCORES
 
         if score not in SCORES:
@@ -415,7 +429,7 @@ def _check_loss(loss: Any) -> torch.Tensor:
 
 
 def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, *, targets=None, rank: int = 8,
-            score: str = DEFAULT_SCORE,
+            score: str | None = None,
             damping: float = 1e-3, backend: str = "auto", max_tokens: int | None = None, progress: bool = True,
             dtype: torch.dtype = torch.float32, coupling: bool = False, coupling_batches: int = 2,
             sketch: int | str | None = "auto", sketch_seed: int = 0, max_memory: int | None = None,
@@ -436,8 +450,9 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     one group of whole layers each (``batches`` must then be re-iterable, e.g. a list), and
     merged into one card. ``coupling=True`` also measures the layer coupling matrix on the
     first ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``).
-    ``score`` names the per-layer score placement maximizes (``layerprof.finalize.SCORES``):
-    ``"resnorm2"`` (ρ², the default), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
+    ``score`` names the per-layer score placement maximizes (``layerprof.finalize.SCORES``;
+    default: the placement study's choice, ``DEFAULT_SCORE`` with a budget, ``DEFAULT_SWEEP_SCORE``
+    without): ``"resnorm2"`` (ρ²), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
     ``"resnorm2_rank_over_noise"``, ``"energy"``, the cross-half ``"resnorm2_x"``, ``"grad_norm2_x"``,
     and the budget-aware ``"sim_gain"``, ``"lca_gain"`` (docs/RESULTS.md compares them).
     ``budget`` (a ``TrainingBudget`` or a dict of its fields: steps, lr, r, lora_alpha, ...) is the
@@ -455,6 +470,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     except ValueError as e:
         raise ProfileError(str(e)) from None
     predict = _predictors(predict, budget)
+    score = score or default_score(predict)
     if score in BUDGET_SCORES and {"sim_gain": "simulate", "lca_gain": "warmup"}[score] not in predict:
         raise ProfileError(f"score={score!r} is a budget-aware prediction: pass budget=TrainingBudget(steps=..., "
                            f"lr=..., r=..., lora_alpha=...) (and keep {score!r}'s predictor in predict=)")
