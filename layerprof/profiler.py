@@ -30,8 +30,8 @@ KAPPA_BATCHES = 1  # batches the simulation's curvature κ is measured on (2 for
 # The layer score placement maximizes by default (layerprof.finalize.SCORES), chosen by the
 # placement study's pre-registered rule (docs/RESULTS.md): DEFAULT_SCORE when the card knows the
 # fine-tune's budget, DEFAULT_SWEEP_SCORE (the best score the sweep alone gives) when it does not.
-DEFAULT_SCORE = "resnorm2"
-DEFAULT_SWEEP_SCORE = "resnorm2"
+DEFAULT_SCORE = "energy"
+DEFAULT_SWEEP_SCORE = "energy"
 
 
 def default_score(predict: tuple[str, ...]) -> str:
