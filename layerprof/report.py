@@ -51,6 +51,19 @@ def _bar(share: float, width: int = 20) -> str:
     return "█" * n + "·" * (width - n)
 
 
+def _score_note(name: str, label: str) -> str:
+    """Which score placed, and why (the placement study's choice, or the user's)."""
+    from .profiler import DEFAULT_SCORE, DEFAULT_SWEEP_SCORE
+
+    if name in (DEFAULT_SCORE, DEFAULT_SWEEP_SCORE):
+        why = ("the default: the score the placement study's pre-registered rule chose (docs/RESULTS.md; "
+               "weak: mean Spearman +0.23 with measured single-layer gains)")
+    else:
+        why = "chosen with score= / --score"
+    return (f"Score = {label}, {why}. ρ², the paper's resnorm, is in the layer table beside it; with a budget, "
+            "the simulated LoRA gain for that budget is too (docs/method.md says how to read each).")
+
+
 def _baselines_line(card: "LayerCard", k: int) -> str:
     """The same k placed by the selectors a user would otherwise reach for (the study's baselines)."""
     from .placement import middle_k, uniform_k
@@ -143,6 +156,7 @@ def markdown(card: "LayerCard") -> str:
                   f"Cost-aware alternative: the cheapest placement reaching 90% of the predicted gain adapts layers "
                   f"{', '.join(map(str, cheap.layers))} at {cheap.cost:.0%} of full-layer LoRA's cost "
                   f"(`layerprof place CARD --target-gain 0.9`; `--budget F` caps the cost instead).",
+                  "", _score_note(settings.get("score", "resnorm2"), score),
                   "", _baselines_line(card, k),
                   "", "## Layers", "",
                   f"score = {score} (what placement maximizes); gain share = ρ_ℓ² / Σ ρ² (ρ_ℓ² = sum of module "
