@@ -57,7 +57,7 @@ def _score_note(name: str, label: str) -> str:
 
     if name in (DEFAULT_SCORE, DEFAULT_SWEEP_SCORE):
         why = ("the default: the score the placement study's pre-registered rule chose (docs/RESULTS.md; "
-               "weak: mean Spearman +0.23 with measured single-layer gains)")
+               "weak: mean Spearman +0.23 with measured single-layer gains, +0.02 on the tasks held out)")
     else:
         why = "chosen with score= / --score"
     return (f"Score = {label}, {why}. ρ², the paper's resnorm, is in the layer table beside it; with a budget, "
