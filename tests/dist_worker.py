@@ -26,6 +26,7 @@ def main(out: str) -> None:
     card = lp.profile(model, make_batches(n=8)[rank::size], rank=4, dtype=torch.float64, progress=False,
                       budget=budget)
     Path(f"{out}.budget{rank}").write_text(json.dumps(card.to_dict()))
+    dist.barrier()  # no rank tears gloo down while another is still finishing its last collective
     dist.destroy_process_group()
 
 
