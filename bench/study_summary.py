@@ -69,9 +69,9 @@ def apply_rule(table: dict, counted: list) -> tuple[str | None, dict]:
 def placement_table(studies: dict, default: str | None) -> list[dict]:
     from layerprof.protocol_report import baseline_mean
 
-    label = {"resnorm2": "card ρ²", "resnorm2_x": "card ρ²×", "grad_norm2_x": "card ‖C‖²×", "sim_gain": "card simulated",
-             "lca_gain": "card warm-up LCA", "energy": "card energy",
-             "resnorm2_rank_over_noise": "card ρ(r)²/noise"}.get(default or "", None)
+    from layerprof.protocol import COST_BUDGET, PLACEMENT_SCORES
+
+    label = {score: name for name, score in PLACEMENT_SCORES.items()}.get(default or "")
     rows = []
     for task, study in studies.items():
         for steps, entry in study.get("budgets", {}).items():
@@ -85,7 +85,7 @@ def placement_table(studies: dict, default: str | None) -> list[dict]:
             base = baseline_mean(pl)
             card = pl[f"{label} top-k"]
             coupled = pl.get(f"{label} coupled greedy")
-            cheap = pl.get(f"{label} cost ≤ 0.6")
+            cheap = pl.get(f"{label} cost ≤ {COST_BUDGET}")
             rows.append({"task": task, "steps": steps, "card_layers": card["layers"],
                          "card": card["mean"] / full, "coupled": coupled["mean"] / full if coupled else None,
                          "baselines_mean": base / full, "random_mean": rand_mean / full,

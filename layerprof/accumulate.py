@@ -241,5 +241,9 @@ class Accumulator:
             return None
         return parts[0] + parts[1] if len(parts) == 2 else parts[0]
 
+    def batches_per_half(self) -> tuple[int, int]:
+        """Committed batches in each half (halves take alternate batches, the first half the extra one)."""
+        return self.batches - self.batches // 2, self.batches // 2
+
     def half(self, index: int, name: str) -> ModuleStats | None:
         return self.halves[index].get(name)

@@ -54,7 +54,7 @@ SCORE_LABELS = {"resnorm2": "ρ²", "resnorm2_rank": "ρ(r)²", "resnorm2_over_n
                 "lca_gain": "warm-up LCA gain"}
 # Scores that need more than the sweep: the budget-aware columns are filled only when profile()
 # is given a budget (and, for lca_gain, runs the warm-up).
-BUDGET_SCORES = ("sim_gain", "lca_gain")
+BUDGET_SCORES = {"sim_gain": "simulate", "lca_gain": "warmup"}  # score -> the predictor that fills it
 
 
 def _or_nan(v) -> float:
@@ -220,7 +220,7 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
     """Module rows, layer rows and the split-half stability record for a finished sweep."""
     cache = _EigenCache()
     modules = []
-    nb_halves = (acc.batches - acc.batches // 2, acc.batches // 2)  # halves hold alternate batches
+    nb_halves = acc.batches_per_half()
     for name, t in targets.items():
         st = acc.total(name)
         if st is None or st.N == 0:

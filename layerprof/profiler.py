@@ -38,8 +38,7 @@ def default_score(predict: tuple[str, ...]) -> str:
     """The default score given the predictors that will run (none without a budget)."""
     from .finalize import BUDGET_SCORES
 
-    needs = {"sim_gain": "simulate", "lca_gain": "warmup"}
-    if DEFAULT_SCORE in BUDGET_SCORES and needs[DEFAULT_SCORE] not in predict:
+    if DEFAULT_SCORE in BUDGET_SCORES and BUDGET_SCORES[DEFAULT_SCORE] not in predict:
         return DEFAULT_SWEEP_SCORE
     return DEFAULT_SCORE
 
@@ -278,7 +277,7 @@ class Profiler:
         if not fired or not batches:
             return {"module_gain": {}, "kappa": {}, "seconds": 0.0}
         t0 = time.perf_counter()
-        nb = (self.acc.batches - self.acc.batches // 2, self.acc.batches // 2)
+        nb = self.acc.batches_per_half()
         totals = {n: self.acc.total(n) for n in fired}
         # The correction direction of the mean batch loss: −Gᵀ(Σ+λI)⁻¹ with G = C / batches.
         directions = {n: d / self.acc.batches for n, d in corrections(totals, self.damping).items()}
@@ -471,7 +470,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
         raise ProfileError(str(e)) from None
     predict = _predictors(predict, budget)
     score = score or default_score(predict)
-    if score in BUDGET_SCORES and {"sim_gain": "simulate", "lca_gain": "warmup"}[score] not in predict:
+    if score in BUDGET_SCORES and BUDGET_SCORES[score] not in predict:
         raise ProfileError(f"score={score!r} is a budget-aware prediction: pass budget=TrainingBudget(steps=..., "
                            f"lr=..., r=..., lora_alpha=...) (and keep {score!r}'s predictor in predict=)")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):

@@ -122,7 +122,7 @@ def placement_sets(card, k: int, random_draws: int, scores: dict[str, str]) -> d
             continue
         out[f"{label} top-k"] = rescored.place(layers=k).layers
         # The card's cost-aware recommendation: the best predicted gain within 60% of full LoRA's modelled cost.
-        out[f"{label} cost ≤ 0.6"] = rescored.place(budget=COST_BUDGET).layers
+        out[f"{label} cost ≤ {COST_BUDGET}"] = rescored.place(budget=COST_BUDGET).layers
         if card.meta.get("coupling"):
             out[f"{label} coupled greedy"] = rescored.place(layers=k, coupled=True).layers
     for i in range(random_draws):
