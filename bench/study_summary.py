@@ -99,6 +99,19 @@ def placement_table(studies: dict, default: str | None) -> list[dict]:
     return rows
 
 
+def cost_table(root: Path) -> list[dict]:
+    """Sweep, simulation and warm-up cost of every study card (all timed inside one lp.profile call)."""
+    rows = []
+    for path in sorted(root.glob("*/card_*steps.json")):
+        meta = json.loads(path.read_text(encoding="utf-8"))["meta"]
+        if "simulate" not in meta or "warmup" not in meta:
+            continue
+        rows.append({"task": path.parent.name, "steps": meta["budget"]["steps"], "sweep": meta["sweep"]["seconds"],
+                     "simulate": meta["simulate"]["seconds"], "warmup_steps": meta["warmup"]["steps"],
+                     "warmup_share": meta["warmup"]["cost_of_full_lora_finetune"]})
+    return sorted(rows, key=lambda r: (r["task"], r["steps"]))
+
+
 def _pct(v) -> str:
     return "–" if v is None else format(v, ".0%")
 
@@ -141,6 +154,15 @@ def main(argv=None) -> None:
                   f"{r['cost_aware_layers']} | {_pct(r['cost_aware'])} | {_pct(r['cost_aware_step_time'])} |")
         print(f"\nMean over rows: card {np.mean([r['card'] for r in rows]):.1%}, mean of baselines "
               f"{np.mean([r['baselines_mean'] for r in rows]):.1%}")
+    costs = cost_table(args.root)
+    out["costs"] = costs
+    if costs:
+        print("\n## What the predicted-gain columns cost (measured in the card's own profile call)\n")
+        print("| task | budget | sweep s | simulated LoRA s (× sweep) | warm-up steps (share of the fine-tune's steps) |")
+        print("|---|---:|---:|---:|---:|")
+        for c in costs:
+            print(f"| {c['task']} | {c['steps']} | {c['sweep']:.1f} | {c['simulate']:.1f} ({c['simulate'] / c['sweep']:.2f}×) | "
+                  f"{c['warmup_steps']} ({c['warmup_share']:.0%}) |")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str), encoding="utf-8")
 
