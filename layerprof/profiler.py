@@ -263,8 +263,9 @@ class Profiler:
     def simulate(self, batches: list, budget, loss_fn: "LossFn | None" = None) -> dict:
         """Candidate A (``layerprof.simulate``): each module's simulated LoRA gain for ``budget``.
 
-        κ per layer comes from two extra forwards per layer over ``batches`` (weights restored
-        bitwise). Returns ``{"module_gain": {name: gain}, "kappa": {layer: κ}, "seconds": ...}``.
+        κ per layer comes from two extra forwards per layer over ``batches`` (more where the first
+        estimate is not positive; weights restored bitwise). Returns ``{"module_gain": {name: gain},
+        "kappa": {layer: κ}, "kappa_median_layers": [...], "forwards": ..., "seconds": ...}``.
         """
         from .coupling import corrections
         from .simulate import curvature, simulated_gains
@@ -275,7 +276,7 @@ class Profiler:
         fired = [n for n in self.targets if self.targets[n].layer is not None
                  and self.acc.half(0, n) is not None and self.acc.half(1, n) is not None]
         if not fired or not batches:
-            return {"module_gain": {}, "kappa": {}, "seconds": 0.0}
+            return {"module_gain": {}, "kappa": {}, "kappa_median_layers": [], "forwards": 0.0, "seconds": 0.0}
         t0 = time.perf_counter()
         nb = self.acc.batches_per_half()
         totals = {n: self.acc.total(n) for n in fired}
@@ -292,16 +293,20 @@ class Profiler:
             with torch.no_grad():
                 return sum(float(loss_fn(model(**k), b)) for k, b in zip(kw, batches)) / len(kw)
 
-        kappa = curvature(self.model, batches, layer_modules, directions, sigmas, mean_loss,
-                          lambda m: linear_kind(m).weight(m))
+        measured = curvature(self.model, batches, layer_modules, directions, sigmas, mean_loss,
+                             lambda m: linear_kind(m).weight(m))
         from .reduce import all_reduce_mean
 
         # Each rank measured κ on its own batch: the mean over ranks, so that every rank's card agrees.
-        kappa = {int(k): v for k, v in all_reduce_mean({str(k): v for k, v in kappa.items()}).items()}
+        kappa = {int(k): v for k, v in all_reduce_mean({str(k): v for k, v in measured.kappa.items()}).items()}
+        flagged = all_reduce_mean({str(l): float(l in measured.median_layers) for l in layer_modules})
+        fallback = sorted(int(l) for l, f in flagged.items() if f > 0)
         gains = simulated_gains({n: (self.acc.half(0, n), self.acc.half(1, n)) for n in fired}, nb,
                                 {n: kappa[self.targets[n].layer] for n in fired}, budget,
                                 calib_rows_per_batch=self.rows / max(self.acc.batches, 1))
-        return {"module_gain": gains, "kappa": kappa, "seconds": time.perf_counter() - t0}
+        forwards = all_reduce_mean({"n": float(measured.evaluations)})["n"]
+        return {"module_gain": gains, "kappa": kappa, "kappa_median_layers": fallback,
+                "forwards": forwards * len(batches), "seconds": time.perf_counter() - t0}
 
     def card(self, *, sweep_seconds: float | None = None, coupling: dict | None = None):
         """Finalize the statistics into a ``LayerCard`` (see ``layerprof.finalize``)."""
@@ -546,7 +551,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     kw = dict(rank=rank, damping=damping, backend=backend, dtype=dtype, sketch=plan.sketch, sketch_seed=sketch_seed,
               score=base_score)
     parts = []
-    sim = {"module_gain": {}, "kappa": {}, "seconds": 0.0}
+    sim = {"module_gain": {}, "kappa": {}, "kappa_median_layers": [], "forwards": 0.0, "seconds": 0.0}
     kept: list = []
     try:
         for gi, group in enumerate(groups):
@@ -575,6 +580,8 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
                     part = prof.simulate(kept[:KAPPA_BATCHES], budget, loss_fn)
                     sim["module_gain"].update(part["module_gain"])
                     sim["kappa"].update(part["kappa"])
+                    sim["kappa_median_layers"] += part["kappa_median_layers"]
+                    sim["forwards"] += part["forwards"]
                     sim["seconds"] += part["seconds"]
             del prof  # free this group's statistics before the next sweep
     finally:
@@ -614,8 +621,8 @@ def _with_predictions(card, model, kept: list, loss_fn, budget, predict, sim: di
     if "simulate" in predict:
         module_cols["sim_gain"] = sim["module_gain"]
         nk = min(len(kept), KAPPA_BATCHES)
-        meta["simulate"] = {"seconds": sim["seconds"], "kappa_batches": nk,
-                            "extra_forwards": (2 * len(sim["kappa"]) + 1) * nk}
+        meta["simulate"] = {"seconds": sim["seconds"], "kappa_batches": nk, "extra_forwards": int(sim["forwards"]),
+                            "kappa_median_layers": sorted(sim["kappa_median_layers"])}
     if "warmup" in predict:
         if len(kept) < 2:
             raise ProfileError("the warm-up score needs at least 2 batches (train on one, measure on the next)")

@@ -160,9 +160,28 @@ def test_curvature_of_a_linear_layer_under_mse_is_two_over_d_out():
     model = nn.Sequential()
     model.add_module("lin", lin)
     loss_of = lambda m, _: float(nn.functional.mse_loss(m(X), Y).detach())  # noqa: E731
-    kappa = curvature(model, [None], {0: ["lin"]}, D, sigmas, loss_of, lambda m: m.weight)
-    assert kappa[0] == pytest.approx(2 / 3, rel=1e-6)
+    measured = curvature(model, [None], {0: ["lin"]}, D, sigmas, loss_of, lambda m: m.weight)
+    assert measured.kappa[0] == pytest.approx(2 / 3, rel=1e-6)
+    assert measured.median_layers == [] and measured.evaluations == 3
     assert torch.equal(lin.weight, before)  # restored bitwise
+
+
+def test_curvature_retries_larger_steps_then_gives_a_concave_layer_the_median():
+    # L = Σ_i c_i ‖W_i − W_i⁰‖²: along D the second difference is 2 c_i ε² ‖D‖², so κ_i = 2 c_i
+    # (Σ = I, tr(D Σ Dᵀ) = ‖D‖²). Layer 2 is concave (c = −1): no ε gives a positive estimate.
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(2, 2, bias=False).double() for _ in range(3)])
+    start = [m.weight.detach().clone() for m in model]
+    c = [1.0, 3.0, -1.0]
+    loss_of = lambda m, _: float(sum(ci * ((mi.weight - w0) ** 2).sum() for ci, mi, w0 in zip(c, m, start)))  # noqa: E731
+    D = {str(i): torch.ones(2, 2, dtype=torch.float64) for i in range(3)}
+    sigmas = {str(i): torch.eye(2, dtype=torch.float64) for i in range(3)}
+    measured = curvature(model, [None], {i: [str(i)] for i in range(3)}, D, sigmas, loss_of, lambda m: m.weight)
+    assert measured.kappa[0] == pytest.approx(2.0, rel=1e-6)
+    assert measured.kappa[1] == pytest.approx(6.0, rel=1e-6)
+    assert measured.median_layers == [2] and measured.kappa[2] == pytest.approx(4.0, rel=1e-6)
+    assert measured.evaluations == 1 + 2 + 2 + 2 * 3  # base, one try each for 0 and 1, every scale for 2
+    assert all(torch.equal(m.weight, w0) for m, w0 in zip(model, start))
 
 
 def test_budget_validation_names_the_field():
