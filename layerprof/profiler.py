@@ -28,9 +28,10 @@ from .targets import Target, find_targets, linear_kind, modules_by_name, output_
 
 KAPPA_BATCHES = 1  # batches the simulation's curvature κ is measured on (2 forwards per layer each)
 # The layer score placement maximizes by default (layerprof.finalize.SCORES), chosen by the
-# placement study's pre-registered rule (docs/RESULTS.md): DEFAULT_SCORE when the card knows the
-# fine-tune's budget, DEFAULT_SWEEP_SCORE (the best score the sweep alone gives) when it does not.
-DEFAULT_SCORE = "energy"
+# placement study's pre-registered round-2 rule (docs/RESULTS.md): DEFAULT_SCORE when the card
+# knows the fine-tune's budget, DEFAULT_SWEEP_SCORE (the best score the sweep alone gives) when
+# it does not.
+DEFAULT_SCORE = "sim_gain"
 DEFAULT_SWEEP_SCORE = "energy"
 
 

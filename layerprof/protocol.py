@@ -242,3 +242,17 @@ def summarize(cards: dict[int, object], store: RunStore, proto: Protocol, scores
         entry["placements"] = rows
         out["budgets"][str(steps)] = entry
     return out
+
+
+def shared_ranking_bound(measured_agreement: float, score_agreement: float = 1.0) -> float:
+    """The best min(ρ_short, ρ_long) a score can reach, given how the two rankings agree.
+
+    Spearman is the Pearson correlation of rank vectors: the cosine of the angle between the
+    centred rank vectors. If the measured rankings at two budgets are at angle θ = arccos(ρ_m)
+    and the score's own rankings at those budgets are at angle φ = arccos(ρ_s) (φ = 0 for a
+    score blind to the budget), the triangle inequality on angles gives
+    min(ρ_short, ρ_long) ≤ cos(max(θ − φ, 0) / 2).
+    """
+    theta = float(np.arccos(np.clip(measured_agreement, -1.0, 1.0)))
+    phi = float(np.arccos(np.clip(score_agreement, -1.0, 1.0)))
+    return float(np.cos(max(theta - phi, 0.0) / 2))

@@ -55,9 +55,13 @@ def _score_note(name: str, label: str) -> str:
     """Which score placed, and why (the placement study's choice, or the user's)."""
     from .profiler import DEFAULT_SCORE, DEFAULT_SWEEP_SCORE
 
-    if name in (DEFAULT_SCORE, DEFAULT_SWEEP_SCORE):
-        why = ("the default: the score the placement study's pre-registered rule chose (docs/RESULTS.md; "
-               "weak: mean Spearman +0.23 with measured single-layer gains, +0.02 on the tasks held out)")
+    if name == DEFAULT_SCORE:
+        why = ("the default with a budget: the placement study's pre-registered round-2 rule chose it "
+               "(docs/RESULTS.md; mean Spearman +0.48 with measured single-layer gains over 11 task-budget pairs, "
+               "activation energy +0.14, ρ² −0.22)")
+    elif name == DEFAULT_SWEEP_SCORE:
+        why = ("the default without a budget (give one to get the simulated LoRA gain, the study's choice): no "
+               "sweep-only score beat it by the round-2 rule's margin (docs/RESULTS.md; weak, mean Spearman +0.14)")
     else:
         why = "chosen with score= / --score"
     return (f"Score = {label}, {why}. ρ², the paper's resnorm, is in the layer table beside it; with a budget, "

@@ -78,3 +78,21 @@ def test_protocol_validation():
     with pytest.raises(ValueError):
         Protocol(seeds=0)
     assert Protocol().config(300, 2).steps == 300
+
+
+def test_shared_ranking_bound_holds_for_every_ranking_and_is_reached():
+    from layerprof.protocol import shared_ranking_bound
+    from layerprof.study import spearman
+
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        a, b, s1, s2 = (rng.permutation(8).astype(float) for _ in range(4))
+        blind = min(spearman(s1, a), spearman(s1, b))
+        assert blind <= shared_ranking_bound(spearman(a, b)) + 1e-12
+        aware = min(spearman(s1, a), spearman(s2, b))
+        assert aware <= shared_ranking_bound(spearman(a, b), spearman(s1, s2)) + 1e-12
+    # Reached: a score equal to the measured ranking at both budgets, or halfway between them.
+    a = np.arange(6.0)
+    assert shared_ranking_bound(spearman(a, a)) == pytest.approx(1.0)
+    assert shared_ranking_bound(-1.0) == pytest.approx(0.0, abs=1e-12)
+    assert shared_ranking_bound(-1.0, -1.0) == pytest.approx(1.0)

@@ -88,3 +88,21 @@ def test_code_task_holds_out_whole_files():
     eval_rows = {decode(r[m.bool()].tolist()) for b in task.eval for r, m in zip(b["input_ids"], b["attention_mask"])}
     assert not (train_rows & eval_rows - {"\n"})
     assert all(int((b["labels"] != -100).sum()) == int(b["attention_mask"].sum()) for b in task.train)
+
+
+def test_docstring_task_reads_docstrings_and_holds_out_whole_files(tmp_path):
+    from layerprof.bundled import decode
+    from layerprof.tasks import _docstrings, docstring_task
+
+    src = tmp_path / "m.py"
+    src.write_text('"""Module doc."""\n\nclass K:\n    """Class doc."""\n    def f(self):\n        """F doc."""\n'
+                   '        x = "not a docstring"\n', encoding="utf-8")
+    assert _docstrings(src) == ["Module doc.", "Class doc.", "F doc."]
+    (tmp_path / "bad.py").write_text("def (:\n", encoding="utf-8")
+    assert _docstrings(tmp_path / "bad.py") == []
+
+    task = docstring_task(train_batches=4, calibration_batches=2)
+    assert "docstrings" in task.name
+    assert len(task.train) == 4 and len(task.eval) == 12 and len(task.calibration) == 2
+    rows = lambda bs: {decode(r[m.bool()].tolist()) for b in bs for r, m in zip(b["input_ids"], b["attention_mask"])}  # noqa: E731
+    assert not (rows(task.train) & rows(task.eval) - {"\n"})
