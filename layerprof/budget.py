@@ -11,9 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 
-
-class BudgetError(ValueError):
-    """An invalid training budget; the message names the field and its valid range."""
+from .errors import BudgetError  # noqa: F401  (also importable from here)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ try:
 except ImportError as e:  # pragma: no cover - transformers is a dependency
     raise ImportError("layerprof.callback needs transformers: pip install transformers") from e
 
+from .errors import ProfileError
 from .export import FORMATS, export
 
 _EXPORT_FILES = {"peft": "adapter", "axolotl": "axolotl.yml", "llamafactory": "llamafactory.yaml"}
@@ -53,12 +54,12 @@ class LayerCardCallback(TrainerCallback):
                  target_gain: float | None = None, exports: tuple[str, ...] = ("peft",), subdir: str = "layerprof",
                  lora_alpha: float | None = None, predict: bool = True, **profile_kwargs):
         if not isinstance(batches, int) or batches < 1:
-            raise ValueError(f"batches must be a positive int (training batches to profile), got {batches!r}")
+            raise ProfileError(f"batches must be a positive int (training batches to profile), got {batches!r}")
         if sum(x is not None for x in (layers, budget, target_gain)) > 1:
-            raise ValueError("give at most one of layers=, budget=, target_gain= for the placement")
+            raise ProfileError("give at most one of layers=, budget=, target_gain= for the placement")
         unknown = set(exports) - set(FORMATS)
         if unknown:
-            raise ValueError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+            raise ProfileError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
         self.batches, self.layers, self.budget, self.target_gain = batches, layers, budget, target_gain
         self.exports, self.subdir, self.lora_alpha = tuple(exports), subdir, lora_alpha
         # predict=True: the budget-aware columns are computed for the run the Trainer is about to do
@@ -71,7 +72,7 @@ class LayerCardCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
         if model is None or train_dataloader is None:
-            raise ValueError("LayerCardCallback needs the Trainer's model and train dataloader (transformers "
+            raise ProfileError("LayerCardCallback needs the Trainer's model and train dataloader (transformers "
                              "passes both to on_train_begin); use it with transformers.Trainer")
         batches = _first_batches(train_dataloader, self.batches)
         target, rename, context = _profiled_model(model)
@@ -101,12 +102,14 @@ class LayerCardCallback(TrainerCallback):
         return card.place(layers=self.layers or card.default_layers())
 
     def _write(self, card, plan, name: str | None) -> None:
+        from .fileio import atomic_write_text
+
         out = self.output_dir
         out.mkdir(parents=True, exist_ok=True)
         card.save(out / "card.json")
-        (out / "card.md").write_text(card.to_markdown(), encoding="utf-8")
+        atomic_write_text(out / "card.md", card.to_markdown())
         card.to_html(out / "card.html")
-        (out / "placement.json").write_text(json.dumps(plan.to_dict(), indent=1, default=str), encoding="utf-8")
+        atomic_write_text(out / "placement.json", json.dumps(plan.to_dict(), indent=1, default=str))
         r = card.rank
         alpha = self.lora_alpha if self.lora_alpha is not None else 2 * r
         for fmt in self.exports:
@@ -125,7 +128,7 @@ def training_budget(args, state, model, rank: int, lora_alpha: float | None):
 
     steps = int(getattr(state, "max_steps", 0) or 0) or int(getattr(args, "max_steps", 0) or 0)
     if steps < 1:
-        raise ValueError("LayerCardCallback could not tell the number of training steps (state.max_steps and "
+        raise ProfileError("LayerCardCallback could not tell the number of training steps (state.max_steps and "
                          "args.max_steps are unset); set max_steps in TrainingArguments or pass predict=False")
     r, alpha = rank, lora_alpha if lora_alpha is not None else 2 * rank
     peft_config = getattr(model, "peft_config", None)
@@ -149,7 +152,7 @@ def _first_batches(loader, n: int) -> list:
         if states[2] is not None:
             torch.cuda.set_rng_state_all(states[2])
     if not batches:
-        raise ValueError("the train dataloader yielded no batches; nothing to profile")
+        raise ProfileError("the train dataloader yielded no batches; nothing to profile")
     return batches
 
 

@@ -68,12 +68,27 @@ class _TapFunction(torch.autograd.Function):
         ctx.mask = mask
         ctx.input_id = input_id
         ctx.save_for_backward(x)
-        # An identity that autograd sees as a new node; view_as keeps it free of copies.
-        return y.view_as(y)
+        # An identity that autograd sees as a new node, with no copy. Not a view (as view_as would
+        # be): autograd forbids in-place ops on a custom Function's view outputs, and models do
+        # modify module outputs in place (h.mul_(2)); on this alias they behave as without the tap,
+        # and the tap still receives ∂L/∂y of the value the module returned.
+        return y.detach()
 
     @staticmethod
     def backward(ctx, gy):
-        (x,) = ctx.saved_tensors
+        try:
+            (x,) = ctx.saved_tensors
+        except RuntimeError as e:
+            if "inplace" not in str(e):
+                raise
+            # The plain backward of a frozen module needs only its weight, so an in-place edit of
+            # its input after the forward (h.mul_(2)) goes unnoticed there; the statistics need the
+            # input as the module saw it, and those values are gone.
+            from .errors import ProfileError
+
+            raise ProfileError(f"the input of {ctx.tap.name} was modified in place after the module read it (e.g. "
+                               "h.mul_(2) in the model's forward); layerprof needs the input as the module saw it: "
+                               "make that operation out of place (h = h * 2), or exclude the module with targets=") from e
         ctx.tap.sink(ctx.tap.name, x, gy, ctx.mask, ctx.input_id)
         return gy, None, None, None, None, None
 

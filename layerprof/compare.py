@@ -8,6 +8,7 @@ card's score or in the data.
 from __future__ import annotations
 
 from .card import LayerCard
+from .errors import LayerprofError
 from .finalize import kendall_tau
 from .study import spearman
 
@@ -16,10 +17,10 @@ def compare(a: LayerCard, b: LayerCard, k: int | None = None) -> dict:
     """Agreement of two cards on their common layers (see module docstring)."""
     common = sorted({l.layer for l in a.layers} & {l.layer for l in b.layers})
     if len(common) < 2:
-        raise ValueError(f"the cards share {len(common)} layer(s) ({common}); comparing rankings needs two or more")
+        raise LayerprofError(f"the cards share {len(common)} layer(s) ({common}); comparing rankings needs two or more")
     k = k or max(1, len(common) // 4)
     if not 1 <= k <= len(common):
-        raise ValueError(f"k must be in 1..{len(common)}, got {k}")
+        raise LayerprofError(f"k must be in 1..{len(common)}, got {k}")
 
     def col(card, name):
         return [getattr(card.layer(l), name) for l in common]

@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
+from .errors import PlacementError
+
 # FLOP-equivalents per element of an adapter's input + output (see the module docstring):
 # least-squares fit to the 20 partial placements of docs/study_bundled_timing (GPT-2, d 128)
 # and docs/study_minilm_timing (BERT, d 384) on a 2-core AMD EPYC, torch 2.13 CPU
@@ -92,6 +94,14 @@ class CostModel:
             return 0.0
         return self.head + sum(f for l, f in self.layer_flops.items() if l >= lowest)
 
+    def backward_flops_each(self, lowest_layers: Iterable[int]) -> list[float]:
+        """``backward_flops(l)`` for many l at once: suffix sums, O(L) instead of O(L) per layer."""
+        suffix, acc = {}, 0.0
+        for l in reversed(self.layers):
+            acc += self.layer_flops[l]
+            suffix[l] = self.head + acc
+        return [suffix[l] for l in lowest_layers]
+
     def step_flops(self, layers: Iterable[int], ranks: Mapping[str, int] | int) -> float:
         layers = list(layers)
         lowest = min(layers) if layers else None
@@ -104,7 +114,7 @@ class CostModel:
         layers = sorted(set(layers))
         unknown = set(layers) - set(self.layers)
         if unknown:
-            raise ValueError(f"layers {sorted(unknown)} are not on the card (layers: {self.layers})")
+            raise PlacementError(f"layers {sorted(unknown)} are not on the card (layers: {self.layers})")
         step = self.step_flops(layers, ranks)
         full = self.full_flops(ranks)
         params = sum(self.adapter_params(l, ranks) for l in layers)

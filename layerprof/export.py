@@ -23,14 +23,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import ExportError  # noqa: F401  (also importable from here)
+from .fileio import atomic_write_text
+
 if TYPE_CHECKING:
     from .placement import Plan
 
 FORMATS = ("peft", "axolotl", "llamafactory")
-
-
-class ExportError(ValueError):
-    """A plan that a format cannot carry without loss; the message says what to do."""
 
 
 def _lora_fields(plan: "Plan", r: int | None, lora_alpha: float | None, lora_dropout: float) -> dict:
@@ -119,7 +118,4 @@ def export(plan: "Plan", fmt: str, path: str | os.PathLike, *, source: str = "",
     else:
         text = _yaml(llamafactory_config(plan, **kwargs),
                      header + "# merge into your `llamafactory-cli train` YAML (or pass as --key value)\n")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    return atomic_write_text(path, text)

@@ -10,21 +10,20 @@ candidates form the gain-vs-cost Pareto front.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .cost import Cost, CostModel, ModuleShape
+from .errors import PlacementError  # noqa: F401  (also importable from here)
 
 if TYPE_CHECKING:
     from .card import LayerCard
 
 EXACT_MAX_LAYERS = 16  # 2^16 subsets enumerate in well under a second
-
-
-class PlacementError(ValueError):
-    """A placement request that cannot be met; the message says what would fit."""
 
 
 @dataclass
@@ -42,6 +41,7 @@ class Plan:
     constraint: dict
     by: str
     kinds: dict[str, str] = field(repr=False, default_factory=dict)
+    dims: dict[str, tuple[int, int]] = field(repr=False, default_factory=dict)  # (d_in, d_out) per module
     front: list[dict] = field(repr=False, default_factory=list)
 
     def lora_config(self, r: int | None = None, lora_alpha: float | None = None, **kwargs):
@@ -84,23 +84,192 @@ def module_ranks(card: "LayerCard", rank: int | None = None, rank_target: float 
     return ranks
 
 
-def _candidates(scores: np.ndarray, adapter: np.ndarray, exact: bool) -> np.ndarray:
-    """Boolean matrix (candidates × layers) of layer sets to consider."""
-    L = scores.size
-    if exact:
-        codes = np.arange(1, 2 ** L, dtype=np.int64)
-        return ((codes[:, None] >> np.arange(L)) & 1).astype(bool)
-    rows = []
-    ratio = scores / np.maximum(adapter, 1e-30)
-    for low in range(L):
-        above = [j for j in sorted(range(low + 1, L), key=lambda j: -ratio[j])]
-        row = np.zeros(L, dtype=bool)
-        row[low] = True
-        rows.append(row.copy())
-        for j in above:
-            row[j] = True
-            rows.append(row.copy())
-    return np.array(rows)
+FRONT_LEVELS = 256  # the greedy family's front: the best set at this many budgets spread over cost
+
+
+class _Chunk:
+    """Candidate layer sets as same-shaped arrays: cost, gain fraction, adapter parameters, validity.
+
+    ``key(i)`` names set i (flat index) for ``_Family.members``: (bitmask, −1) in the exact
+    enumeration; (ℓ_min, n) in the greedy family, the lowest layer plus the n best-ratio layers
+    above it; (−1, 0) for the one extra set a count budget adds (its top-k).
+    """
+
+    def __init__(self, cost, gain, nparams, valid, key, monotone: bool = False):
+        self.cost, self.gain, self.nparams, self.valid, self.key = cost, gain, nparams, valid, key
+        # Greedy blocks: along each row (one lowest layer) cost and gain never decrease, and an
+        # invalid entry repeats the set before it, so "the best set of a row under a budget" is a
+        # binary search.
+        self.monotone = monotone
+
+
+class _Family:
+    """Every candidate layer set, a block at a time, never materialized as one set matrix.
+
+    The greedy family has L(L+1)/2 sets (for each lowest layer, prefixes of the layers above it
+    in order of score per adapter FLOP); a block of lowest layers is evaluated at once by
+    cumulative sums over a (block × L) matrix, and a set is rebuilt from its key only when it is
+    reported.
+    """
+
+    BLOCK = 128
+
+    def __init__(self, col, adapter, params_l, backward, forward, full, total, exact: bool):
+        self.col, self.adapter, self.params_l, self.backward = col, adapter, params_l, backward
+        self.forward, self.full, self.total, self.exact = forward, full, total, exact
+        self.by_ratio = np.argsort(-(col / np.maximum(adapter, 1e-30)), kind="stable")
+        self.extra: np.ndarray | None = None
+
+    def _gain(self, g):
+        return g / self.total if self.total > 0 else np.zeros_like(g, dtype=float)
+
+    def with_extra(self, ok: np.ndarray) -> _Chunk:
+        self.extra = np.nonzero(ok)[0]
+        lo = int(self.extra[0])
+        return _Chunk(np.array([(self.forward + self.backward[lo] + ok @ self.adapter) / self.full]),
+                      self._gain(np.array([float(ok @ self.col)])), np.array([int(ok @ self.params_l)]),
+                      np.ones(1, dtype=bool), lambda i: (-1, 0))
+
+    def chunks(self):
+        L = self.col.size
+        if self.exact:
+            codes = np.arange(1, 2 ** L, dtype=np.int64)
+            cand = ((codes[:, None] >> np.arange(L)) & 1).astype(bool)
+            lowest = cand.argmax(axis=1)  # layers are sorted, so the first True is ℓ_min
+            yield _Chunk((self.forward + self.backward[lowest] + cand @ self.adapter) / self.full,
+                         self._gain(cand @ self.col), cand @ self.params_l, np.ones(codes.size, dtype=bool),
+                         lambda i: (int(codes[i]), -1))
+            return
+        order = self.by_ratio
+        a_o, c_o, p_o = self.adapter[order], self.col[order], self.params_l[order]
+        for start in range(0, L, self.BLOCK):
+            lows = np.arange(start, min(L, start + self.BLOCK))
+            above = order[None, :] > lows[:, None]                      # B × L: which ordered layers count
+            # Column 0 is {ℓ_min} alone; column j + 1 adds the ordered layers up to position j.
+            valid = np.concatenate([np.ones((lows.size, 1), dtype=bool), above], axis=1)
+            cum = lambda v, own: np.concatenate(  # noqa: E731
+                [own[:, None], own[:, None] + np.cumsum(np.where(above, v[None, :], 0), axis=1)], axis=1)
+            cost = (self.forward + self.backward[lows][:, None] + cum(a_o, self.adapter[lows])) / self.full
+            counts = np.concatenate([np.zeros((lows.size, 1), dtype=np.int64), np.cumsum(above, axis=1)], axis=1)
+            width = L + 1
+            yield _Chunk(cost, self._gain(cum(c_o, self.col[lows])), cum(p_o, self.params_l[lows]), valid,
+                         lambda i, lows=lows, counts=counts, width=width: (int(lows[i // width]),
+                                                                           int(counts.flat[i])),
+                         monotone=True)
+
+    def members(self, key) -> list[int]:
+        first, second = key
+        if first == -1:
+            return [int(i) for i in self.extra]
+        if second == -1:
+            return [i for i in range(self.col.size) if first >> i & 1]
+        above = self.by_ratio[self.by_ratio > first][:second]
+        return sorted([first, *map(int, above)])
+
+
+def _row_search(values: np.ndarray, threshold: float, *, last_le: bool) -> np.ndarray:
+    """Per row of a monotone block: the last entry ≤ threshold, or the first ≥ it (flat indices; rows
+    without one are left out). One binary search over the rows laid end to end."""
+    B, W = values.shape
+    v = values.astype(np.float64)
+    span = float(v.max() - min(float(v.min()), threshold)) + 1.0
+    offsets = (np.arange(B) * span)[:, None]
+    shifted = (v - min(float(v.min()), threshold) + offsets).ravel()
+    target = threshold - min(float(v.min()), threshold) + offsets[:, 0]
+    rows = np.arange(B)
+    if last_le:
+        idx = np.searchsorted(shifted, target, side="right") - 1
+        return idx[idx >= rows * W]
+    idx = np.searchsorted(shifted, target, side="left")
+    return idx[idx < (rows + 1) * W]
+
+
+class _Front:
+    """The gain-vs-cost Pareto front over chunks (non-dominated: nothing cheaper is as good).
+
+    Exact (every non-dominated set) for the exact enumeration. For the greedy family, whose
+    front can hold thousands of sets of thousands of layers, it is the best set at each of
+    ``FRONT_LEVELS`` budgets evenly spread between the cheapest set and full LoRA: exact at
+    those budgets, and bounded in size.
+    """
+
+    def __init__(self, levels: np.ndarray | None):
+        self.levels = levels
+        if levels is None:
+            self.cost = np.empty(0)
+            self.gain = np.empty(0)
+            self.nparams = np.empty(0, dtype=np.int64)
+            self.keys: list = []
+        else:
+            n = levels.size
+            self.cost, self.gain = np.full(n, np.inf), np.full(n, -np.inf)
+            self.nparams = np.zeros(n, dtype=np.int64)
+            self.keys = [None] * n
+
+    def add(self, chunk: _Chunk) -> None:
+        if self.levels is not None and chunk.monotone:
+            self._add_rows(chunk)
+            return
+        valid = np.nonzero(chunk.valid.ravel())[0]
+        cost, gain = chunk.cost.ravel()[valid], chunk.gain.ravel()[valid]
+        if self.levels is not None:
+            # The best set per budget level: bucket each set at the first level it fits under.
+            bucket = np.searchsorted(self.levels, cost - 1e-12, side="left")
+            inside = bucket < self.levels.size
+            bucket, idx = bucket[inside], valid[inside]
+            g = chunk.gain.ravel()[idx]
+            order = np.lexsort((-g, bucket))            # per bucket, the best gain first
+            first = np.concatenate(([True], bucket[order][1:] != bucket[order][:-1]))
+            for b, i in zip(bucket[order][first], idx[order][first]):
+                if chunk.gain.flat[i] > self.gain[b] + 1e-12 or (
+                        chunk.gain.flat[i] >= self.gain[b] - 1e-12 and chunk.cost.flat[i] < self.cost[b]):
+                    self.cost[b], self.gain[b] = chunk.cost.flat[i], chunk.gain.flat[i]
+                    self.nparams[b], self.keys[b] = chunk.nparams.flat[i], chunk.key(int(i))
+            return
+        costs = np.concatenate([self.cost, cost])
+        gains = np.concatenate([self.gain, gain])
+        nparams = np.concatenate([self.nparams, chunk.nparams.ravel()[valid]])
+        keys = self.keys + [chunk.key(int(i)) for i in valid]
+        order = np.lexsort((-gains, costs))  # cheapest first; at equal cost the best first
+        g = gains[order]
+        running = np.concatenate(([-np.inf], np.maximum.accumulate(g)[:-1]))
+        front = order[g > running + 1e-12]
+        self.cost, self.gain, self.nparams = costs[front], gains[front], nparams[front]
+        self.keys = [keys[i] for i in front]
+
+    def _add_rows(self, chunk: _Chunk) -> None:
+        """Best set per level from monotone rows: one binary search per (row, level), no sort."""
+        B, W = chunk.cost.shape
+        span = float(chunk.cost.max()) + 1.0
+        offsets = np.arange(B)[:, None] * span
+        flat = np.searchsorted((chunk.cost + offsets).ravel(), (self.levels[None, :] + 1e-12 + offsets).ravel(),
+                               side="right").reshape(B, -1) - 1                # last set with cost ≤ level
+        rows = np.arange(B)[:, None]
+        fits = flat >= rows * W                                               # the row has one under it
+        flat = np.where(fits, flat, rows * W)
+        gain = np.where(fits, chunk.gain.ravel()[flat], -np.inf)
+        cost = np.where(fits, chunk.cost.ravel()[flat], np.inf)
+        best_row = np.lexsort((cost, -gain), axis=0)[0] if B > 1 else np.zeros(self.levels.size, dtype=np.int64)
+        for level, r in enumerate(best_row):
+            g, c = gain[r, level], cost[r, level]
+            if g > self.gain[level] + 1e-12 or (g >= self.gain[level] - 1e-12 and c < self.cost[level]):
+                i = int(flat[r, level])
+                self.cost[level], self.gain[level] = c, g
+                self.nparams[level], self.keys[level] = chunk.nparams.flat[i], chunk.key(i)
+
+    def to_list(self, family: _Family, layer_ids: list[int]) -> list[dict]:
+        points = [(c, g, n, k) for c, g, n, k in zip(self.cost, self.gain, self.nparams, self.keys) if k is not None]
+        if self.levels is not None:
+            # A set that is best under a budget can still be beaten by a cheaper one: keep the front.
+            points.sort(key=lambda p: (p[0], -p[1]))
+            kept, best = [], -np.inf
+            for p in points:
+                if p[1] > best + 1e-12:
+                    kept.append(p)
+                    best = p[1]
+            points = kept
+        return [{"layers": [layer_ids[j] for j in family.members(k)], "cost": float(c), "gain_fraction": float(g),
+                 "params": int(n)} for c, g, n, k in points]
 
 
 def place(card: "LayerCard", *, layers: int | None = None, budget: float | None = None, params: int | None = None,
@@ -126,7 +295,7 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     layer_ids = [l.layer for l in card.layers]
     L = len(layer_ids)
     model = card_cost_model(card)
-    col = np.array([float(getattr(l, by)) for l in card.layers])
+    col = np.array([float("nan") if getattr(l, by) is None else float(getattr(l, by)) for l in card.layers])
     if by in ("grad_norm", "act_norm", "resnorm", "resnorm_rank"):
         col = col ** 2  # norms add in squares across a layer's modules
     if not np.all(np.isfinite(col)):
@@ -139,19 +308,16 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     total = float(col.sum())
     adapter = np.array([model.adapter_flops(l, ranks) for l in layer_ids])
     params_l = np.array([model.adapter_params(l, ranks) for l in layer_ids], dtype=np.int64)
-    backward = np.array([model.backward_flops(l) for l in layer_ids])
+    backward = np.array(model.backward_flops_each(layer_ids))
     full = model.full_flops(ranks)
 
     exact = L <= exact_max_layers
-    cand = _candidates(col, adapter, exact)
-    lowest = cand.argmax(axis=1)  # layers are sorted, so the first True is ℓ_min
-    cost = (model.forward + backward[lowest] + cand @ adapter) / full
-    gain = cand @ col / total if total > 0 else np.zeros(len(cand))
-    nparams = cand @ params_l
+    family = _Family(col, adapter, params_l, backward, model.forward, full, total, exact)
 
     constraint: dict
     if coupled and (objective != "gain" or layers is None):
         raise PlacementError("coupled=True supports objective='gain' with layers=k only")
+    extra = None  # the top-k set of a count budget, which the candidate family need not contain
     if objective == "gain":
         given = {k: v for k, v in (("layers", layers), ("budget", budget), ("params", params)) if v is not None}
         if len(given) != 1:
@@ -161,7 +327,7 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
             raise PlacementError("target_gain goes with objective='cost'")
         constraint = given
         if layers is not None:
-            if not isinstance(layers, (int, np.integer)) or not 1 <= layers <= L:
+            if isinstance(layers, bool) or not isinstance(layers, (int, np.integer)) or not 1 <= layers <= L:
                 raise PlacementError(f"layers must be an int in 1..{L} (the card has {L} layers), got {layers!r}")
             ok = np.zeros(L, dtype=bool)
             if coupled:
@@ -169,62 +335,84 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
             else:
                 # Additive gain under a count budget: the top-k scores are exactly optimal.
                 ok[np.argsort(-ranked, kind="stable")[:layers]] = True
-            cand = np.vstack([cand, ok])
-            lo = int(np.argmax(ok))
-            cost = np.append(cost, (model.forward + backward[lo] + ok @ adapter) / full)
-            gain = np.append(gain, ok @ col / total if total > 0 else 0.0)
-            nparams = np.append(nparams, ok @ params_l)
-            feasible = np.zeros(len(cand), dtype=bool)
-            feasible[-1] = True
+            extra = family.with_extra(ok)
+            feasible = lambda c: np.zeros(c.cost.shape, dtype=bool)  # noqa: E731  (only the top-k set)
+            row_search = None
         elif budget is not None:
-            if not (isinstance(budget, (int, float)) and budget > 0):
+            if isinstance(budget, bool) or not (isinstance(budget, (int, float)) and math.isfinite(budget)
+                                                and budget > 0):
                 raise PlacementError(f"budget is a fraction of full-layer LoRA training cost (> 0), got {budget!r}")
-            feasible = cost <= budget + 1e-12
-            if not feasible.any():
-                raise PlacementError(f"no placement fits budget={budget}: the cheapest single layer costs "
-                                     f"{cost.min():.3f} of full-layer LoRA; raise the budget to at least that")
+            feasible = lambda c: c.cost <= budget + 1e-12  # noqa: E731
+            row_search = lambda c: _row_search(c.cost, budget + 1e-12, last_le=True)  # noqa: E731
         else:
-            if not (isinstance(params, (int, np.integer)) and params > 0):
+            if isinstance(params, bool) or not (isinstance(params, (int, np.integer)) and params > 0):
                 raise PlacementError(f"params must be a positive int (adapter parameters), got {params!r}")
-            feasible = nparams <= params
-            if not feasible.any():
-                raise PlacementError(f"no placement fits params={params:,}: the smallest layer's adapters have "
-                                     f"{int(params_l.min()):,} parameters at these ranks; raise params or lower rank")
+            feasible = lambda c: c.nparams <= params  # noqa: E731
+            row_search = lambda c: _row_search(c.nparams, params, last_le=True)  # noqa: E731
         # Highest gain; among equal gains the cheapest.
-        key = np.where(feasible, gain, -np.inf)
-        best_gain = key.max()
-        tie = feasible & (gain >= best_gain - 1e-12)
-        pick = int(np.argmin(np.where(tie, cost, np.inf)))
+        better = lambda g, c, best: g > best[0] + 1e-12 or (g >= best[0] - 1e-12 and c < best[1])  # noqa: E731
+        key = lambda c: c.gain  # noqa: E731
     elif objective == "cost":
-        if target_gain is None or not 0 < target_gain <= 1:
+        if isinstance(target_gain, bool) or not isinstance(target_gain, (int, float)) or not 0 < target_gain <= 1:
             raise PlacementError(f"objective='cost' needs target_gain in (0, 1] (a fraction of the all-layer "
                                  f"predicted gain), got {target_gain!r}")
         if any(v is not None for v in (layers, budget, params)):
             raise PlacementError("objective='cost' takes target_gain only (not layers, budget or params)")
         constraint = {"target_gain": target_gain}
-        feasible = gain >= target_gain - 1e-12
-        key = np.where(feasible, cost, np.inf)
-        tie = feasible & (cost <= key.min() + 1e-12)
-        pick = int(np.argmax(np.where(tie, gain, -np.inf)))
+        feasible = lambda c: c.gain >= target_gain - 1e-12  # noqa: E731
+        row_search = lambda c: _row_search(c.gain, target_gain - 1e-12, last_le=False)  # noqa: E731
+        # Lowest cost; among equal costs the highest gain.
+        better = lambda g, c, best: c < best[1] - 1e-12 or (c <= best[1] + 1e-12 and g > best[0])  # noqa: E731
+        key = lambda c: -c.cost  # noqa: E731
     else:
         raise PlacementError(f"objective must be 'gain' or 'cost', got {objective!r}")
 
-    chosen = [layer_ids[i] for i in np.nonzero(cand[pick])[0]]
-    modules = [m.name for m in card.modules if m.layer in chosen]
+    cheapest = float(min(model.forward + backward[i] + adapter[i] for i in range(L)) / full)
+    front = _Front(None if exact else np.linspace(cheapest, 1.0, FRONT_LEVELS))
+    best: tuple = (-np.inf, np.inf, None, -1)  # (gain, cost, chunk, flat index)
+    for chunk in itertools.chain([extra] if extra is not None else [], family.chunks()):
+        front.add(chunk)
+        if chunk.monotone:
+            flat = row_search(chunk) if row_search is not None else np.empty(0, dtype=np.int64)
+        else:
+            ok = chunk.valid if chunk is extra else chunk.valid & feasible(chunk)
+            flat = np.nonzero(ok.ravel())[0]
+        if not flat.size:
+            continue
+        k_of = key(chunk).ravel()[flat]
+        top = flat[k_of >= k_of.max() - 1e-12]
+        # Ties on the key: the cheaper set (gain objective) or the better one (cost objective).
+        k = int(top[np.argmin(chunk.cost.flat[top])] if objective == "gain" else top[np.argmax(chunk.gain.flat[top])])
+        if best[2] is None or better(chunk.gain.flat[k], chunk.cost.flat[k], best):
+            best = (float(chunk.gain.flat[k]), float(chunk.cost.flat[k]), chunk, k)
+    if best[2] is None:
+        if objective == "cost":
+            raise PlacementError(f"no placement reaches target_gain={target_gain}")
+        if budget is not None:
+            raise PlacementError(f"no placement fits budget={budget}: the cheapest single layer costs "
+                                 f"{cheapest:.3f} of full-layer LoRA; raise the budget to at least that")
+        raise PlacementError(f"no placement fits params={params:,}: the smallest layer's adapters have "
+                             f"{int(params_l.min()):,} parameters at these ranks; raise params or lower rank")
+    _, _, pick_chunk, pick = best
+
+    chosen = [layer_ids[i] for i in family.members(pick_chunk.key(pick))]
+    chosen_set = set(chosen)
+    modules = [m.name for m in card.modules if m.layer in chosen_set]
     detail = model.cost(chosen, ranks)
     return Plan(
         layers=chosen,
         modules=modules,
         ranks={n: ranks[n] for n in modules},
-        predicted_gain=float(sum(card.layer(l).predicted_gain for l in chosen)),
-        predicted_gain_fraction=float(gain[pick]),
+        predicted_gain=float(sum(l.predicted_gain for l in card.layers if l.layer in chosen_set)),
+        predicted_gain_fraction=float(pick_chunk.gain.flat[pick]),
         cost=detail.fraction,
         cost_detail=detail,
         objective=objective,
         constraint=constraint,
         by=by,
-        kinds={m.name: m.kind for m in card.modules if m.name in modules},
-        front=pareto_front(cand, cost, gain, nparams, layer_ids),
+        kinds={m.name: m.kind for m in card.modules if m.layer in chosen_set},
+        dims={m.name: (m.d_in, m.d_out) for m in card.modules if m.layer in chosen_set},
+        front=front.to_list(family, layer_ids),
     )
 
 

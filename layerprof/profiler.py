@@ -24,6 +24,7 @@ from torch import nn
 from . import ops
 from .accumulate import Accumulator
 from .capture import InputKeys, RowMask, Tap
+from .errors import BatchError, LayerprofError, ProfileError
 from .targets import Target, find_targets, linear_kind, modules_by_name, output_head_names
 
 KAPPA_BATCHES = 1  # batches the simulation's curvature κ is measured on (2 forwards per layer each)
@@ -44,10 +45,6 @@ def default_score(predict: tuple[str, ...]) -> str:
     return DEFAULT_SCORE
 
 LossFn = Callable[[Any, Any], torch.Tensor]
-
-
-class ProfileError(ValueError):
-    """Bad input to a profiling sweep; the message names the fix."""
 
 
 def _model_identity(model: nn.Module) -> dict:
@@ -85,7 +82,8 @@ class Profiler:
 
     def __init__(self, model: nn.Module, *, targets=None, rank: int = 8, damping: float = 1e-3,
                  backend: str = "auto", dtype: torch.dtype = torch.float32, progress: bool = False,
-                 sketch: int | None = None, sketch_seed: int = 0, score: str = DEFAULT_SWEEP_SCORE):
+                 sketch: int | None = None, sketch_seed: int = 0, score: str = DEFAULT_SWEEP_SCORE,
+                 _owner: object | None = None):
         from .finalize import BUDGET_SCORES, SCORES
 
         if score not in SCORES:
@@ -139,11 +137,20 @@ class Profiler:
         self._elapsed = 0.0
         self._active = False
         self._rows_total = 0
+        self._owner = _owner if _owner is not None else self  # profile() passes its own claim down
+        self._claimed = False
+        self._reduced: tuple | None = None  # (rows, data hash, skipped) once the statistics are all-reduced
 
     # ----------------------------------------------------------------- hooks
     def __enter__(self) -> "Profiler":
         if self._active:
-            raise RuntimeError("this Profiler is already active")
+            raise ProfileError("this Profiler is already active; one `with prof:` at a time")
+        if self._reduced is not None:
+            raise ProfileError("card() already combined this Profiler's statistics across ranks; more batches "
+                               "would mix local and global sums: start a new Profiler")
+        from .claim import claim
+
+        self._claimed = claim(self.model, self._owner)
         modules = modules_by_name(self.model, self.targets)
         try:
             for name in self.targets:
@@ -151,6 +158,7 @@ class Profiler:
             self._root_handle = self.model.register_forward_pre_hook(self._on_root_forward, with_kwargs=True)
         except BaseException:
             self._remove_hooks()
+            self._release()
             raise
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -170,6 +178,14 @@ class Profiler:
                 self._elapsed += time.perf_counter() - self._t0
                 self._t0 = None
             self._active = False
+            self._release()
+
+    def _release(self) -> None:
+        if self._claimed:
+            from .claim import release
+
+            release(self.model, self._owner)
+            self._claimed = False
 
     def _remove_hooks(self) -> None:
         for tap in self._taps:
@@ -320,9 +336,16 @@ class Profiler:
             self.end_batch()
         elapsed = self._elapsed + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
         # Under torch.distributed every rank holds its shard's sums: add them up first, so
-        # that every rank finalizes the same global card.
-        all_reduce_stats(self.acc, list(self.targets))
-        rows, data_hash, skipped = all_reduce_meta(self.rows, self._data_hash.hexdigest()[:16], self.skipped)
+        # that every rank finalizes the same global card. Once only: the sums are then global,
+        # and a second card() must not add them up again.
+        if self._reduced is not None:
+            rows, data_hash, skipped = self._reduced
+        elif world()[1] > 1:
+            all_reduce_stats(self.acc, list(self.targets))
+            self._reduced = rows, data_hash, skipped = all_reduce_meta(self.rows, self._data_hash.hexdigest()[:16],
+                                                                       self.skipped)
+        else:  # one process: nothing to combine, and the Profiler may go on sweeping after this card
+            rows, data_hash, skipped = self.rows, self._data_hash.hexdigest()[:16], list(self.skipped)
         fired = {n for n in self.targets if self.acc.total(n) is not None}
         if not fired:
             reasons = "; ".join(f"batch {s['batch']}: {s['reason']}" for s in skipped[:5])
@@ -467,6 +490,26 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     warm-up with loss-change allocation, ``layerprof.warmup``; ⌈warmup_fraction·steps⌉ + 1
     forward/backward passes over the first batches). The card records the budget.
     """
+    from .claim import claimed
+
+    if not isinstance(model, nn.Module):
+        raise ProfileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    owner = object()
+    # Claimed before anything touches the model: a second sweep on it is refused, model untouched.
+    with claimed(model, owner):
+        return _profile(model, batches, loss_fn, targets=targets, rank=rank, score=score, damping=damping,
+                        backend=backend, max_tokens=max_tokens, progress=progress, dtype=dtype, coupling=coupling,
+                        coupling_batches=coupling_batches, sketch=sketch, sketch_seed=sketch_seed,
+                        max_memory=max_memory, budget=budget, predict=predict, _owner=owner)
+
+
+def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, *, targets=None, rank: int = 8,
+            score: str | None = None,
+            damping: float = 1e-3, backend: str = "auto", max_tokens: int | None = None, progress: bool = True,
+            dtype: torch.dtype = torch.float32, coupling: bool = False, coupling_batches: int = 2,
+            sketch: int | str | None = "auto", sketch_seed: int = 0, max_memory: int | None = None,
+            budget=None, predict: tuple[str, ...] | None = None, _owner: object = None):
+    """The body of ``profile`` (the model is claimed by ``_owner``)."""
     from .budget import as_budget
     from .finalize import BUDGET_SCORES
 
@@ -559,7 +602,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
             if bar is not None and gi:
                 bar.reset(total=bar.total)
                 bar.set_description(f"layerprof sweep {gi + 1}/{len(groups)}")
-            prof = Profiler(model, targets=group if group is not None else targets, **kw)
+            prof = Profiler(model, targets=group if group is not None else targets, _owner=_owner, **kw)
             prof.target_spec = targets if isinstance(targets, (str, type(None))) else list(targets)
             source = itertools.chain([first], iterator) if gi == 0 else iter(batches)
             t0 = time.perf_counter()
@@ -694,6 +737,52 @@ def merge_group_cards(parts: list):
     return LayerCard(modules, layers, merged)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else "")[:200]
+
+
+def check_batch(model: nn.Module, kwargs: Mapping, index: int) -> None:
+    """Catch the batch mistakes users really make before they reach torch as a raw traceback.
+
+    Token ids must be integers inside the model's vocabulary (when its config declares one);
+    attention_mask / token_type_ids must have the ids' shape; labels either the ids' shape
+    (token labels, -100 allowed) or one per row.
+    """
+    ids = kwargs.get("input_ids")
+    if not isinstance(ids, torch.Tensor):
+        return
+    where = f"batch {index}"
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise BatchError(f"{where}: input_ids has dtype {str(ids.dtype).replace('torch.', '')}; token ids must be "
+                         "integers (input_ids.long())")
+    for key in ("attention_mask", "token_type_ids"):
+        other = kwargs.get(key)
+        if isinstance(other, torch.Tensor) and tuple(other.shape) != tuple(ids.shape):
+            raise BatchError(f"{where}: {key} has shape {tuple(other.shape)} but input_ids {tuple(ids.shape)}; "
+                             f"they must match (one {key} entry per token)")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= vocab:
+            raise BatchError(f"{where}: input_ids range over [{lo}, {hi}] but the model's vocabulary has {vocab} "
+                             "ids (0..{}); tokenize with the model's own tokenizer".format(vocab - 1))
+    labels = kwargs.get("labels")
+    if isinstance(labels, torch.Tensor) and ids.dim() >= 1:
+        token_labels = labels.dim() == ids.dim()
+        if token_labels and tuple(labels.shape) != tuple(ids.shape):
+            raise BatchError(f"{where}: labels have shape {tuple(labels.shape)} but input_ids {tuple(ids.shape)}; "
+                             "token labels must match the ids (use -100 where no loss is wanted)")
+        if token_labels and isinstance(vocab, int) and labels.numel() and not labels.is_floating_point():
+            bad = (labels != -100) & ((labels < 0) | (labels >= vocab))
+            if bool(bad.any()):
+                raise BatchError(f"{where}: labels hold {int(labels[bad][0])}, outside the vocabulary (0..{vocab - 1}) "
+                                 "and not -100 (the ignore index)")
+        if not token_labels and (labels.dim() != 1 or labels.shape[0] != ids.shape[0]):
+            raise BatchError(f"{where}: labels have shape {tuple(labels.shape)}; give one label per row "
+                             f"({ids.shape[0]},) or one per token {tuple(ids.shape)}")
+
+
 def _sweep_one(prof: Profiler, model: nn.Module, batch: Any, index: int, loss_fn: LossFn, bar, total) -> None:
     """Forward, loss checks and backward of one batch (skipped and counted when padding-only or non-finite)."""
     kwargs = _as_kwargs(batch, prof.device)
@@ -702,7 +791,14 @@ def _sweep_one(prof: Profiler, model: nn.Module, batch: Any, index: int, loss_fn
         prof._batch_index += 1
         prof.skip(prof._batch_index, "padding-only batch (attention_mask is all zero)")
         return
-    outputs = model(**kwargs)
+    check_batch(model, kwargs, index)
+    try:
+        outputs = model(**kwargs)
+    except LayerprofError:
+        raise
+    except (RuntimeError, IndexError, ValueError, TypeError, KeyError) as e:
+        raise BatchError(f"batch {index}: the model's forward failed on it ({type(e).__name__}: "
+                         f"{_first_line(e)}); check that batch's {sorted(kwargs)} against the model") from e
     loss = _check_loss(loss_fn(outputs, batch))
     if not torch.isfinite(loss.detach()):
         prof.skip(prof._batch_index, f"non-finite loss ({loss.item()})")

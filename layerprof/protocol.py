@@ -13,15 +13,14 @@ tables of docs/RESULTS.md (``layerprof.protocol_report`` writes them).
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .fileio import atomic_write_text
 from .study import StudyConfig, Task, layer_candidates, spearman, train_lora
 
 # The card's candidate scores placed top-k (and coupled greedy) in the study: label -> SCORES name.
@@ -95,10 +94,7 @@ class RunStore:
     def put(self, steps: int, layers: list[int], seed: int, run: dict) -> None:
         self.runs[self.key(steps, layers, seed)] = run
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".runs-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"runs": self.runs}, f, indent=0)
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps({"runs": self.runs}, indent=0))
 
     def gains(self, steps: int, layers: list[int], seeds: int) -> list[float] | None:
         out = [self.get(steps, layers, s) for s in range(seeds)]

@@ -153,12 +153,13 @@ SCORES_FOR_PLOT = {"resnorm2": lambda l: l.resnorm ** 2, "sim_gain": lambda l: l
 
 
 def write_study(task: str, summary: dict, cards: dict, proto, out: Path) -> dict[str, Path]:
+    from .fileio import atomic_write_text
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "study.md", "json": out / "study.json"}
-    paths["markdown"].write_text(markdown(task, summary, cards, proto), encoding="utf-8")
-    paths["json"].write_text(json.dumps({"task": task, "protocol": proto.__dict__, **summary}, indent=1),
-                             encoding="utf-8")
+    atomic_write_text(paths["markdown"], markdown(task, summary, cards, proto))
+    atomic_write_text(paths["json"], json.dumps({"task": task, "protocol": proto.__dict__, **summary}, indent=1))
     paths.update(plots(summary, cards, out))
     return paths
 

@@ -13,6 +13,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .errors import ProfileError
+
 
 @dataclass(frozen=True)
 class LinearKind:
@@ -128,7 +130,7 @@ def find_targets(model: nn.Module, targets: str | Iterable[str] | None = None) -
     if targets is not None and not isinstance(targets, str):
         targets = list(targets)
         if not targets:
-            raise ValueError("targets=[] selects nothing; pass None for every linear module")
+            raise ProfileError("targets=[] selects nothing; pass None for every linear module")
     heads = output_head_names(model) if targets is None else set()
     found: dict[str, Target] = {}
     linear_names = []
@@ -146,11 +148,11 @@ def find_targets(model: nn.Module, targets: str | Iterable[str] | None = None) -
         found[name] = Target(name, kind.name, d_in, d_out, layer, pattern)
     if not found:
         if not linear_names:
-            raise ValueError(
+            raise ProfileError(
                 f"{type(model).__name__} has no linear-like modules (nn.Linear or transformers Conv1D); "
                 "register other module classes with layerprof.register_linear_kind")
         suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
-        raise ValueError(
+        raise ProfileError(
             f"no target modules matched {targets!r}; linear modules in this model are: "
             f"{', '.join(suffixes)} (e.g. {linear_names[0]!r}); pass some of these as targets")
     return found

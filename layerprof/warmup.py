@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .budget import TrainingBudget
+from .errors import ProfileError
 
 
 class _Adapter:
@@ -59,7 +60,7 @@ def warmup_lca(model: nn.Module, batches: list, modules: Mapping[str, nn.Module]
     "passes": T₀ + 1, "loss_first": ..., "loss_last": ...}``.
     """
     if len(batches) < 2:
-        raise ValueError("the warm-up score needs at least 2 batches (one to train on, the next to measure)")
+        raise ProfileError("the warm-up score needs at least 2 batches (one to train on, the next to measure)")
     steps = min(budget.warmup_steps, len(batches) - 1)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)

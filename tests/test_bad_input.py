@@ -135,7 +135,7 @@ def test_card_of_another_schema_or_corrupted(tmp_path):
     del data["layers"][0]["resnorm"]
     data["schema"] = "layerprof.card/1"
     (tmp_path / "bad.json").write_text(json.dumps(data))
-    with pytest.raises(lp.CardFormatError, match=r"layers\[0\] is malformed.*resnorm"):
+    with pytest.raises(lp.CardFormatError, match=r"layers\[0\]\.resnorm: missing.*re-create"):
         lp.LayerCard.load(tmp_path / "bad.json")
     with pytest.raises(FileNotFoundError, match="layerprof card"):
         lp.LayerCard.load(tmp_path / "missing.json")

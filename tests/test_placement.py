@@ -125,3 +125,66 @@ def test_rank_target_ranks_from_the_spectrum():
         assert ranks[m.name] == 1 or cum[ranks[m.name] - 2] < 0.8
     plan = card.place(layers=2, rank_target=0.8)
     assert plan.ranks == {n: ranks[n] for n in plan.modules}
+
+
+def _greedy_family_reference(card):
+    """The greedy family written out set by set (how placement enumerated it before it streamed)."""
+    from layerprof.placement import card_cost_model
+
+    model = card_cost_model(card)
+    ranks = module_ranks(card)
+    ids = [l.layer for l in card.layers]
+    col = np.array([l.score for l in card.layers])
+    adapter = np.array([model.adapter_flops(l, ranks) for l in ids])
+    ratio = col / adapter
+    full = model.full_flops(ranks)
+    sets = []
+    for low in range(len(ids)):
+        above = sorted(range(low + 1, len(ids)), key=lambda j: -ratio[j])
+        for n in range(len(above) + 1):
+            members = sorted([low, *above[:n]])
+            sets.append((members, model.step_flops([ids[j] for j in members], ranks) / full,
+                         col[members].sum() / col.sum(), sum(
+                             model.adapter_params(ids[j], ranks) for j in members)))
+    return sets
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_streamed_greedy_family_picks_what_the_written_out_family_picks(seed):
+    rng = np.random.default_rng(seed)
+    card = synthetic_card(list(rng.random(11) * 5 + 0.01), seed=seed)
+    sets = _greedy_family_reference(card)
+    for budget in (0.3, 0.55, 0.8):
+        fits = [s for s in sets if s[1] <= budget + 1e-12]
+        if not fits:
+            continue
+        best = max(s[2] for s in fits)
+        want = min((s for s in fits if s[2] >= best - 1e-12), key=lambda s: s[1])
+        plan = card.place(budget=budget, exact_max_layers=0)
+        assert plan.layers == want[0] and plan.predicted_gain_fraction == pytest.approx(want[2], abs=1e-12)
+        # The front: every point is a family set, none dominates another, and at each point's cost
+        # no family set is better.
+        for p in plan.front:
+            assert max(s[2] for s in sets if s[1] <= p["cost"] + 1e-12) == pytest.approx(p["gain_fraction"], abs=1e-12)
+    for target in (0.25, 0.6, 0.95):
+        reach = [s for s in sets if s[2] >= target - 1e-12]
+        cheapest = min(s[1] for s in reach)
+        want = max((s for s in reach if s[1] <= cheapest + 1e-12), key=lambda s: s[2])
+        assert card.place(objective="cost", target_gain=target, exact_max_layers=0).layers == want[0]
+    params = int(np.median([s[3] for s in sets]))
+    fits = [s for s in sets if s[3] <= params]
+    best = max(s[2] for s in fits)
+    want = min((s for s in fits if s[2] >= best - 1e-12), key=lambda s: s[1])
+    assert card.place(params=params, exact_max_layers=0).layers == want[0]
+
+
+def test_a_large_card_places_in_bounded_memory():
+    import tracemalloc
+
+    card = synthetic_card(list(np.random.default_rng(0).random(1500) + 0.01))
+    tracemalloc.start()
+    plan = card.place(budget=0.3)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert plan.cost <= 0.3 + 1e-12 and len(plan.front) <= 256
+    assert peak < 100 * 2 ** 20  # the written-out family would take ~9 GB here

@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
+from ..errors import ProfileError
 from .stats import stats_update_reference, stats_update_torch, symmetric
 
 PREFERENCE = ("cuda", "triton", "cpp", "torch")
@@ -94,7 +95,7 @@ _warned: set[str] = set()
 def resolve_backend(name: str, device_type: str = "cpu") -> str:
     """Map ``"auto"`` (or an explicit name) to a backend that can run on ``device_type``."""
     if name != "auto" and name not in PREFERENCE:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(('auto',) + PREFERENCE)}")
+        raise ProfileError(f"unknown backend {name!r}; choose one of {', '.join(('auto',) + PREFERENCE)}")
     table = backends()
     if name == "auto":
         for candidate in PREFERENCE:
@@ -156,7 +157,7 @@ def op(backend: str, name: str) -> Callable:
         from layerprof.kernels import stats as triton_ops
 
         return getattr(triton_ops, f"{name}_triton")
-    raise ValueError(f"unknown backend {backend!r}")
+    raise ProfileError(f"unknown backend {backend!r}")
 
 
 __all__ = ["backends", "resolve_backend", "stats_update", "stats_update_reference", "stats_update_torch",

@@ -1,0 +1,305 @@
+"""Hostile and careless use: one error type, strict card files, CLI checks before work, one sweep per model."""
+import json
+import os
+import stat
+import threading
+
+import pytest
+import torch
+
+import layerprof as lp
+from conftest import make_batches, make_model
+from layerprof.cli import main
+from layerprof.errors import (BatchError, BudgetError, CardFormatError, ExportError, LayerprofError, PlacementError,
+                              ProfileError, UsageError)
+
+
+@pytest.fixture(scope="module")
+def card_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("card") / "card.json"
+    lp.profile(make_model("llama"), make_batches(), rank=4, progress=False).save(path)
+    return path
+
+
+def _state(model):
+    return ([(n, p.detach().clone(), p.requires_grad, p.grad) for n, p in model.named_parameters()],
+            [m.training for m in model.modules()])
+
+
+def _same_state(model, state) -> bool:
+    params, modes = state
+    now = list(model.named_parameters())
+    return (all(torch.equal(p, q) and p.requires_grad == rg and p.grad is g
+                for (_, p), (_, q, rg, g) in zip(now, params))
+            and [m.training for m in model.modules()] == modes)
+
+
+def test_every_error_is_a_layerprof_error_and_a_value_error():
+    for cls in (ProfileError, BatchError, PlacementError, CardFormatError, ExportError, BudgetError, UsageError):
+        assert issubclass(cls, LayerprofError) and issubclass(cls, ValueError)
+    assert lp.CardFormatError is CardFormatError and lp.ProfileError is ProfileError
+
+
+# ------------------------------------------------------------------ card files
+def _mutated(card_path, tmp_path, edit, name="m.json"):
+    data = json.loads(card_path.read_text())
+    edit(data)
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d["layers"].__setitem__(1, dict(d["layers"][0])), r"layer 0 appears twice"),
+    (lambda d: d["modules"][0].__setitem__("d_in", float("nan")), r"modules\[0\]\.d_in"),
+    (lambda d: d["modules"][0].__setitem__("d_in", True), r"modules\[0\]\.d_in"),
+    (lambda d: d["layers"][0].__setitem__("score", "1e9"), r"layers\[0\]\.score"),
+    (lambda d: d["layers"][0].__setitem__("energy", -1.0), r"layers\[0\]\.energy"),
+    (lambda d: d["layers"][0].__setitem__("modules", 99), r"says 99 modules"),
+    (lambda d: d["modules"][0].__setitem__("layer", 57), r"layers \[57\]"),
+    (lambda d: d["modules"][1].__setitem__("name", d["modules"][0]["name"]), r"appears twice in modules"),
+    (lambda d: d["modules"][0].__setitem__("name", "a\nlora_r: 99"), r"modules\[0\]\.name"),
+    (lambda d: d["meta"]["settings"].__setitem__("score", "telepathy"), r"not a score this version knows"),
+    (lambda d: d["meta"]["settings"].__setitem__("rank", 0), r"meta\.settings\.rank"),
+    (lambda d: d["modules"][0].__setitem__("lora_params", 7), r"lora_params 7"),
+    (lambda d: d["layers"].clear(), r"layers"),
+    (lambda d: d["meta"].pop("model"), r"meta\.model: missing"),
+    (lambda d: d["meta"].__setitem__("budget", {"steps": 0}), r"meta\.budget is invalid"),
+])
+def test_invalid_cards_are_refused_in_one_line(card_path, tmp_path, edit, message):
+    path = _mutated(card_path, tmp_path, edit)
+    with pytest.raises(CardFormatError, match=message) as e:
+        lp.LayerCard.load(path)
+    assert "\n" not in str(e.value)
+
+
+def test_special_files_are_refused_without_reading_them(card_path, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(CardFormatError, match="not a regular file"):
+        lp.LayerCard.load(fifo)  # would block forever if it were opened
+    with pytest.raises(CardFormatError, match="is a directory"):
+        lp.LayerCard.load(tmp_path)
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    with pytest.raises(CardFormatError, match="not a regular file"):
+        lp.LayerCard.load(tmp_path / "zero")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(CardFormatError, match="cannot be read"):
+        lp.LayerCard.load(tmp_path / "loop")
+    (tmp_path / "latin1.json").write_bytes(b'{"schema": "caf\xe9"}')
+    with pytest.raises(CardFormatError, match="not UTF-8"):
+        lp.LayerCard.load(tmp_path / "latin1.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CardFormatError, match="nests too deeply|not a layerprof card"):
+        lp.LayerCard.load(tmp_path / "deep.json")
+    (tmp_path / "digits.json").write_text('{"schema": ' + "9" * 5000 + "}")
+    with pytest.raises(CardFormatError, match="not valid JSON"):
+        lp.LayerCard.load(tmp_path / "digits.json")
+
+
+def test_a_valid_card_round_trips_and_outputs_are_world_readable(card_path, tmp_path):
+    card = lp.LayerCard.load(card_path)
+    again = card.save(tmp_path / "again.json")
+    assert lp.LayerCard.load(again).to_dict() == card.to_dict()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(again).st_mode) == 0o666 & ~mask
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------ CLI arguments
+@pytest.mark.parametrize("argv,message", [
+    (["card", "--batch-size", "0"], "--batch-size must be an integer from 1 to 65536 (got 0)"),
+    (["card", "--max-memory", "nan"], "--max-memory must be a finite number"),
+    (["card", "--backend", "bogus"], "invalid choice: 'bogus'"),
+    (["card", "--probe-steps", "-1"], "--probe-steps must be an integer from 0"),
+    (["card", "--layers", "0"], "--layers must be an integer ≥ 1"),
+    (["card", "--targets", "q_proj,,v_proj"], "an empty name"),
+    (["bench", "--reps", "0"], "--reps must be an integer from 1"),
+    (["validate", "--budgets", "0"], "--budgets must be an integer from 1 to"),
+    (["place", "CARD", "--alpha", "nan"], "--alpha must be a finite number > 0"),
+    (["place", "CARD", "--alpha", "-1"], "--alpha must be a finite number > 0"),
+    (["place", "CARD", "--dropout", "2"], "--dropout must be a finite number ≥ 0 and < 1"),
+    (["place", "CARD", "--k", "0"], "unrecognized arguments"),
+    (["compare", "CARD", "CARD", "--k", "0"], "--k must be an integer ≥ 1"),
+])
+def test_bad_arguments_fail_at_parse_time_with_exit_2(card_path, capsys, argv, message):
+    argv = [str(card_path) if a == "CARD" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_paths_are_checked_before_any_work(card_path, tmp_path, capsys):
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"caf\xe9 " * 100)
+    cases = [
+        (["card", "--out", str(a_file)], "is a file; name a directory"),
+        (["card", "--out", str(a_file / "sub")], "runs through the file"),
+        (["card", "--text", str(empty)], "is empty"),
+        (["card", "--text", str(latin)], "is not UTF-8"),
+        (["card", "--model", str(a_file)], "is a file; pass the model directory"),
+        (["card", "--model", str(tmp_path)], "has no config.json"),
+        (["report", str(tmp_path)], "is a directory; pass a file"),
+        (["report", str(card_path), "--html", str(tmp_path)], "is a directory; name a file"),
+        (["place", str(card_path), "--out", str(tmp_path)], "is a directory; name a file"),
+        (["place", str(card_path), "--export", "peft", "--out", str(a_file)], "is a file; name a directory"),
+        (["place", str(card_path), "--export", "axolotl"], "needs --out"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_card_layers_beyond_the_model_fail_before_the_sweep_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["card", "--layers", "99", "--out", str(out), "--batches", "1", "--no-progress"]) == 2
+    assert "--layers 99 but the model has 8 layers" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["card", "--seq-len", "100000", "--out", str(out), "--batches", "1", "--no-progress"]) == 2
+    assert "exceeds the model's 256 positions" in capsys.readouterr().err
+
+
+def test_exports_refuse_what_their_consumers_would(card_path):
+    plan = lp.LayerCard.load(card_path).place(layers=1)
+    for kw, message in [({"r": 100000}, "exceeds the smallest dimension"), ({"r": True}, "positive int"),
+                        ({"lora_alpha": float("nan")}, "lora_alpha"), ({"lora_alpha": -1.0}, "lora_alpha"),
+                        ({"lora_dropout": 2.0}, "lora_dropout")]:
+        with pytest.raises(ExportError, match=message):
+            plan.lora_config(**kw)
+
+
+# ------------------------------------------------------------------ one sweep per model
+def test_a_second_thread_is_refused_and_the_first_card_is_right():
+    model = make_model("llama")
+    batches = make_batches()
+    reference = lp.profile(make_model("llama"), batches, rank=4, progress=False)
+    before = _state(model)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_loss(outputs, batch):
+        inside.set()
+        release.wait(10)
+        return outputs.loss
+
+    result = {}
+    first = threading.Thread(target=lambda: result.setdefault(
+        "card", lp.profile(model, batches, slow_loss, rank=4, progress=False)))
+    first.start()
+    assert inside.wait(10)
+    during = _state(model)  # frozen by the first sweep
+    with pytest.raises(ProfileError, match="already being profiled"):
+        lp.profile(model, batches, rank=4, progress=False)
+    with pytest.raises(ProfileError, match="already being profiled"):
+        with lp.Profiler(model, rank=4):
+            pass
+    assert _same_state(model, during)  # the refused calls touched nothing
+    release.set()
+    first.join(30)
+    assert _same_state(model, before)
+    assert [l.resnorm for l in result["card"].layers] == pytest.approx([l.resnorm for l in reference.layers],
+                                                                      rel=1e-12)
+
+
+def test_profile_from_inside_a_loss_fn_is_refused_and_the_outer_card_is_right():
+    model = make_model("llama")
+    batches = make_batches()
+    reference = lp.profile(make_model("llama"), batches, rank=4, progress=False)
+    refused = []
+
+    def nested(outputs, batch):
+        try:
+            lp.profile(model, batches, rank=4, progress=False)
+        except ProfileError as e:
+            refused.append(str(e))
+        return outputs.loss
+
+    card = lp.profile(model, batches, nested, rank=4, progress=False)
+    assert len(refused) == len(batches) and "already being profiled" in refused[0]
+    assert len(card.modules) == len(reference.modules)
+    assert [m.resnorm for m in card.modules] == pytest.approx([m.resnorm for m in reference.modules], rel=1e-12)
+    lp.profile(model, batches, rank=4, progress=False)  # released afterwards
+
+
+def test_card_twice_gives_the_same_card():
+    model = make_model("llama")
+    with lp.Profiler(model, rank=4) as prof:
+        for b in make_batches():
+            model(**b).loss.backward()
+    a, b = prof.card(), prof.card()
+    assert [m.resnorm for m in a.modules] == [m.resnorm for m in b.modules]
+    assert a.meta["data"] == b.meta["data"]
+
+
+# ------------------------------------------------------------------ batches users really have
+@pytest.mark.parametrize("edit,message", [
+    (lambda b: b.__setitem__("labels", b["labels"][:, :-1]), r"batch 0: labels have shape \(3, 10\)"),
+    (lambda b: b.__setitem__("input_ids", b["input_ids"].float()), r"batch 0: input_ids has dtype float32"),
+    (lambda b: b["input_ids"].__setitem__((0, 0), 10 ** 6), r"batch 0: input_ids range over .*vocabulary"),
+    (lambda b: b.__setitem__("attention_mask", torch.ones(3, 12, dtype=torch.long)),
+     r"batch 0: attention_mask has shape \(3, 12\) but input_ids \(3, 11\)"),
+    (lambda b: b["labels"].__setitem__((0, 0), 10 ** 6), r"batch 0: labels hold 1000000"),
+])
+def test_bad_batches_are_named_before_the_model_sees_them(edit, message):
+    model = make_model("llama")
+    before = _state(model)
+    batches = make_batches()
+    edit(batches[0])
+    with pytest.raises(BatchError, match=message):
+        lp.profile(model, batches, rank=4, progress=False)
+    assert _same_state(model, before)
+
+
+def test_a_model_error_is_wrapped_with_the_batch_and_chained():
+    model = make_model("llama")
+    before = _state(model)
+    batches = make_batches()
+    batches[1]["position_ids"] = torch.zeros(5, 5, dtype=torch.long)  # wrong shape: fails inside the model
+    with pytest.raises(BatchError, match=r"batch 1: the model's forward failed on it") as e:
+        lp.profile(model, batches, rank=4, progress=False)
+    assert e.value.__cause__ is not None
+    assert _same_state(model, before)
+
+
+class _InPlace(torch.nn.Module):
+    """b reads h; then h (a's output) is modified in place — before or after b read it."""
+
+    def __init__(self, after: bool):
+        super().__init__()
+        self.a = torch.nn.Linear(6, 6)
+        self.b = torch.nn.Linear(6, 6)
+        self.after = after
+
+    def forward(self, x):
+        h = self.a(x)
+        if not self.after:
+            h.mul_(2)
+        y = self.b(h)
+        if self.after:
+            h.mul_(2)  # b's input is no longer what b saw
+        return y.sum() + h.sum()
+
+
+def test_in_place_ops_on_module_outputs_work_as_without_the_profiler():
+    # h.mul_(2) on a tapped module's output: allowed in plain PyTorch, so allowed in a sweep, and
+    # the statistics are those of the values each module saw.
+    torch.manual_seed(0)
+    model, x = _InPlace(after=False), torch.randn(4, 6)
+    with lp.Profiler(model, rank=2) as prof:
+        model(x).backward()
+    card = prof.card()
+    # b's input is 2·a(x) and a's output gradient is 2·(∂L/∂h after the mul)
+    h = (model.a(x) * 2).detach()
+    assert card.module("b").energy == pytest.approx(float((h ** 2).sum(1).mean()), rel=1e-5)
+
+
+def test_an_input_modified_in_place_after_a_tap_is_refused_by_name():
+    model = _InPlace(after=True)
+    with pytest.raises(ProfileError, match=r"input of b was modified in place"):
+        with lp.Profiler(model, rank=2):
+            model(torch.randn(4, 6)).backward()
