@@ -111,6 +111,8 @@ def export(plan: "Plan", fmt: str, path: str | os.PathLike, *, source: str = "",
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "peft":
         return peft_adapter_config(plan, path, **kwargs)
+    # The source (a card path) goes into a YAML comment: one line, printable, so it cannot add keys.
+    source = "".join(ch if ch.isprintable() else "?" for ch in str(source))
     header = (f"# LoRA placement by layerprof{(' from ' + source) if source else ''}: layers {plan.layers}, "
               f"{plan.predicted_gain_fraction:.0%} of the predicted gain at {plan.cost:.0%} of full-LoRA cost\n")
     if fmt == "axolotl":

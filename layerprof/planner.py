@@ -49,13 +49,20 @@ class MemoryPlan:
         return out
 
     def describe(self) -> str:
-        gib = 2 ** 30
         return (f"layerprof memory plan on {self.device}: {self.mode} statistics "
-                f"({self.statistics_bytes / gib:.2f} GiB; dense {self.dense_bytes / gib:.2f} GiB, sketch k="
-                f"{self.sketch or DEFAULT_SKETCH} {self.sketch_bytes / gib:.2f} GiB) + tap inputs ≤ "
-                f"{self.activation_bytes / gib:.2f} GiB per batch, budget {self.max_memory / gib:.2f} GiB"
+                f"({human_bytes(self.statistics_bytes)}; dense {human_bytes(self.dense_bytes)}, sketch k="
+                f"{self.sketch or DEFAULT_SKETCH} {human_bytes(self.sketch_bytes)}) + tap inputs ≤ "
+                f"{human_bytes(self.activation_bytes)} per batch, budget {human_bytes(self.max_memory)}"
                 + (f"; {self.sweeps} sweeps over the same batches, one group of layers each "
-                   f"(largest group {self.statistics_bytes / gib:.2f} GiB)" if self.groups else ""))
+                   f"(largest group {human_bytes(self.statistics_bytes)})" if self.groups else ""))
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in the unit that shows them (never "0.00 GiB" for a few MB)."""
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
 
 
 def free_memory(device: torch.device) -> int:
@@ -116,13 +123,12 @@ def plan_memory(targets: dict[str, Target], *, acc_bytes: int, input_bytes: int,
     need = lambda names: stats_bytes(names, width) + act_bytes(names)  # noqa: E731
     for unit in units:
         if need(unit) > budget:
-            gib = 2 ** 30
             t = targets[unit[0]]
             what = f"layer {t.layer}" if t.layer is not None else f"module {unit[0]}"
             raise MemoryError(
-                f"layerprof statistics do not fit even one layer per sweep: {what} needs {need(unit) / gib:.2f} GiB "
+                f"layerprof statistics do not fit even one layer per sweep: {what} needs {human_bytes(need(unit))} "
                 f"({mode}{f' k={k}' if mode == 'sketch' else ''}, statistics + tap inputs), budget "
-                f"{budget / gib:.2f} GiB. Use smaller batches (fewer rows per batch), "
+                f"{human_bytes(budget)}. Use smaller batches (fewer rows per batch), "
                 + ("a smaller sketch=k, " if mode == "sketch" else "sketch='auto', ")
                 + "fewer targets per layer (targets=[...]), or raise max_memory")
         if groups and need(groups[-1] + unit) <= budget:

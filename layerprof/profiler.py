@@ -27,6 +27,7 @@ from .capture import InputKeys, RowMask, Tap
 from .errors import BatchError, LayerprofError, ProfileError
 from .targets import Target, find_targets, linear_kind, modules_by_name, output_head_names
 
+MAX_DAMPING = 1e3  # relative damping δ beyond this is no longer a regularizer (1e308 overflowed to NaN)
 KAPPA_BATCHES = 1  # batches the simulation's curvature κ is measured on (2 forwards per layer each)
 # The layer score placement maximizes by default (layerprof.finalize.SCORES), chosen by the
 # placement study's pre-registered round-2 rule (docs/RESULTS.md): DEFAULT_SCORE when the card
@@ -96,10 +97,11 @@ class Profiler:
             raise ProfileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if dtype not in (torch.float32, torch.float64):
             raise ProfileError(f"statistics dtype must be torch.float32 or torch.float64, got {dtype}")
-        if not (isinstance(rank, int) and rank >= 1):
+        if isinstance(rank, bool) or not (isinstance(rank, int) and rank >= 1):
             raise ProfileError(f"rank must be a positive int, got {rank!r}")
-        if not (isinstance(damping, (int, float)) and damping >= 0 and math.isfinite(damping)):
-            raise ProfileError(f"damping must be a finite number >= 0, got {damping!r}")
+        if isinstance(damping, bool) or not (isinstance(damping, (int, float)) and 0 <= damping <= MAX_DAMPING):
+            raise ProfileError(f"damping is relative to the mean eigenvalue of Σ: a number in [0, {MAX_DAMPING:g}], "
+                               f"got {damping!r}")
         self.model = model
         self.targets: dict[str, Target] = find_targets(model, targets)
         self.target_spec = targets if targets is None or isinstance(targets, str) else list(targets)
@@ -115,7 +117,7 @@ class Profiler:
         self.device = device
         self.backend_requested = backend
         self.backend = ops.resolve_backend(backend, device.type)
-        if sketch is not None and (not isinstance(sketch, int) or sketch < 1):
+        if sketch is not None and (isinstance(sketch, bool) or not isinstance(sketch, int) or sketch < 1):
             raise ProfileError(f"sketch must be a positive int (columns of Ω) or None, got {sketch!r}")
         if sketch is not None and sketch < rank:
             raise ProfileError(f"sketch={sketch} is smaller than rank={rank}: ρ(r) needs at least r sketch columns; "
@@ -522,7 +524,7 @@ def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None,
     if score in BUDGET_SCORES and BUDGET_SCORES[score] not in predict:
         raise ProfileError(f"score={score!r} is a budget-aware prediction: pass budget=TrainingBudget(steps=..., "
                            f"lr=..., r=..., lora_alpha=...) (and keep {score!r}'s predictor in predict=)")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens <= 0):
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens <= 0):
         raise ProfileError(f"max_tokens must be a positive int or None, got {max_tokens!r}")
     iterator = iter(batches) if batches is not None else iter(())
     first = next(iterator, None)
@@ -533,7 +535,10 @@ def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None,
     total = None
     if hasattr(batches, "__len__"):
         total = len(batches)  # type: ignore[arg-type]
-    if sketch != "auto" and sketch is not None and (not isinstance(sketch, int) or sketch < 1):
+    if isinstance(coupling_batches, bool) or not isinstance(coupling_batches, int) or coupling_batches < 1:
+        raise ProfileError(f"coupling_batches must be a positive int, got {coupling_batches!r}")
+    if sketch != "auto" and sketch is not None and (isinstance(sketch, bool) or not isinstance(sketch, int)
+                                                    or sketch < 1):
         raise ProfileError(f"sketch must be 'auto', None or a positive int, got {sketch!r}")
     from .planner import plan_memory, shared_inputs
 

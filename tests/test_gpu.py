@@ -65,3 +65,18 @@ def test_gpu_card_equals_torch_card(backend):
     for a, b in zip(ref.modules, card.modules):
         tol = a.rows * U32 * max(1.0, a.cond ** 0.5) * 4
         assert abs(a.resnorm - b.resnorm) <= tol * a.resnorm, a.name
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", gpu_backends())
+def test_gpu_sketch_mode_with_bf16_model_matches_torch(backend):
+    # The 8B-class path: bf16 X with fp32 GΩ reaches the GPU ops; the dtype contract widens them.
+    if backend == "none":
+        pytest.skip("no GPU backend built here (see layerprof doctor)")
+    model = make_model("llama").cuda().to(torch.bfloat16)
+    batches = make_batches(n=3)
+    ref = lp.profile(model, batches, rank=4, progress=False, backend="torch", sketch=8)
+    card = lp.profile(model, batches, rank=4, progress=False, backend=backend, sketch=8)
+    assert card.meta["settings"]["sketched_modules"] > 0
+    for a, b in zip(ref.modules, card.modules):
+        assert b.resnorm == pytest.approx(a.resnorm, rel=1e-3), a.name

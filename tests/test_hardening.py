@@ -303,3 +303,37 @@ def test_an_input_modified_in_place_after_a_tap_is_refused_by_name():
     with pytest.raises(ProfileError, match=r"input of b was modified in place"):
         with lp.Profiler(model, rank=2):
             model(torch.randn(4, 6)).backward()
+
+
+def test_a_newline_in_the_card_path_cannot_add_yaml_keys(card_path, tmp_path):
+    import yaml
+
+    plan = lp.LayerCard.load(card_path).place(layers=1)
+    from layerprof.export import export
+
+    out = export(plan, "axolotl", tmp_path / "a.yml", source="evil\nlora_r: 999\n#")
+    data = yaml.safe_load(out.read_text())
+    assert data["lora_r"] == plan.ranks[plan.modules[0]] and "999" not in str(data.values())
+
+
+@pytest.mark.parametrize("kw,message", [({"rank": True}, "rank must be a positive int"),
+                                        ({"damping": 1e308}, "damping is relative"),
+                                        ({"damping": float("nan")}, "damping is relative"),
+                                        ({"sketch": True}, "sketch must be"),
+                                        ({"max_tokens": True}, "max_tokens"),
+                                        ({"coupling_batches": 0}, "coupling_batches")])
+def test_profile_arguments_refuse_bools_and_absurd_values(kw, message):
+    model = make_model("llama")
+    before = _state(model)
+    with pytest.raises(ProfileError, match=message):
+        lp.profile(model, make_batches(), progress=False, **kw)
+    assert _same_state(model, before)
+
+
+def test_memory_messages_use_a_unit_that_shows_the_size():
+    from layerprof.planner import human_bytes
+
+    assert human_bytes(3 * 2 ** 20) == "3.00 MiB" and human_bytes(5 * 2 ** 30) == "5.00 GiB" and human_bytes(12) == "12 B"
+    model = make_model("llama")
+    with pytest.raises(ProfileError, match=r"needs [0-9.]+ (KiB|MiB)"):
+        lp.profile(model, make_batches(), progress=False, sketch=None, max_memory=1000)

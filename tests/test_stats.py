@@ -131,3 +131,48 @@ def test_auto_resolves_without_gpu_and_unavailable_backend_falls_back_with_warni
     ops._warned.discard("cuda")
     with pytest.warns(UserWarning, match="backend 'cuda' is not available"):
         assert ops.resolve_backend("cuda", "cpu") == "torch"
+
+
+MIXED = [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float16, torch.float32),
+         (torch.bfloat16, torch.float16)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("x_dtype,g_dtype", MIXED, ids=[f"x{str(a)[6:]}-g{str(b)[6:]}" for a, b in MIXED])
+def test_mixed_input_dtypes_follow_one_contract(backend, x_dtype, g_dtype):
+    # Sketch mode hands the ops bf16 X with fp32 GΩ: every backend widens to the common dtype
+    # and meets the same fp32 bound against the reference computed from the same inputs.
+    x, _, mask = _case(59, 33, 300, x_dtype, "holes", seed=6)
+    g = torch.randn(300, 33, generator=torch.Generator().manual_seed(7)).to(g_dtype)
+    xs, gs = x[mask], g[mask]
+    n = xs.shape[0]
+    S, C, q = torch.zeros(59, 59), torch.zeros(59, 33), torch.zeros(())
+    S64, C64, q64 = (t.double() for t in (S, C, q))
+    op(backend, "stats_update")(S, C, q, x, g, mask)
+    op("reference", "stats_update")(S64, C64, q64, x, g, mask)
+    assert (torch.triu(S.double() - S64).abs() <= torch.triu(_bound(xs, xs, n))).all()
+    assert ((C.double() - C64).abs() <= _bound(xs, gs, n)).all()
+    C2, C264 = torch.zeros(59, 33), torch.zeros(59, 33, dtype=torch.float64)
+    op(backend, "cross_update")(C2, x, g, mask)
+    op("reference", "cross_update")(C264, x, g, mask)
+    assert ((C2.double() - C264).abs() <= _bound(xs, gs, n)).all()
+    S3, C3, q3 = torch.zeros(59, 59), torch.zeros(59, 33), torch.zeros(())
+    ops.stats_update(backend, S3, C3, q3, x, g, mask)  # the accumulator's entry point
+    assert torch.equal(torch.triu(S3), torch.triu(S)) and torch.equal(C3, C)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_sketch_mode_with_bf16_inputs_matches_the_torch_backend(backend):
+    from layerprof.accumulate import Accumulator
+
+    x, g, mask = _case(40, 96, 200, torch.bfloat16, "holes", seed=8)
+    results = {}
+    for b in ("torch", backend):
+        acc = Accumulator({"m": (40, 96)}, torch.float32, b, sketch=16)
+        acc.update("m", x, g, mask, int(mask.sum()))
+        acc.commit()
+        st = acc.total("m")
+        results[b] = (torch.triu(st.S), st.C, st.q)
+    assert acc.sketched("m")
+    for a, b in zip(results["torch"], results[backend]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)

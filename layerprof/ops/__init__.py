@@ -16,6 +16,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from ..errors import ProfileError
 from .stats import stats_update_reference, stats_update_torch, symmetric
 
@@ -134,13 +136,44 @@ _IMPLS: dict[str, Callable] = {"torch": stats_update_torch, "cpp": _cpp_stats, "
                                "triton": _triton_stats}
 
 
+def same_dtype(x, g):
+    """The dtype contract of every op: x and g may differ (sketch mode feeds bf16 X with fp32 GΩ);
+    the narrower one is widened to the wider (``torch.promote_types``), so each backend sees one
+    input dtype and the float64 reference defines the result. The accumulators' dtype is separate."""
+    if g is not None and x.dtype != g.dtype:
+        common = torch.promote_types(x.dtype, g.dtype)
+        return x.to(common), g.to(common)
+    return x, g
+
+
+# Positions of (x, g) in each op's arguments (see layerprof.ops.stats).
+_XG = {"stats_update": (3, 4), "cross_update": (1, 2), "sketch_update": (1, 2)}
+
+
+def _promoting(fn: Callable, name: str) -> Callable:
+    ix, ig = _XG[name]
+
+    def call(*args):
+        args = list(args)
+        args[ix], args[ig] = same_dtype(args[ix], args[ig])
+        return fn(*args)
+    return call
+
+
 def stats_update(backend: str, S, C, q, x, g, mask=None) -> None:
     """Dispatch ``stats_update`` (see ``layerprof.ops.stats``) to a resolved backend."""
+    x, g = same_dtype(x, g)
     _IMPLS[backend](S, C, q, x, g, mask)
 
 
 def op(backend: str, name: str) -> Callable:
-    """One op (``gram_update``, ``cross_update``, ``stats_update``, ``sketch_update``) of one backend."""
+    """One op (``gram_update``, ``cross_update``, ``stats_update``, ``sketch_update``) of one backend,
+    with the dtype contract of ``same_dtype`` applied."""
+    fn = _op(backend, name)
+    return _promoting(fn, name) if name in _XG else fn
+
+
+def _op(backend: str, name: str) -> Callable:
     if backend == "torch":
         from . import stats as torch_ops
 
