@@ -128,11 +128,39 @@ def test_doctor_json_lists_devices_and_backends(capsys):
     assert info["peft"] and info["transformers"]
 
 
-def test_bench_reports_a_ratio(capsys):
+def test_bench_interleaves_the_passes_and_reports_medians(monkeypatch):
+    # A fake clock: each pass advances it by a known amount, so the medians and their order are exact.
+    from types import SimpleNamespace
+
+    from layerprof import benchmark
+
+    clock, calls = [0.0], []
+    monkeypatch.setattr(benchmark, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    sweep_costs = iter([9.0, 2.0, 5.0, 3.0])  # the first is the warm-up, never counted
+
+    def plain():
+        calls.append("plain")
+        clock[0] += 1.0
+
+    def sweep():
+        calls.append("sweep")
+        clock[0] += next(sweep_costs)
+
+    med = benchmark.interleaved({"plain": plain, "sweep": sweep}, reps=3, warmup=1)
+    assert calls == ["plain", "sweep"] * 4
+    assert med == {"plain": 1.0, "sweep": 3.0}
+
+
+def test_bench_times_the_bundled_model_on_its_rows(capsys):
     assert main(["bench", "--batches", "2", "--reps", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["ratio"] == pytest.approx(r["sweep_seconds"] / r["plain_seconds"])
-    assert r["ratio"] > 0 and r["rows"] > 0 and r["batches"] == 2 and r["backend"] in ("cpp", "torch")
+    from layerprof.bundled import calibration_text, text_batches
+
+    batches = text_batches(calibration_text(), batch_size=8, seq_len=128, n_batches=2)
+    # rows = the non-padding tokens of exactly the batches the bench was asked for
+    assert r["rows"] == sum(int(b["attention_mask"].sum()) for b in batches) and r["batches"] == 2
+    assert r["backend"] in ("cpp", "torch")
+    assert r["plain_seconds"] > 0 and r["sweep_seconds"] > 0
 
 
 def test_card_with_a_memory_budget_runs_several_sweeps(tmp_path, capsys):

@@ -70,8 +70,14 @@ def test_profile_with_coupling_records_a_valid_matrix_and_leaves_the_model():
     rho = np.asarray(c["rho"])
     assert c["layers"] == [0, 1, 2] and c["batches"] == 2
     assert np.allclose(rho, rho.T) and np.allclose(np.diag(rho), 1.0) and (np.abs(rho) <= 1).all()
-    _, K, rho2 = coupling_matrix({i: torch.randn(5, dtype=torch.float64) for i in range(2)})
-    assert np.allclose(rho2, rho2.T)
+    # coupling_matrix against explicit geometry: K is the Gram of the output directions, ρ their cosines.
+    v = {0: torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), 1: torch.tensor([0.0, 2.0, 0.0], dtype=torch.float64),
+         2: torch.tensor([-3.0, 0.0, 0.0], dtype=torch.float64), 3: torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)}
+    layers, K, rho2 = coupling_matrix(v)
+    assert layers == [0, 1, 2, 3]
+    np.testing.assert_allclose(K, [[1, 0, -3, 1], [0, 4, 0, 2], [-3, 0, 9, -3], [1, 2, -3, 2]], atol=1e-12)
+    s = 1 / math.sqrt(2)
+    np.testing.assert_allclose(rho2, [[1, 0, -1, s], [0, 1, 0, s], [-1, 0, 1, -s], [s, s, -s, 1]], atol=1e-12)
     plan = card.place(layers=2, coupled=True)
     assert len(plan.layers) == 2
     with pytest.raises(lp.PlacementError, match="layers=k only"):

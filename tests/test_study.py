@@ -26,7 +26,9 @@ def test_train_lora_trains_only_the_named_modules_and_lowers_train_loss(task, ca
                      {m.name: m.kind for m in card.modules})
     assert out["adapted_modules"] == 4
     assert out["trainable_params"] == sum(4 * (m.d_in + m.d_out) for m in card.modules if m.layer == 2)
-    assert math.isfinite(out["gain"]) and out["step_seconds"] > 0
+    assert out["step_seconds"] > 0
+    # Thirty LoRA steps on one block lower the held-out loss of the bundled task.
+    assert out["eval_after"] < out["eval_before"] and out["gain"] == pytest.approx(out["eval_before"] - out["eval_after"])
 
 
 def test_spearman_matches_scipy():
