@@ -2,7 +2,7 @@
 PY ?= python
 OUT ?= demo_out
 
-.PHONY: torch install install-test demo test bench train-default
+.PHONY: torch install install-test demo test fuzz bench train-default
 
 # torch first (a CPU build from local disk here; an existing torch, e.g. a CUDA build, is kept),
 # then layerprof without build isolation so pip never fetches a second, multi-GB torch.
@@ -25,6 +25,10 @@ demo: install
 test: install-test
 	bash tests/install_browser.sh
 	$(PY) -m pytest -q tests
+
+# Property-based fuzzing at full strength: 2,000 examples per target (the test suite runs 40), counts printed.
+fuzz: install-test
+	LAYERPROF_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 
 bench: install
 	cd bench && $(PY) bench_sweep.py && $(PY) bench_stats.py && $(PY) bench_sketch.py

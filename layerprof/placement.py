@@ -387,6 +387,9 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
             best = (float(chunk.gain.flat[k]), float(chunk.cost.flat[k]), chunk, k)
     if best[2] is None:
         if objective == "cost":
+            if total <= 0:
+                raise PlacementError(f"no layer has a positive {by} (every one is ≤ 0), so no placement reaches a "
+                                     f"share of the gain; place by count (layers=k) or by another score")
             raise PlacementError(f"no placement reaches target_gain={target_gain}")
         if budget is not None:
             raise PlacementError(f"no placement fits budget={budget}: the cheapest single layer costs "

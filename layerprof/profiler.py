@@ -742,6 +742,17 @@ def merge_group_cards(parts: list):
     return LayerCard(modules, layers, merged)
 
 
+@contextlib.contextmanager
+def _user_code(index: int, what: str, kwargs: Mapping):
+    try:
+        yield
+    except LayerprofError:
+        raise
+    except Exception as e:  # noqa: BLE001 - anything the user's code raises, chained
+        raise BatchError(f"batch {index}: {what} failed on it ({type(e).__name__}: {_first_line(e)}); check that "
+                         f"batch's {sorted(kwargs)} against the model") from e
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else "")[:200]
@@ -797,20 +808,19 @@ def _sweep_one(prof: Profiler, model: nn.Module, batch: Any, index: int, loss_fn
         prof.skip(prof._batch_index, "padding-only batch (attention_mask is all zero)")
         return
     check_batch(model, kwargs, index)
-    try:
+    # The user's model, loss_fn and backward: their errors come back as one BatchError naming the
+    # batch (the original chained), our own as themselves.
+    with _user_code(index, "the model's forward", kwargs):
         outputs = model(**kwargs)
-    except LayerprofError:
-        raise
-    except (RuntimeError, IndexError, ValueError, TypeError, KeyError) as e:
-        raise BatchError(f"batch {index}: the model's forward failed on it ({type(e).__name__}: "
-                         f"{_first_line(e)}); check that batch's {sorted(kwargs)} against the model") from e
-    loss = _check_loss(loss_fn(outputs, batch))
+    with _user_code(index, "loss_fn", kwargs):
+        loss = _check_loss(loss_fn(outputs, batch))
     if not torch.isfinite(loss.detach()):
         prof.skip(prof._batch_index, f"non-finite loss ({loss.item()})")
         prof.acc.discard()
         return
     before = prof.rows
-    loss.backward()
+    with _user_code(index, "the backward pass", kwargs):
+        loss.backward()
     prof.end_batch()
     if bar is not None:
         if total and getattr(bar, "lp_estimate", False):

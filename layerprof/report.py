@@ -6,6 +6,8 @@ import math
 import re
 from typing import TYPE_CHECKING
 
+from .errors import PlacementError
+
 if TYPE_CHECKING:
     from .card import LayerCard
 
@@ -149,7 +151,13 @@ def markdown(card: "LayerCard") -> str:
     if card.layers:
         k = card.default_layers()
         plan = card.place(layers=k)
-        cheap = card.place(objective="cost", target_gain=0.9)
+        try:
+            cheap = card.place(objective="cost", target_gain=0.9)
+            cheap_line = (f"Cost-aware alternative: the cheapest placement reaching 90% of the predicted gain adapts "
+                          f"layers {', '.join(map(str, cheap.layers))} at {cheap.cost:.0%} of full-layer LoRA's cost "
+                          f"(`layerprof place CARD --target-gain 0.9`; `--budget F` caps the cost instead).")
+        except PlacementError as e:
+            cheap_line = f"Cost-aware alternative: none ({e})."
         lines += ["", "## Recommendation", "",
                   f"Adapt layers **{', '.join(map(str, plan.layers))}** (top {k} of {len(card.layers)} by score = {score}): "
                   f"{plan.predicted_gain_fraction:.0%} of the all-layer predicted gain at "
@@ -157,9 +165,7 @@ def markdown(card: "LayerCard") -> str:
                   f"{plan.cost_detail.adapter_params:,} adapter parameters, {plan.cost_detail.adapted_modules} "
                   f"adapted modules. `layerprof place CARD --layers {k}` writes the LoRA config.",
                   "",
-                  f"Cost-aware alternative: the cheapest placement reaching 90% of the predicted gain adapts layers "
-                  f"{', '.join(map(str, cheap.layers))} at {cheap.cost:.0%} of full-layer LoRA's cost "
-                  f"(`layerprof place CARD --target-gain 0.9`; `--budget F` caps the cost instead).",
+                  cheap_line,
                   "", _score_note(settings.get("score", "resnorm2"), score),
                   "", _baselines_line(card, k),
                   "", "## Layers", "",

@@ -133,35 +133,68 @@ class LayerSchema(BaseModel):
         return self
 
 
+_META = ConfigDict(strict=True, extra="allow", frozen=True)
+OptText = Optional[Annotated[str, Field(max_length=4096)]]
+
+
 class Settings(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    model_config = _META
 
     rank: Annotated[int, Field(ge=1, le=MAX_RANK)]
-    damping: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1e-3
-    score: str = "resnorm2"
+    damping: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    score: Annotated[str, Field(max_length=200)]
+    backend: Annotated[str, Field(max_length=200)]
+    dtype: Annotated[str, Field(max_length=200)]
 
 
 class ModelMeta(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    model_config = _META
 
     class_: Annotated[str, Field(alias="class", min_length=1, max_length=1000)]
+    parameters: Count
+    config_hash: Annotated[str, Field(max_length=200)]
+    name_or_path: OptText = None
+    dtype: OptText = None
 
 
 class DataMeta(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    model_config = _META
 
     rows: Count
     batches: Count
+    hash: Annotated[str, Field(max_length=200)]
 
 
 class SweepMeta(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    model_config = _META
 
     seconds: NonNeg
+    finalize_seconds: NonNeg = 0.0
+    rows_per_second: Optional[NonNeg] = None
+    peak_memory_bytes: Optional[Count] = None
+    peak_memory_kind: OptText = None
+
+
+class Stability(BaseModel):
+    model_config = _META
+
+    kendall_tau: Optional[Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]] = None
+    threshold: Optional[Finite] = None
+    stable: Optional[bool] = None
+    top_k: Optional[Count] = None
+    top_k_overlap: Optional[Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]] = None
+    note: OptText = None
+
+
+class Skipped(BaseModel):
+    model_config = _META
+
+    batch: Annotated[int, Field(ge=-1)]
+    reason: Annotated[str, Field(max_length=4096)]
 
 
 class Head(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    model_config = _META
 
     name: Name
     d_in: Dim
@@ -169,27 +202,51 @@ class Head(BaseModel):
 
 
 class Coupling(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    model_config = _META
 
     layers: list[LayerIndex]
     rho: list[list[Annotated[float, Field(ge=-1.0 - 1e-6, le=1.0 + 1e-6, allow_inf_nan=False)]]]
 
 
+class BudgetMeta(BaseModel):
+    model_config = _META
+
+    steps: Annotated[int, Field(ge=1)]
+    lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+    r: Annotated[int, Field(ge=1, le=MAX_RANK)]
+    lora_alpha: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
+
+
+class SimulateMeta(BaseModel):
+    model_config = _META
+
+    seconds: NonNeg
+
+
+class WarmupMeta(BaseModel):
+    model_config = _META
+
+    steps: Count
+    seconds: NonNeg
+    cost_of_full_lora_finetune: NonNeg
+
+
 class Meta(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    model_config = _META
 
     model: ModelMeta
     data: DataMeta
     settings: Settings
     sweep: SweepMeta
-    skipped: list[Any] = []
+    stability: Stability = Stability()
+    skipped: list[Skipped] = []
     unfired: list[Name] = []
     unmasked: list[Name] = []
     heads: list[Head] = []
     coupling: Optional[Coupling] = None
-    budget: Optional[dict] = None
-    simulate: Optional[dict] = None
-    warmup: Optional[dict] = None
+    budget: Optional[BudgetMeta] = None
+    simulate: Optional[SimulateMeta] = None
+    warmup: Optional[WarmupMeta] = None
 
 
 class CardSchema(BaseModel):
@@ -312,6 +369,6 @@ def _cross_checks(card: CardSchema, source: str, scores) -> None:
         from .errors import BudgetError
 
         try:
-            TrainingBudget.from_dict(card.meta.budget)
+            TrainingBudget.from_dict(card.meta.budget.model_dump())
         except (BudgetError, TypeError, ValueError) as e:
             bad(f"meta.budget is invalid ({str(e).splitlines()[0][:160]})")
