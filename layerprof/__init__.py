@@ -10,6 +10,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .card import CardFormatError, LayerCard, LayerRow, ModuleRow
+from .errors import BatchError, BudgetError, ExportError, LayerprofError, UsageError
 from .ops import backends
 from .placement import Plan, PlacementError, place
 from .budget import TrainingBudget
@@ -17,5 +18,6 @@ from .profiler import ProfileError, Profiler, profile
 from .targets import find_targets, register_linear_kind
 
 __all__ = ["profile", "Profiler", "LayerCard", "ModuleRow", "LayerRow", "Plan", "place", "backends",
-           "find_targets", "register_linear_kind", "CardFormatError", "PlacementError", "ProfileError",
+           "find_targets", "register_linear_kind", "LayerprofError", "CardFormatError", "PlacementError",
+           "ProfileError", "BatchError", "BudgetError", "ExportError", "UsageError",
            "TrainingBudget", "__version__"]

@@ -19,8 +19,6 @@ summed, and only the main process writes.
 """
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import itertools
 import json
 import random
@@ -37,7 +35,6 @@ from .errors import ProfileError
 from .export import FORMATS, export
 
 _EXPORT_FILES = {"peft": "adapter", "axolotl": "axolotl.yml", "llamafactory": "llamafactory.yaml"}
-_BASE_LAYER = ".base_layer"
 
 
 class LayerCardCallback(TrainerCallback):
@@ -75,18 +72,13 @@ class LayerCardCallback(TrainerCallback):
             raise ProfileError("LayerCardCallback needs the Trainer's model and train dataloader (transformers "
                              "passes both to on_train_begin); use it with transformers.Trainer")
         batches = _first_batches(train_dataloader, self.batches)
-        target, rename, context = _profiled_model(model)
         import layerprof as lp
 
         kwargs = dict(self.profile_kwargs)
-        if rename:
-            kwargs["targets"] = _base_layer_targets(kwargs.get("targets"))
         if self.predict and "budget" not in kwargs:
             kwargs["budget"] = training_budget(args, state, model, kwargs.get("rank", 8), self.lora_alpha)
-        with context:
-            card = lp.profile(target, batches, **kwargs)
-        if rename:
-            card = _strip_base_layer(card)
+        # A PeftModel is profiled as its base model (layerprof.peft_models), by profile itself.
+        card = lp.profile(model, batches, **kwargs)
         self.card = card
         self.plan = self._place(card)
         self.output_dir = Path(args.output_dir) / self.subdir
@@ -154,37 +146,6 @@ def _first_batches(loader, n: int) -> list:
     if not batches:
         raise ProfileError("the train dataloader yielded no batches; nothing to profile")
     return batches
-
-
-def _profiled_model(model):
-    """(module to profile, whether names carry '.base_layer', context) — a PeftModel's base, adapters off."""
-    if hasattr(model, "peft_config") and hasattr(model, "get_base_model") and hasattr(model, "disable_adapter"):
-        return model, True, model.disable_adapter()
-    return model, False, contextlib.nullcontext()
-
-
-def _base_layer_targets(targets):
-    """Targets given for the base model, as names of a PeftModel's wrapped base layers."""
-    if targets is None:
-        return r".*\.base_layer"
-    if isinstance(targets, str):
-        return rf"(?:{targets})\.base_layer"
-    return [f"{t}{_BASE_LAYER}" for t in targets]
-
-
-def _base_name(name: str) -> str:
-    name = name[: -len(_BASE_LAYER)] if name.endswith(_BASE_LAYER) else name
-    prefix = "base_model.model."  # PeftModel → LoraModel → the transformers model
-    return name[len(prefix):] if name.startswith(prefix) else name
-
-
-def _strip_base_layer(card):
-    """Name a PeftModel card's modules as in the base model (drop PEFT's prefix and '.base_layer')."""
-    from .card import LayerCard
-
-    modules = [dataclasses.replace(m, name=_base_name(m.name)) for m in card.modules]
-    meta = {**card.meta, **{k: [_base_name(n) for n in card.meta.get(k, [])] for k in ("unfired", "unmasked")}}
-    return LayerCard(modules, card.layers, meta)
 
 
 def _model_name(model) -> str | None:

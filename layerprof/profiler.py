@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import math
 import resource
 import sys
 import time
@@ -102,7 +101,14 @@ class Profiler:
         if isinstance(damping, bool) or not (isinstance(damping, (int, float)) and 0 <= damping <= MAX_DAMPING):
             raise ProfileError(f"damping is relative to the mean eigenvalue of Σ: a number in [0, {MAX_DAMPING:g}], "
                                f"got {damping!r}")
+        from .peft_models import base_layer_targets, is_peft_model
+
         self.model = model
+        # A PeftModel is profiled as its base model (layerprof.peft_models): base layers, adapters off.
+        self._peft = is_peft_model(model) and _owner is None  # profile() handles it itself
+        self._adapters_off = None
+        if self._peft:
+            targets = base_layer_targets(targets)
         self.targets: dict[str, Target] = find_targets(model, targets)
         self.target_spec = targets if targets is None or isinstance(targets, str) else list(targets)
         too_small = [f"{t.name} ({t.d_in}×{t.d_out})" for t in self.targets.values() if rank > min(t.d_in, t.d_out)]
@@ -142,6 +148,7 @@ class Profiler:
         self._owner = _owner if _owner is not None else self  # profile() passes its own claim down
         self._claimed = False
         self._reduced: tuple | None = None  # (rows, data hash, skipped) once the statistics are all-reduced
+        self._versions: dict[str, int] = {}  # weight version counters at __enter__ (an optimizer bumps them)
 
     # ----------------------------------------------------------------- hooks
     def __enter__(self) -> "Profiler":
@@ -153,6 +160,12 @@ class Profiler:
         from .claim import claim
 
         self._claimed = claim(self.model, self._owner)
+        if self._peft:
+            self._adapters_off = self.model.disable_adapter()
+            self._adapters_off.__enter__()
+        self._versions = {n: linear_kind(m).weight(m)._version for n, m in
+                          modules_by_name(self.model, self.targets).items()
+                          if linear_kind(m).weight(m) is not None}
         modules = modules_by_name(self.model, self.targets)
         try:
             for name in self.targets:
@@ -183,6 +196,9 @@ class Profiler:
             self._release()
 
     def _release(self) -> None:
+        if self._adapters_off is not None:
+            self._adapters_off.__exit__(None, None, None)
+            self._adapters_off = None
         if self._claimed:
             from .claim import release
 
@@ -275,6 +291,9 @@ class Profiler:
         dirs = output_directions(self.model, [_as_kwargs(b, self.device) for b in batches], layer_modules, deltas,
                                  lambda m: linear_kind(m).weight(m))
         layers, K, rho = coupling_matrix(dirs)
+        # The differences moved and restored the weights (bitwise): not an optimizer step.
+        self._versions = {n: linear_kind(m).weight(m)._version for n, m in
+                          modules_by_name(self.model, self.targets).items() if n in self._versions}
         return {"layers": layers, "rho": rho.tolist(), "K": K.tolist(), "batches": len(batches),
                 "outputs": int(next(iter(dirs.values())).numel()), "seconds": time.perf_counter() - t0,
                 "method": "central finite difference of logits, ε = 1e-3 of the weight scale"}
@@ -405,7 +424,21 @@ class Profiler:
         }
         if coupling is not None:
             meta["coupling"] = coupling
-        return LayerCard(modules=modules_rows, layers=layer_rows, meta=meta)
+        changed = sorted(n for n, m in modules.items() if n in self._versions
+                         and linear_kind(m).weight(m)._version != self._versions[n])
+        if changed:
+            # An optimizer stepping during the sweep: the statistics mix several weights.
+            warnings.warn(f"the weights of {len(changed)} target module(s) changed while they were profiled "
+                          f"({', '.join(changed[:3])}{' …' if len(changed) > 3 else ''}); the card mixes statistics "
+                          "of different weights: profile before training starts, or with the optimizer paused",
+                          stacklevel=2)
+            meta["weights_changed"] = changed
+        card = LayerCard(modules=modules_rows, layers=layer_rows, meta=meta)
+        if self._peft:
+            from .peft_models import strip_base_layer
+
+            card = strip_base_layer(card)
+        return card
 
 
 # --------------------------------------------------------------------- profile
@@ -496,13 +529,18 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
 
     if not isinstance(model, nn.Module):
         raise ProfileError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    from .peft_models import base_layer_targets, is_peft_model, strip_base_layer
+
     owner = object()
+    peft = is_peft_model(model)
     # Claimed before anything touches the model: a second sweep on it is refused, model untouched.
-    with claimed(model, owner):
-        return _profile(model, batches, loss_fn, targets=targets, rank=rank, score=score, damping=damping,
-                        backend=backend, max_tokens=max_tokens, progress=progress, dtype=dtype, coupling=coupling,
-                        coupling_batches=coupling_batches, sketch=sketch, sketch_seed=sketch_seed,
-                        max_memory=max_memory, budget=budget, predict=predict, _owner=owner)
+    with claimed(model, owner), (model.disable_adapter() if peft else contextlib.nullcontext()):
+        card = _profile(model, batches, loss_fn, targets=base_layer_targets(targets) if peft else targets, rank=rank,
+                        score=score, damping=damping, backend=backend, max_tokens=max_tokens, progress=progress,
+                        dtype=dtype, coupling=coupling, coupling_batches=coupling_batches, sketch=sketch,
+                        sketch_seed=sketch_seed, max_memory=max_memory, budget=budget, predict=predict,
+                        _owner=owner)
+    return strip_base_layer(card) if peft else card
 
 
 def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, *, targets=None, rank: int = 8,

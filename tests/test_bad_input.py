@@ -57,7 +57,9 @@ def test_failure_mid_sweep_restores_the_model(model):
             raise RuntimeError("boom in batch 2")
         return out.loss
 
-    _expect(model, RuntimeError, "boom", batches=make_batches(), loss_fn=flaky)
+    # The user's loss_fn failing comes back as a BatchError naming the batch, the original chained.
+    _expect(model, lp.BatchError, r"batch 1: loss_fn failed on it \(RuntimeError: boom in batch 2\)",
+            batches=make_batches(), loss_fn=flaky)
 
 
 def test_rank_larger_than_module(model):

@@ -267,3 +267,48 @@ def test_odd_batches_profile_or_refuse_and_leave_the_model_untouched():
         assert_untouched(model, snap)
 
     run()
+
+
+def test_two_threads_on_one_model_trials():
+    """One thread profiles, the other is refused; the model is untouched and the card right, every trial."""
+    import threading
+
+    from conftest import assert_untouched, snapshot
+
+    trials = max(3, EXAMPLES // 20)  # 100 under make fuzz
+    batches = make_batches()
+    reference = lp.profile(make_model("llama"), batches, rank=4, progress=False)
+    model = make_model("llama")
+    snap = snapshot(model)
+    ok = 0
+    for _ in range(trials):
+        started, results = threading.Event(), {}
+
+        def slow(outputs, batch):
+            started.set()
+            return outputs.loss
+
+        def first():
+            results["card"] = lp.profile(model, batches, slow, rank=4, progress=False)
+
+        def second():
+            started.wait(10)
+            try:
+                lp.profile(model, batches, rank=4, progress=False)
+                results["second"] = "ran"
+            except lp.ProfileError:
+                results["second"] = "refused"
+
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert_untouched(model, snap)
+        card = results["card"]
+        assert [m.resnorm for m in card.modules] == pytest.approx([m.resnorm for m in reference.modules], rel=1e-12)
+        # The second either was refused mid-sweep or ran after the first had finished; never both at once.
+        assert results["second"] in ("refused", "ran")
+        ok += results["second"] == "refused"
+    COUNTS["thread trials"] += trials
+    COUNTS["thread trials refused mid-sweep"] += ok
