@@ -26,6 +26,13 @@ def main(out: str) -> None:
     card = lp.profile(model, make_batches(n=8)[rank::size], rank=4, dtype=torch.float64, progress=False,
                       budget=budget)
     Path(f"{out}.budget{rank}").write_text(json.dumps(card.to_dict()))
+    # card() twice on one Profiler: the statistics are all-reduced once, so both cards agree.
+    with lp.Profiler(model, rank=4, dtype=torch.float64) as prof:
+        for b in make_batches(n=4)[rank::size]:
+            model(**b).loss.backward()
+    model.zero_grad(set_to_none=True)
+    first, second = prof.card(), prof.card()
+    Path(f"{out}.twice{rank}").write_text(json.dumps([first.to_dict(), second.to_dict()]))
     dist.barrier()  # no rank tears gloo down while another is still finishing its last collective
     dist.destroy_process_group()
 

@@ -37,6 +37,10 @@ def test_two_rank_card_equals_one_process_card(tmp_path):
     assert with_budget[0].layers == with_budget[1].layers and with_budget[0].modules == with_budget[1].modules
     assert all(l.sim_gain is not None and l.lca_gain is not None for l in with_budget[0].layers)
     assert Path(f"{out}.saved0").exists() and not Path(f"{out}.saved1").exists()  # only rank 0 writes
+    for r in (0, 1):  # a second card() does not all-reduce the sums again
+        first, second = (lp.LayerCard.from_dict(d) for d in json.loads(Path(f"{out}.twice{r}").read_text()))
+        assert first.modules == second.modules and first.meta["data"] == second.meta["data"]
+        assert first.meta["data"]["rows"] == cards[0].meta["data"]["rows"]
     ref = lp.profile(make_model("llama").double(), make_batches(n=4), rank=4, dtype=torch.float64, progress=False)
     card = cards[0]
     assert card.meta["data"]["rows"] == ref.meta["data"]["rows"] and card.meta["data"]["batches"] == 4
