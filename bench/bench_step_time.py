@@ -1,0 +1,79 @@
+"""Idle step-time check of the cost-aware placement: its LoRA step against full LoRA's, side by side.
+
+For each study task, the card's cost-capped plan (``card.place(budget=0.6)``, the modelled cost
+at most 60% of full-layer LoRA) and full-layer LoRA are built as two PEFT models on the same
+batches; their training steps (forward, backward, AdamW) alternate, and the median process
+CPU time per step of each gives the ratio. One thread (the steadiest measure on a shared
+machine). The plan's measured gain share comes from the study (``docs/study/TASK/study.json``).
+
+    OMP_NUM_THREADS=1 python bench/bench_step_time.py            # the decoder tasks
+    OMP_NUM_THREADS=1 python bench/bench_step_time.py --steps 40 --tasks bundled deep
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import layerprof as lp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _peft(task, modules, kinds, r=8):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    conv1d = set(kinds.values()) == {"conv1d"}
+    model = get_peft_model(task.model(), LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(modules),
+                                                    fan_in_fan_out=conv1d))
+    model.train()
+    return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+
+def main(argv=None) -> None:
+    from layerprof.benchmark import machine
+    from layerprof.tasks import TASKS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=["bundled", "code", "deep", "deep-code", "docstrings"])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--budget", type=float, default=0.6)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"machine: {machine()}\n")
+    print("| task | cost-capped layers | modelled cost | measured step time / full LoRA | its gain (share of full, study) |")
+    print("|---|---|---:|---:|---:|")
+    for name in args.tasks:
+        card = lp.LayerCard.load(ROOT / "docs" / "study" / name / "card_60steps.json")
+        plan = card.place(budget=args.budget)
+        kinds = {m.name: m.kind for m in card.modules}
+        task = TASKS[name]()
+        runs = {"full": _peft(task, [m.name for m in card.modules if m.layer is not None], kinds),
+                "plan": _peft(task, plan.modules, kinds)}
+        times = {k: [] for k in runs}
+        for step in range(args.steps + 3):
+            batch = task.train[step % len(task.train)]
+            for k, (model, opt) in runs.items():
+                t = time.process_time()
+                loss = model(**batch).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if step >= 3:
+                    times[k].append(time.process_time() - t)
+        ratio = statistics.median(times["plan"]) / statistics.median(times["full"])
+        study = json.loads((ROOT / "docs" / "study" / name / "study.json").read_text())
+        placements = study["budgets"]["60"]["placements"]
+        share = next((p["fraction_of_full"] for n, p in placements.items()
+                      if n.endswith(f"cost ≤ {args.budget}") and p["layers"] == plan.layers), None)
+        print(f"| {name} | {plan.layers} | {plan.cost:.1%} | {ratio:.1%} | "
+              f"{'–' if share is None else format(share, '.0%')} |")
+
+
+if __name__ == "__main__":
+    main()
