@@ -41,11 +41,19 @@ def get_extensions():
     return [ext], {"build_ext": cpp_extension.BuildExtension}
 
 
+def _version() -> str:
+    """The version string of layerprof/_version.py (one place for it; the package is not importable yet)."""
+    import re
+
+    text = open(os.path.join("layerprof", "_version.py"), encoding="utf-8").read()
+    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+
+
 ext_modules, cmdclass = get_extensions()
 
 setup(
     name="layerprof",
-    version="0.1.0",
+    version=_version(),
     description="Which layers deserve a LoRA adapter: a one-sweep Layer Card profiler that configures PEFT",
     long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
     long_description_content_type="text/markdown",

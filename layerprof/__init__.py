@@ -7,7 +7,7 @@ docs/method.md. Importing layerprof never initializes CUDA.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .card import CardFormatError, LayerCard, LayerRow, ModuleRow
 from .errors import BatchError, BudgetError, ExportError, LayerprofError, UsageError

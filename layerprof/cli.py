@@ -1,4 +1,4 @@
-"""``layerprof`` command line: card, place, report, doctor. The only module that parses or prints."""
+"""``layerprof`` command line: card, validate, place, report, compare, bench, doctor (argument types in cli_args)."""
 from __future__ import annotations
 
 import argparse

@@ -391,9 +391,9 @@ class Profiler:
             head_flops_per_row=sum(2.0 * h["d_in"] * h["d_out"] for h in heads), score=self.score)
         finalize_s = time.perf_counter() - t_fin
         sweep = sweep_seconds if sweep_seconds is not None else elapsed
-        import layerprof
+        from ._version import __version__
 
-        versions = {"layerprof": layerprof.__version__, "torch": torch.__version__,
+        versions = {"layerprof": __version__, "torch": torch.__version__,
                     "python": sys.version.split()[0]}
         for pkg in ("transformers", "peft"):
             mod = sys.modules.get(pkg)

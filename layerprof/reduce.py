@@ -23,7 +23,8 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def _device_for_collectives(acc: Accumulator) -> torch.device:
+def _device_for_collectives() -> torch.device:
+    """Where the process group's collectives run: the current CUDA device under NCCL, else the CPU."""
     backend = torch.distributed.get_backend()
     if backend == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
@@ -36,7 +37,7 @@ def all_reduce_stats(acc: Accumulator, names: list[str]) -> None:
     if size == 1:
         return
     dist = torch.distributed
-    dev = _device_for_collectives(acc)
+    dev = _device_for_collectives()
     # Which (half, module) exist anywhere: rows per half, summed.
     present = torch.tensor([[acc.halves[h][n].N if n in acc.halves[h] else 0 for n in names] for h in (0, 1)],
                            dtype=torch.int64, device=dev)
