@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -107,6 +108,10 @@ class LayerCardCallback(TrainerCallback):
         for fmt in self.exports:
             kw = {"base_model_name_or_path": name} if fmt == "peft" else {}
             export(plan, fmt, out / _EXPORT_FILES[fmt], source="LayerCardCallback", r=r, lora_alpha=alpha, **kw)
+        # Say where the files went (one line on rank 0's stderr; training output stays on stdout).
+        written = ", ".join(_EXPORT_FILES[fmt] for fmt in self.exports)
+        print(f"layerprof: Layer Card for {len(card.layers)} layers written to {out} (open card.html); "
+              f"recommended layers {plan.layers}" + (f", configs: {written}" if written else ""), file=sys.stderr)
 
 
 def training_budget(args, state, model, rank: int, lora_alpha: float | None):

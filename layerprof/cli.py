@@ -291,7 +291,7 @@ def cmd_report(args) -> int:
         print(f"wrote {args.html}", file=sys.stderr)
     if args.json:
         print(json.dumps(card.to_dict(), indent=1))
-    else:
+    elif not args.html:  # --html writes the page and says where; the Markdown only when asked for nothing else
         print(card.to_markdown())
     return 0
 

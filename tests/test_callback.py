@@ -48,10 +48,12 @@ def _assert_same_columns(a, b):
                                    rtol=1e-4, err_msg=col)
 
 
-def test_callback_writes_card_and_placement_and_leaves_training_unchanged(tmp_path):
+def test_callback_writes_card_and_placement_and_leaves_training_unchanged(tmp_path, capsys):
     ref = _reference_card(make_model("llama"))
     cb = LayerCardCallback(batches=2, layers=1, rank=4, exports=("peft", "axolotl", "llamafactory"))
     with_cb = _train(make_model("llama"), tmp_path / "a", [cb])
+    err = capsys.readouterr().err
+    assert f"written to {tmp_path / 'a' / 'layerprof'}" in err and "recommended layers" in err
     without = _train(make_model("llama"), tmp_path / "b", [])
     # Training is untouched: the same steps end at bitwise the same weights.
     assert with_cb.state.global_step == 2

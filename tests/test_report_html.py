@@ -144,3 +144,4 @@ def test_cli_report_html(tmp_path, card):
     assert r.returncode == 0, r.stderr
     assert out.read_text().count("<svg") == len(FIGURES)
     assert f"wrote {out}" in r.stderr
+    assert "# Layer Card" not in r.stdout  # the page, not the Markdown as well
