@@ -213,18 +213,9 @@ class _Front:
         valid = np.nonzero(chunk.valid.ravel())[0]
         cost, gain = chunk.cost.ravel()[valid], chunk.gain.ravel()[valid]
         if self.levels is not None:
-            # The best set per budget level: bucket each set at the first level it fits under.
-            bucket = np.searchsorted(self.levels, cost - 1e-12, side="left")
-            inside = bucket < self.levels.size
-            bucket, idx = bucket[inside], valid[inside]
-            g = chunk.gain.ravel()[idx]
-            order = np.lexsort((-g, bucket))            # per bucket, the best gain first
-            first = np.concatenate(([True], bucket[order][1:] != bucket[order][:-1]))
-            for b, i in zip(bucket[order][first], idx[order][first]):
-                if chunk.gain.flat[i] > self.gain[b] + 1e-12 or (
-                        chunk.gain.flat[i] >= self.gain[b] - 1e-12 and chunk.cost.flat[i] < self.cost[b]):
-                    self.cost[b], self.gain[b] = chunk.cost.flat[i], chunk.gain.flat[i]
-                    self.nparams[b], self.keys[b] = chunk.nparams.flat[i], chunk.key(int(i))
+            # The top-k set a count budget adds: file it under the first level it fits.
+            for i in valid:
+                self._offer(int(np.searchsorted(self.levels, chunk.cost.flat[i] - 1e-12)), chunk, int(i))
             return
         costs = np.concatenate([self.cost, cost])
         gains = np.concatenate([self.gain, gain])
@@ -251,11 +242,17 @@ class _Front:
         cost = np.where(fits, chunk.cost.ravel()[flat], np.inf)
         best_row = np.lexsort((cost, -gain), axis=0)[0] if B > 1 else np.zeros(self.levels.size, dtype=np.int64)
         for level, r in enumerate(best_row):
-            g, c = gain[r, level], cost[r, level]
-            if g > self.gain[level] + 1e-12 or (g >= self.gain[level] - 1e-12 and c < self.cost[level]):
-                i = int(flat[r, level])
-                self.cost[level], self.gain[level] = c, g
-                self.nparams[level], self.keys[level] = chunk.nparams.flat[i], chunk.key(i)
+            if np.isfinite(cost[r, level]):
+                self._offer(level, chunk, int(flat[r, level]))
+
+    def _offer(self, level: int, chunk: _Chunk, i: int) -> None:
+        """Keep set i of ``chunk`` as the best under budget ``level`` if it is (more gain; then cheaper)."""
+        if level >= self.levels.size:
+            return
+        g, c = chunk.gain.flat[i], chunk.cost.flat[i]
+        if g > self.gain[level] + 1e-12 or (g >= self.gain[level] - 1e-12 and c < self.cost[level]):
+            self.cost[level], self.gain[level] = c, g
+            self.nparams[level], self.keys[level] = chunk.nparams.flat[i], chunk.key(i)
 
     def to_list(self, family: _Family, layer_ids: list[int]) -> list[dict]:
         points = [(c, g, n, k) for c, g, n, k in zip(self.cost, self.gain, self.nparams, self.keys) if k is not None]
@@ -367,7 +364,7 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     else:
         raise PlacementError(f"objective must be 'gain' or 'cost', got {objective!r}")
 
-    cheapest = float(min(model.forward + backward[i] + adapter[i] for i in range(L)) / full)
+    cheapest = float((model.forward + backward + adapter).min() / full)  # the cheapest single layer
     front = _Front(None if exact else np.linspace(cheapest, 1.0, FRONT_LEVELS))
     best: tuple = (-np.inf, np.inf, None, -1)  # (gain, cost, chunk, flat index)
     for chunk in itertools.chain([extra] if extra is not None else [], family.chunks()):

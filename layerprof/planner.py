@@ -57,11 +57,11 @@ class MemoryPlan:
                    f"(largest group {human_bytes(self.statistics_bytes)})" if self.groups else ""))
 
 
-def human_bytes(n: float) -> str:
+def human_bytes(n: float, digits: int = 2) -> str:
     """Bytes in the unit that shows them (never "0.00 GiB" for a few MB)."""
-    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
         if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
+            return f"{n / size:.{digits}f} {unit}"
     return f"{int(n)} B"
 
 

@@ -163,10 +163,8 @@ class Profiler:
         if self._peft:
             self._adapters_off = self.model.disable_adapter()
             self._adapters_off.__enter__()
-        self._versions = {n: linear_kind(m).weight(m)._version for n, m in
-                          modules_by_name(self.model, self.targets).items()
-                          if linear_kind(m).weight(m) is not None}
         modules = modules_by_name(self.model, self.targets)
+        self._versions = _weight_versions(modules)
         try:
             for name in self.targets:
                 self._taps.append(Tap(name, modules[name], self._sink, lambda: self._mask, self._input_keys))
@@ -292,8 +290,7 @@ class Profiler:
                                  lambda m: linear_kind(m).weight(m))
         layers, K, rho = coupling_matrix(dirs)
         # The differences moved and restored the weights (bitwise): not an optimizer step.
-        self._versions = {n: linear_kind(m).weight(m)._version for n, m in
-                          modules_by_name(self.model, self.targets).items() if n in self._versions}
+        self._versions = _weight_versions(modules_by_name(self.model, self._versions))
         return {"layers": layers, "rho": rho.tolist(), "K": K.tolist(), "batches": len(batches),
                 "outputs": int(next(iter(dirs.values())).numel()), "seconds": time.perf_counter() - t0,
                 "method": "central finite difference of logits, ε = 1e-3 of the weight scale"}
@@ -424,8 +421,8 @@ class Profiler:
         }
         if coupling is not None:
             meta["coupling"] = coupling
-        changed = sorted(n for n, m in modules.items() if n in self._versions
-                         and linear_kind(m).weight(m)._version != self._versions[n])
+        now = _weight_versions({n: m for n, m in modules.items() if n in self._versions})
+        changed = sorted(n for n, v in now.items() if v != self._versions[n])
         if changed:
             # An optimizer stepping during the sweep: the statistics mix several weights.
             warnings.warn(f"the weights of {len(changed)} target module(s) changed while they were profiled "
@@ -439,6 +436,12 @@ class Profiler:
 
             card = strip_base_layer(card)
         return card
+
+
+def _weight_versions(modules: Mapping[str, nn.Module]) -> dict[str, int]:
+    """Each module's weight version counter (in-place updates, e.g. an optimizer step, bump it)."""
+    weights = {n: linear_kind(m).weight(m) for n, m in modules.items()}
+    return {n: w._version for n, w in weights.items() if w is not None}
 
 
 # --------------------------------------------------------------------- profile

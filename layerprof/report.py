@@ -31,13 +31,9 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _bytes(n: int | None) -> str:
-    if not n:
-        return "–"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return str(n)
+    from .planner import human_bytes
+
+    return human_bytes(n, digits=1) if n else "–"
 
 
 def _table(headers: list[str], rows: list[list]) -> list[str]:

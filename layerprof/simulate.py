@@ -25,6 +25,7 @@ the rank-r factors: O(steps · r · d_in · (d_in + d_out)) per module and no da
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Callable, Mapping, NamedTuple
 
 import torch
@@ -213,10 +214,9 @@ def curvature(model: nn.Module, batches: list[dict], layer_modules: Mapping[int,
                 break
         else:
             missing.append(layer)
-    measured = sorted(v for v in out.values() if v > 0)
+    measured = [v for v in out.values() if v > 0]
     if measured:
-        median = measured[len(measured) // 2] if len(measured) % 2 else 0.5 * (
-            measured[len(measured) // 2 - 1] + measured[len(measured) // 2])
+        median = statistics.median(measured)
         for layer in missing:
             out[layer] = median
     return Curvature(out, missing, evaluations)

@@ -49,18 +49,11 @@ def code_task(*, batch_size: int = 8, seq_len: int = 128, eval_fraction: float =
     """Domain shift to Python source: the standard library's top-level modules, split by file.
 
     Files are sorted by name; the last ``eval_fraction`` are held out, so eval code is never
-    trained on. Each file contributes its text from the first blank line on (skipping
-    licence headers would be arbitrary; the split is what keeps eval unseen).
+    trained on. Each file contributes its whole text (the split is what keeps eval unseen).
     """
-    from .bundled import load_default_model, text_batches
-
-    files = _stdlib_files()
-    cut = int(len(files) * (1 - eval_fraction))
-    read = lambda fs: "\n\n".join(f.read_text(encoding="utf-8", errors="replace") for f in fs)  # noqa: E731
-    train = text_batches(read(files[:cut]), batch_size=batch_size, seq_len=seq_len, n_batches=train_batches)
-    evals = text_batches(read(files[cut:]), batch_size=batch_size, seq_len=seq_len, n_batches=12)
-    return Task(f"{name} → Python source code", model or load_default_model, train, evals,
-                train[:calibration_batches])
+    return _stdlib_task(lambda f: [f.read_text(encoding="utf-8", errors="replace")], "Python source code",
+                        batch_size=batch_size, seq_len=seq_len, eval_fraction=eval_fraction,
+                        calibration_batches=calibration_batches, train_batches=train_batches, model=model, name=name)
 
 
 def docstring_task(*, batch_size: int = 8, seq_len: int = 128, eval_fraction: float = 0.2,
@@ -72,15 +65,22 @@ def docstring_task(*, batch_size: int = 8, seq_len: int = 128, eval_fraction: fl
     code of ``code_task``: short imperative summaries, parameter lists and doctest snippets. Split
     by file like ``code_task`` (sorted, the last ``eval_fraction`` held out).
     """
+    return _stdlib_task(_docstrings, "Python docstrings", batch_size=batch_size, seq_len=seq_len,
+                        eval_fraction=eval_fraction, calibration_batches=calibration_batches,
+                        train_batches=train_batches, model=model, name=name)
+
+
+def _stdlib_task(texts_of, what: str, *, batch_size: int, seq_len: int, eval_fraction: float,
+                 calibration_batches: int, train_batches: int, model, name: str) -> Task:
+    """A task on texts taken from the standard library's modules, split by file (eval files never trained on)."""
     from .bundled import load_default_model, text_batches
 
     files = _stdlib_files()
     cut = int(len(files) * (1 - eval_fraction))
-    read = lambda fs: "\n\n".join(d for f in fs for d in _docstrings(f))  # noqa: E731
+    read = lambda fs: "\n\n".join(t for f in fs for t in texts_of(f))  # noqa: E731
     train = text_batches(read(files[:cut]), batch_size=batch_size, seq_len=seq_len, n_batches=train_batches)
     evals = text_batches(read(files[cut:]), batch_size=batch_size, seq_len=seq_len, n_batches=12)
-    return Task(f"{name} → Python docstrings", model or load_default_model, train, evals,
-                train[:calibration_batches])
+    return Task(f"{name} → {what}", model or load_default_model, train, evals, train[:calibration_batches])
 
 
 def _docstrings(path) -> list[str]:

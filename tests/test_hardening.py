@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import layerprof as lp
-from conftest import make_batches, make_model
+from conftest import assert_untouched, make_batches, make_model, snapshot
 from layerprof.cli import main
 from layerprof.errors import (BatchError, BudgetError, CardFormatError, ExportError, LayerprofError, PlacementError,
                               ProfileError, UsageError)
@@ -20,19 +20,6 @@ def card_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("card") / "card.json"
     lp.profile(make_model("llama"), make_batches(), rank=4, progress=False).save(path)
     return path
-
-
-def _state(model):
-    return ([(n, p.detach().clone(), p.requires_grad, p.grad) for n, p in model.named_parameters()],
-            [m.training for m in model.modules()])
-
-
-def _same_state(model, state) -> bool:
-    params, modes = state
-    now = list(model.named_parameters())
-    return (all(torch.equal(p, q) and p.requires_grad == rg and p.grad is g
-                for (_, p), (_, q, rg, g) in zip(now, params))
-            and [m.training for m in model.modules()] == modes)
 
 
 def test_every_error_is_a_layerprof_error_and_a_value_error():
@@ -180,7 +167,7 @@ def test_a_second_thread_is_refused_and_the_first_card_is_right():
     model = make_model("llama")
     batches = make_batches()
     reference = lp.profile(make_model("llama"), batches, rank=4, progress=False)
-    before = _state(model)
+    before = snapshot(model)
     inside, release = threading.Event(), threading.Event()
 
     def slow_loss(outputs, batch):
@@ -193,16 +180,16 @@ def test_a_second_thread_is_refused_and_the_first_card_is_right():
         "card", lp.profile(model, batches, slow_loss, rank=4, progress=False)))
     first.start()
     assert inside.wait(10)
-    during = _state(model)  # frozen by the first sweep
+    during = snapshot(model)  # frozen by the first sweep
     with pytest.raises(ProfileError, match="already being profiled"):
         lp.profile(model, batches, rank=4, progress=False)
     with pytest.raises(ProfileError, match="already being profiled"):
         with lp.Profiler(model, rank=4):
             pass
-    assert _same_state(model, during)  # the refused calls touched nothing
+    assert_untouched(model, during)  # the refused calls touched nothing
     release.set()
     first.join(30)
-    assert _same_state(model, before)
+    assert_untouched(model, before)
     assert [l.resnorm for l in result["card"].layers] == pytest.approx([l.resnorm for l in reference.layers],
                                                                       rel=1e-12)
 
@@ -248,23 +235,23 @@ def test_card_twice_gives_the_same_card():
 ])
 def test_bad_batches_are_named_before_the_model_sees_them(edit, message):
     model = make_model("llama")
-    before = _state(model)
+    before = snapshot(model)
     batches = make_batches()
     edit(batches[0])
     with pytest.raises(BatchError, match=message):
         lp.profile(model, batches, rank=4, progress=False)
-    assert _same_state(model, before)
+    assert_untouched(model, before)
 
 
 def test_a_model_error_is_wrapped_with_the_batch_and_chained():
     model = make_model("llama")
-    before = _state(model)
+    before = snapshot(model)
     batches = make_batches()
     batches[1]["position_ids"] = torch.zeros(5, 5, dtype=torch.long)  # wrong shape: fails inside the model
     with pytest.raises(BatchError, match=r"batch 1: the model's forward failed on it") as e:
         lp.profile(model, batches, rank=4, progress=False)
     assert e.value.__cause__ is not None
-    assert _same_state(model, before)
+    assert_untouched(model, before)
 
 
 class _InPlace(torch.nn.Module):
@@ -325,10 +312,10 @@ def test_a_newline_in_the_card_path_cannot_add_yaml_keys(card_path, tmp_path):
                                         ({"coupling_batches": 0}, "coupling_batches")])
 def test_profile_arguments_refuse_bools_and_absurd_values(kw, message):
     model = make_model("llama")
-    before = _state(model)
+    before = snapshot(model)
     with pytest.raises(ProfileError, match=message):
         lp.profile(model, make_batches(), progress=False, **kw)
-    assert _same_state(model, before)
+    assert_untouched(model, before)
 
 
 def test_memory_messages_use_a_unit_that_shows_the_size():
