@@ -107,7 +107,7 @@ def qwen3_sweep(args, summary, rows_out):
                          "finalize_s": round(f, 3), "peak_gib": round(mem[k], 2),
                          "statistics_gib": round(stats.get(k.split(":", 1)[-1], 0), 3)})
     # Sketch k = 128 against dense on the same statistics: does the layer ranking hold (goal τ ≥ 0.9)?
-    from layerprof.finalize import kendall_tau
+    from layerprof.rankcorr import kendall_tau
 
     for n in names:
         dense, sk = cards.get(n), cards.get(f"{n}+sketch128")

@@ -15,7 +15,7 @@ from harness import append, machine
 
 import layerprof as lp
 from layerprof.bundled import calibration_batches, load_default_model
-from layerprof.finalize import kendall_tau
+from layerprof.rankcorr import kendall_tau
 
 
 def stats_bytes(card, k):

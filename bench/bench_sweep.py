@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import threading
-from pathlib import Path
 
 import torch
 
 from harness import append, interleaved, machine, plain_backward
+
+from layerprof.memory import PeakMemory
 
 
 def setup(args):
@@ -52,44 +51,17 @@ def run_sweep(model, batches, device, backend="auto"):
     return card.meta["sweep"]["seconds"], card.meta["sweep"]["finalize_seconds"], card
 
 
-def _rss() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
-
-
-class RssSampler(threading.Thread):
-    """Peak resident memory while a pass runs, sampled every millisecond (CPU has no allocator peak)."""
-
-    def __init__(self):
-        super().__init__(daemon=True)
-        self.peak = _rss()
-        self.done = threading.Event()
-
-    def run(self):
-        while not self.done.wait(0.001):
-            self.peak = max(self.peak, _rss())
-
-
 def memory_of(args) -> int:
     model, batches = setup(args)
     run_plain(model, batches[:1], args.device)  # allocator and autograd warm; not counted
-    if args.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss()
-        sampler = RssSampler()
-        sampler.start()
-    if args.memory_of == "plain":
-        run_plain(model, batches, args.device)
-    elif args.memory_of == "train":
-        run_plain(model, batches, args.device, trainable=True)
-    else:
-        run_sweep(model, batches, args.device, args.memory_of.split(":", 1)[1])
-    if args.device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() - base
-    sampler.done.set()
-    sampler.join()
-    return max(sampler.peak, _rss()) - base
+    with PeakMemory(args.device) as peak:
+        if args.memory_of == "plain":
+            run_plain(model, batches, args.device)
+        elif args.memory_of == "train":
+            run_plain(model, batches, args.device, trainable=True)
+        else:
+            run_sweep(model, batches, args.device, args.memory_of.split(":", 1)[1])
+    return peak.bytes
 
 
 def main() -> None:

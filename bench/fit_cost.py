@@ -1,6 +1,6 @@
 """Fit the cost model's adapter overhead γ to measured LoRA step times, and check it.
 
-Reads a `layerprof validate` output folder (study.json + card.json), compares the
+Reads a `layerprof study` output folder (study.json + card.json), compares the
 modelled cost fraction of every placement with its measured step time / full LoRA's,
 and prints the least-squares γ (``layerprof.cost.ADAPTER_OVERHEAD``) and the error
 with γ = 0, with the current default and with the fitted value.
@@ -27,7 +27,7 @@ def modelled(card, layers_list, overhead):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("studies", nargs="+", help="folders written by `layerprof validate`")
+    p.add_argument("studies", nargs="+", help="folders written by `layerprof study`")
     args = p.parse_args(argv)
     data = []
     for folder in args.studies:

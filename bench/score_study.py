@@ -1,6 +1,6 @@
 """Which per-layer score predicts measured single-layer LoRA gains? (docs/method.md)
 
-Reads the probes of a placement study (study.json from `layerprof validate`), re-profiles
+Reads the probes of a placement study (study.json from `layerprof study`), re-profiles
 the same model on the same calibration batches at several dampings δ, and prints the
 Spearman correlation of each candidate score with the measured gains.
 
@@ -13,11 +13,11 @@ import sys
 from dataclasses import asdict
 
 import layerprof as lp
-from layerprof.finalize import SCORES
-from layerprof.study import spearman
+from layerprof.rankcorr import spearman
+from layerprof.scores import SCORES
 from layerprof.tasks import TASKS
 
-# Column label -> the card's score formula (layerprof.finalize.SCORES).
+# Column label -> the card's score formula (layerprof.scores.SCORES).
 CANDIDATES = {"ρ²": "resnorm2", "ρ(r)²": "resnorm2_rank", "ρ²/noise_amp": "resnorm2_over_noise",
               "ρ(r)²/noise_amp": "resnorm2_rank_over_noise", "energy": "energy"}
 

@@ -1,6 +1,6 @@
 """Apply the pre-registered rules (docs/RESULTS.md) to the study's tasks and print the goal tables.
 
-Reads docs/study/TASK/study.json (written by `layerprof validate`) for every task present:
+Reads docs/study/TASK/study.json (written by `layerprof study`) for every task present:
 
     python bench/study_summary.py                      # Markdown to stdout
     python bench/study_summary.py --json summary.json  # and the numbers as JSON
@@ -84,12 +84,12 @@ def budget_agreement(studies: dict, cards_root: Path) -> list[dict]:
 
     Spearman is the Pearson correlation of rank vectors, i.e. the cosine of the angle between the
     centred rank vectors, so a score's best min(ρ_short, ρ_long) is bounded by how far the two
-    measured rankings disagree (``layerprof.protocol.shared_ranking_bound``). ``reliability`` is the split-seed reliability of a 3-seed mean
+    measured rankings disagree (``layerprof.study.shared_ranking_bound``). ``reliability`` is the split-seed reliability of a 3-seed mean
     (1 − seed variance / 3 / variance of the layer means): the ceiling any score has from noise.
     """
     from layerprof.card import LayerCard
-    from layerprof.protocol import shared_ranking_bound
-    from layerprof.study import spearman
+    from layerprof.study import shared_ranking_bound
+    from layerprof.rankcorr import spearman
 
     rows = []
     for task, study in studies.items():
@@ -122,9 +122,9 @@ def budget_agreement(studies: dict, cards_root: Path) -> list[dict]:
 
 
 def placement_table(studies: dict, default: str | None) -> list[dict]:
-    from layerprof.protocol_report import baseline_mean
+    from layerprof.study_report import baseline_mean
 
-    from layerprof.protocol import COST_BUDGET, PLACEMENT_SCORES
+    from layerprof.study import COST_BUDGET, PLACEMENT_SCORES
 
     label = {score: name for name, score in PLACEMENT_SCORES.items()}.get(default or "")
     rows = []

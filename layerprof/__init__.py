@@ -14,10 +14,13 @@ from .errors import BatchError, BudgetError, ExportError, LayerprofError, UsageE
 from .ops import backends
 from .placement import Plan, PlacementError, place
 from .budget import TrainingBudget
-from .profiler import ProfileError, Profiler, profile
+from .config import ProfileConfig
+from .errors import ProfileError
+from .profiler import profile
+from .session import Profiler
 from .targets import find_targets, register_linear_kind
 
-__all__ = ["profile", "Profiler", "LayerCard", "ModuleRow", "LayerRow", "Plan", "place", "backends",
+__all__ = ["profile", "Profiler", "ProfileConfig", "LayerCard", "ModuleRow", "LayerRow", "Plan", "place", "backends",
            "find_targets", "register_linear_kind", "LayerprofError", "CardFormatError", "PlacementError",
            "ProfileError", "BatchError", "BudgetError", "ExportError", "UsageError",
            "TrainingBudget", "__version__"]

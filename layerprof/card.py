@@ -186,7 +186,7 @@ class LayerCard:
         return place(self, **kwargs)
 
     def with_probe(self, probe: dict) -> "LayerCard":
-        """A copy of this card carrying single-layer probe results (see ``layerprof.study``)."""
+        """A copy of this card carrying single-layer probe results (see ``layerprof.study_lora``)."""
         gains = probe["measured_gain"]
         layers = [dataclasses.replace(l, measured_gain=gains.get(str(l.layer))) for l in self.layers]
         return LayerCard(self.modules, layers, {**self.meta, "probe": probe})

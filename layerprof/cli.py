@@ -1,4 +1,4 @@
-"""``layerprof`` command line: card, validate, place, report, compare, bench, doctor (argument types in cli_args)."""
+"""``layerprof`` command line: card, study, place, report, compare, bench, doctor (argument types in cli_args)."""
 from __future__ import annotations
 
 import argparse
@@ -17,11 +17,11 @@ EXAMPLES = {
   layerprof card --probe-steps 30 --out out/      # also measure each layer's single-layer LoRA gain
   layerprof card --model ./llama-8b --dtype bfloat16 --max-memory 60 --sketch none   # dense, several sweeps if needed
 """,
-    "validate": """examples:
-  layerprof validate --budgets 60 300 --seeds 3 --out docs/study/bundled   # probes + placements, 2 budgets
-  layerprof validate --task minilm --budgets 40 200 --lr 1e-3 --out docs/study/minilm
-  layerprof validate --task deep --no-placements --out study_deep/            # single-layer probes only
-  (an interrupted study resumes: finished runs are kept in OUT/runs.json)
+    "study": """examples:
+  layerprof study --budgets 60 300 --seeds 3 --out docs/study/bundled   # probes + placements, 2 budgets
+  layerprof study --task minilm --budgets 40 200 --lr 1e-3 --out docs/study/minilm
+  layerprof study --task deep --no-placements --out study_deep/            # single-layer probes only
+  (an interrupted study resumes: finished runs are kept in OUT/runs.json; `validate` is the same command)
 """,
     "place": """examples:
   layerprof place out/card.json --layers 4 --out lora_config.json
@@ -140,7 +140,7 @@ def cmd_card(args) -> int:
     t0 = time.perf_counter()
     if args.probe_steps and args.model is not None:
         raise UsageError("--probe-steps works on the bundled model for now (it needs held-out eval text); run "
-                         "`layerprof validate` style studies in Python for other models")
+                         "`layerprof study` style studies in Python for other models")
     model, tokenizer = _load_model(args.model, args.dtype)
     _check_against_model(args, model)
     batches = _batches(args, model, tokenizer)
@@ -157,7 +157,7 @@ def cmd_card(args) -> int:
                       max_tokens=args.max_tokens, progress=not args.no_progress,
                       targets=args.targets, budget=budget)
     if args.probe_steps:
-        from .study import StudyConfig, probe_layers
+        from .study_lora import StudyConfig, probe_layers
         from .tasks import bundled_task
 
         task = bundled_task()
@@ -193,9 +193,9 @@ def cmd_card(args) -> int:
     return 0
 
 
-def cmd_validate(args) -> int:
-    from .protocol import PLACEMENT_SCORES, Protocol, RunStore, run_protocol, study_cards, summarize
-    from .protocol_report import write_study
+def cmd_study(args) -> int:
+    from .study import PLACEMENT_SCORES, Protocol, RunStore, run_protocol, study_cards, summarize
+    from .study_report import write_study
     from .tasks import TASKS
 
     task = TASKS[args.task]()
@@ -210,7 +210,7 @@ def cmd_validate(args) -> int:
         from tqdm.auto import tqdm
 
         # One step per LoRA training (probes and placements, × seeds × budgets): rate and ETA in runs.
-        bar = tqdm(unit="run", desc="layerprof validate", dynamic_ncols=True)
+        bar = tqdm(unit="run", desc="layerprof study", dynamic_ncols=True)
 
     def say(message: str) -> None:  # called before each training: the previous one is done
         if bar is not None:
@@ -393,9 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
                               description=kw.get("help"), **kw)
 
     from . import cli_args as A
-    from .finalize import SCORES
+    from .scores import SCORES
     from .ops import backends
-    from .profiler import DEFAULT_SCORE, DEFAULT_SWEEP_SCORE
+    from .scores import DEFAULT_SCORE, DEFAULT_SWEEP_SCORE
     from .schema import MAX_RANK
 
     BACKENDS = ["auto", *backends()]
@@ -439,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print a JSON summary")
     c.set_defaults(func=cmd_card)
 
-    v = command("validate", help="placement study: LoRA per placement at equal budget vs full LoRA")
+    v = command("study", aliases=["validate"],
+                help="placement study: LoRA per placement at equal budget vs full LoRA (alias: validate)")
     v.add_argument("--task", default="bundled", choices=list(_task_names()),
                    help="bundled / code / docstrings: Shakespeare GPT-2 → Python docs, source code or docstrings "
                         "(causal LM); deep, deep-code, deep-docstrings: the same on the 16-block decoder; "
@@ -456,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-probe", action="store_true", help="skip the single-layer probes")
     v.add_argument("--no-placements", action="store_true", help="only the single-layer probes")
     v.add_argument("--json", action="store_true")
-    v.set_defaults(func=cmd_validate)
+    v.set_defaults(func=cmd_study)
 
     pl = command("place", help="choose layers from a card and write a LoRA config")
     pl.add_argument("card", type=A.input_file("card"), help="card.json written by `layerprof card`")

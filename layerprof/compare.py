@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from .card import LayerCard
 from .errors import LayerprofError
-from .finalize import kendall_tau
-from .study import spearman
+from .rankcorr import kendall_tau, spearman
 
 
 def compare(a: LayerCard, b: LayerCard, k: int | None = None) -> dict:

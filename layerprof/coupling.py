@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .damping import ridge
 from .ops import symmetric
 
 
@@ -30,7 +31,7 @@ def corrections(stats: Mapping[str, "object"], damping: float) -> dict[str, torc
     for name, st in stats.items():
         sigma = symmetric(st.S.double().cpu()) / st.N
         d = sigma.shape[0]
-        lam = damping * float(torch.trace(sigma)) / d
+        lam = ridge(damping, float(torch.trace(sigma)), d)
         A = sigma + lam * torch.eye(d, dtype=torch.float64)
         out[name] = -torch.linalg.lstsq(A, st.C.double().cpu()).solution.t()
     return out

@@ -25,40 +25,11 @@ import torch
 
 from .accumulate import Accumulator, ModuleStats
 from .cost import CostModel, ModuleShape
+from .damping import ridge
 from .ops import symmetric
+from .rankcorr import kendall_tau
+from .scores import apply_score
 from .targets import Target
-
-# The per-layer score placement maximizes (``profile(score=...)``). ρ² is the quadratic
-# model's predicted gain (docs/method.md); the others are the candidates of the placement
-# study (docs/RESULTS.md), where ρ² ranked layers worst on both tasks measured.
-SCORES = {
-    "resnorm2": lambda l: l["resnorm"] ** 2,
-    "resnorm2_rank": lambda l: l["resnorm_rank"] ** 2,
-    "resnorm2_over_noise": lambda l: l["resnorm"] ** 2 / l["noise_amp"] if l["noise_amp"] > 0 else 0.0,
-    "resnorm2_rank_over_noise": lambda l: l["resnorm_rank"] ** 2 / l["noise_amp"] if l["noise_amp"] > 0 else 0.0,
-    "energy": lambda l: l["energy"],
-    # Rule 1: quadratic forms in the gradient estimated across the split halves (unbiased for
-    # the signal, zero in expectation for noise; may be negative).
-    "resnorm2_x": lambda l: _or_nan(l.get("resnorm2_x")),
-    "grad_norm2_x": lambda l: _or_nan(l.get("grad_norm2_x")),
-    # Budget-aware predicted gains (nats per token of the mean batch loss) for the fine-tune in
-    # meta.budget: simulated LoRA on the local quadratic model, scored held out (layerprof.simulate),
-    # and the loss-change allocation of a short full-LoRA warm-up (layerprof.warmup).
-    "sim_gain": lambda l: _or_nan(l.get("sim_gain")),
-    "lca_gain": lambda l: _or_nan(l.get("lca_gain")),
-}
-SCORE_LABELS = {"resnorm2": "ρ²", "resnorm2_rank": "ρ(r)²", "resnorm2_over_noise": "ρ²/noise amp",
-                "resnorm2_rank_over_noise": "ρ(r)²/noise amp",
-                "energy": "activation energy tr Σ", "resnorm2_x": "ρ²× (cross-half)",
-                "grad_norm2_x": "‖C‖²× (cross-half)", "sim_gain": "simulated LoRA gain",
-                "lca_gain": "warm-up LCA gain"}
-# Scores that need more than the sweep: the budget-aware columns are filled only when profile()
-# is given a budget (and, for lca_gain, runs the warm-up).
-BUDGET_SCORES = {"sim_gain": "simulate", "lca_gain": "warmup"}  # score -> the predictor that fills it
-
-
-def _or_nan(v) -> float:
-    return float("nan") if v is None else float(v)
 
 SPECTRUM_LEN = 64  # leading squared singular values of M kept on the card (per-module rank allocation)
 STABLE_TAU = 0.8  # split-half Kendall τ below this flags the ranking as likely to change
@@ -99,7 +70,7 @@ def _inv_sqrt(mu: torch.Tensor, lam: float) -> torch.Tensor:
 
 def _resnorm2(st: ModuleStats, damping: float, cache: _EigenCache) -> float:
     mu, V = cache.get(st.S, st.N)
-    lam = damping * float(mu.sum()) / mu.numel()
+    lam = ridge(damping, float(mu.sum()), mu.numel())
     M = _inv_sqrt(mu, lam)[:, None] * (V.t() @ st.C.to(V.device, torch.float64))
     return float((M * M).sum())
 
@@ -112,7 +83,7 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
     N = st.N
     mu, V = cache.get(st.S, N)
     trace = float(mu.sum())
-    lam = damping * trace / d_in
+    lam = ridge(damping, trace, d_in)
     C = st.C.to(V.device, torch.float64)
     # M expressed in Σ's eigenbasis: same singular values and norm as (Σ+λI)^{-1/2} C.
     M = _inv_sqrt(mu, lam)[:, None] * (V.t() @ C)
@@ -168,7 +139,7 @@ def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats
     if a is None or b is None or a.N == 0 or b.N == 0 or min(nb) < 1:
         return {"resnorm2_x": None, "grad_norm2_x": None}
     mu, V = cache.get(total.S, total.N)
-    lam = damping * float(mu.sum()) / mu.numel()
+    lam = ridge(damping, float(mu.sum()), mu.numel())
     n = nb[0] + nb[1]
     scale = (n / nb[0]) * (n / nb[1])
     Ca, Cb = (h.C.to(V.device, torch.float64) for h in (a, b))
@@ -189,29 +160,6 @@ def noise_columns(naive: float, cross: float | None, batches: int) -> dict:
     noise = naive - cross
     halve = math.ceil((2 + noise / cross) * batches) if cross > 0 and noise > 0 else None
     return {"noise_share": share, "batches_to_halve_noise": halve}
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float | None:
-    """Kendall τ-b between two score lists (ties counted as neither concordant nor discordant)."""
-    n = len(a)
-    if n < 2:
-        return None
-    conc = disc = ties_a = ties_b = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = math.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
-    return (conc - disc) / denom if denom else None
 
 
 def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[str, torch.Tensor], *,
@@ -284,13 +232,6 @@ def layer_cross_columns(ms: list[dict], naive_r2: float, batches: int) -> dict:
             **noise_columns(naive_r2, cross, batches)}
 
 
-def rank_layers(layers: list[dict]) -> None:
-    """Set each layer's ``rank`` (1 = highest score), in place."""
-    order = sorted(range(len(layers)), key=lambda i: -layers[i]["score"])
-    for position, i in enumerate(order, start=1):
-        layers[i]["rank"] = position
-
-
 def stability_record(layers: list[dict], batches: int, have_halves: bool) -> dict:
     """Split-half Kendall τ and top-k overlap of the layer ranking (resnorm_a vs resnorm_b)."""
     tau = kendall_tau([l["resnorm_a"] for l in layers], [l["resnorm_b"] for l in layers]) if have_halves else None
@@ -305,13 +246,6 @@ def stability_record(layers: list[dict], batches: int, have_halves: bool) -> dic
         "batches_per_half": [batches - batches // 2, batches // 2],
         "note": None if have_halves else "only one batch: no split-half stability; profile more batches",
     }
-
-
-def apply_score(layers: list[dict], score: str) -> None:
-    """Set each layer's ``score`` from ``SCORES[score]`` and its ``rank``, in place."""
-    for l in layers:
-        l["score"] = float(SCORES[score](l))
-    rank_layers(layers)
 
 
 def attach_predictions(card, module_cols: Mapping[str, Mapping[str, float]],

@@ -135,7 +135,7 @@ def coupling(card: "LayerCard") -> "Figure | None":
 
 def selector_ranks(card: "LayerCard") -> "Figure":
     """Each selector's rank of every layer (1 = its first pick), the card's score on top."""
-    from .finalize import SCORE_LABELS
+    from .scores import SCORE_LABELS
 
     score = card.meta.get("settings", {}).get("score", "resnorm2")
     rows = [(f"card score ({SCORE_LABELS.get(score, score)})" if key == "score" else label,

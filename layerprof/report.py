@@ -31,7 +31,7 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _bytes(n: int | None) -> str:
-    from .planner import human_bytes
+    from .memory_plan import human_bytes
 
     return human_bytes(n, digits=1) if n else "–"
 
@@ -51,7 +51,7 @@ def _bar(share: float, width: int = 20) -> str:
 
 def _score_note(name: str, label: str) -> str:
     """Which score placed, and why (the placement study's choice, or the user's)."""
-    from .profiler import DEFAULT_SCORE, DEFAULT_SWEEP_SCORE
+    from .scores import DEFAULT_SCORE, DEFAULT_SWEEP_SCORE
 
     if name == DEFAULT_SCORE:
         why = ("the default with a budget: the placement study's pre-registered round-2 rule chose it "
@@ -111,7 +111,7 @@ def markdown(card: "LayerCard") -> str:
     meta = card.meta
     model, data, settings, sweep = meta["model"], meta["data"], meta["settings"], meta["sweep"]
     stab = meta.get("stability", {})
-    from .finalize import SCORE_LABELS
+    from .scores import SCORE_LABELS
 
     score = SCORE_LABELS.get(settings.get("score", "resnorm2"), settings.get("score"))
     lines = [f"# Layer Card — {model['class']}" + (f" ({model['name_or_path']})" if model.get("name_or_path") else ""),

@@ -289,7 +289,7 @@ def read_card_text(path: Path) -> str:
 def validate_card(data: Any, source: str) -> CardSchema:
     """The schema check plus the cross-row checks; raises one-line ``CardFormatError``."""
     from .card import SCHEMA
-    from .finalize import SCORES
+    from .scores import SCORES
 
     if not isinstance(data, dict) or "schema" not in data:
         raise CardFormatError(f"{source} is not a layerprof card (no 'schema' field)")

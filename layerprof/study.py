@@ -1,204 +1,255 @@
-"""The placement study's LoRA harness: fine-tune LoRA on named modules and measure the gain.
+"""The placement study's protocol: probes and placements over seeds and budgets, resumable.
 
-``train_lora`` fine-tunes one placement of a fresh model with PEFT (r, alpha, lr, steps,
-seeded adapter init, identical batches) and records the eval-loss improvement, trainable
-parameters, median step time, peak memory and adapted modules; ``probe_layers`` runs it
-for every layer alone (the measured column of ``layerprof card --probe-steps``). The
-study's protocol over placements, seeds and budgets is ``layerprof.protocol``.
+Rule 3: every comparison is a mean over ≥ 3 seeds (adapter init seeded with
+``torch.manual_seed`` before ``get_peft_model``; identical batch order), with paired
+differences and bootstrap intervals. Rule 2: every score is tested at ≥ 2 step budgets,
+the card for each budget computed with that budget. Runs are keyed by (budget, layer set,
+seed) and appended to one JSON file as they finish, so an interrupted study resumes where
+it stopped and a layer set shared by several placements is trained once.
+
+``run_protocol`` does the trainings; ``summarize`` turns the file and the cards into the
+tables of docs/RESULTS.md (``layerprof.study_report`` writes them).
 """
 from __future__ import annotations
 
-import statistics
-import threading
-import time
-from dataclasses import asdict, dataclass, replace
-from typing import Callable, Sequence
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
-import torch
-from torch import nn
 
-ModelFactory = Callable[[], nn.Module]
+from .fileio import atomic_write_text
+from .rankcorr import spearman
+from .study_lora import StudyConfig, Task, layer_candidates, train_lora
+
+# The card's candidate scores placed top-k (and coupled greedy) in the study: label -> SCORES name.
+PLACEMENT_SCORES = {"card ρ²": "resnorm2", "card ρ²×": "resnorm2_x", "card ‖C‖²×": "grad_norm2_x",
+                    "card simulated": "sim_gain", "card warm-up LCA": "lca_gain", "card energy": "energy",
+                    "card ρ(r)²/noise": "resnorm2_rank_over_noise"}
+COST_BUDGET = 0.6  # the cost-aware placement's cap: a fraction of full-LoRA training cost (the goal's 60%)
+RANDOM_BASE_SEED = 1000  # random-k draw i uses random.Random(RANDOM_BASE_SEED + i), as the first study did
 
 
 @dataclass
-class StudyConfig:
-    """Identical LoRA training settings for every placement."""
+class Protocol:
+    """What one task's study runs: budgets (steps), seeds, LoRA settings, k and the random draws."""
 
-    steps: int = 60          # optimizer steps per run
-    r: int = 8               # LoRA rank
-    lora_alpha: float = 16   # LoRA alpha
-    lr: float = 2e-3         # AdamW learning rate
-    seed: int = 0            # first seed for adapter init
-    seeds: int = 1           # runs per placement (seed, seed+1, ...); gains reported as mean ± std
+    budgets: list[int] = field(default_factory=lambda: [60, 300])
+    seeds: int = 3
+    lr: float = 2e-3
+    r: int = 8
+    lora_alpha: float = 16.0
+    k: int | None = None           # layers per placement (default: a quarter of the layers)
+    random_draws: int = 5          # random-k placements (each × seeds)
+    probes: bool = True            # single-layer probes
+    placements: bool = True
 
     def __post_init__(self):
-        if self.steps < 1 or self.r < 1 or self.lr <= 0 or self.seeds < 1:
-            raise ValueError(f"invalid study settings: {self}")
+        if self.seeds < 1 or not self.budgets or any(b < 1 for b in self.budgets) or self.random_draws < 0:
+            raise ValueError(f"invalid protocol: {self}")
+
+    def config(self, steps: int, seed: int) -> StudyConfig:
+        return StudyConfig(steps=steps, r=self.r, lora_alpha=self.lora_alpha, lr=self.lr, seed=seed, seeds=1)
 
 
-@dataclass
-class Task:
-    """A model factory with train and eval batches (dicts of model kwargs with labels)."""
+def study_cards(task: Task, proto: Protocol, out: Path, progress: bool = False) -> dict[int, object]:
+    """One card per budget (coupling on; simulated and warm-up columns for that budget), cached in ``out``."""
+    import layerprof as lp
 
-    name: str
-    model: ModelFactory
-    train: list
-    eval: list
-    calibration: list
+    from .budget import TrainingBudget
+    from .card import LayerCard
 
-
-def eval_loss(model: nn.Module, batches: Sequence[dict]) -> float:
-    """Token-weighted mean loss (labels != -100) over ``batches``."""
-    total, count = 0.0, 0
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        for b in batches:
-            n = int((b["labels"][:, 1:] != -100).sum()) if b["labels"].dim() == 2 else b["labels"].numel()
-            total += float(model(**b).loss) * n
-            count += n
-    model.train(was)
-    return total / max(count, 1)
+    cards = {}
+    for steps in proto.budgets:
+        path = Path(out) / f"card_{steps}steps.json"
+        if path.exists():
+            cards[steps] = LayerCard.load(path)
+            continue
+        budget = TrainingBudget(steps=steps, lr=proto.lr, r=proto.r, lora_alpha=proto.lora_alpha)
+        card = lp.profile(task.model(), task.calibration, rank=proto.r, coupling=True, budget=budget,
+                          progress=progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        card.save(path)
+        cards[steps] = card
+    return cards
 
 
-class _PeakMemory:
-    """Peak device memory (CUDA) or resident memory sampled every ms (CPU) above the start."""
+class RunStore:
+    """Finished trainings in one JSON file: key "steps|layers|seed" -> the run's figures."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.runs: dict[str, dict] = {}
+        if self.path.exists():
+            self.runs = json.loads(self.path.read_text(encoding="utf-8")).get("runs", {})
 
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        else:
-            self.base = self.peak = _rss()
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
+    @staticmethod
+    def key(steps: int, layers: list[int], seed: int) -> str:
+        return f"{steps}|{','.join(map(str, sorted(layers)))}|{seed}"
 
-    def _sample(self):
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, _rss())
+    def get(self, steps: int, layers: list[int], seed: int) -> dict | None:
+        return self.runs.get(self.key(steps, layers, seed))
 
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.bytes = max(self.peak, _rss()) - self.base
+    def put(self, steps: int, layers: list[int], seed: int, run: dict) -> None:
+        self.runs[self.key(steps, layers, seed)] = run
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({"runs": self.runs}, indent=0))
+
+    def gains(self, steps: int, layers: list[int], seeds: int) -> list[float] | None:
+        out = [self.get(steps, layers, s) for s in range(seeds)]
+        return None if any(o is None for o in out) else [o["gain"] for o in out]
 
 
-def _rss() -> int:
-    try:
-        import resource
+def placement_sets(card, k: int, random_draws: int, scores: dict[str, str]) -> dict[str, list[int]]:
+    """Every placement compared at k layers: the card's candidates, the baselines and full LoRA.
 
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize()
-    except OSError:
-        return 0
+    ``scores`` maps a label to a card score name (``layerprof.scores.SCORES``); each gets its
+    top-k and, when the card has coupling, the coupled greedy on it.
+    """
+    from .scores import apply_score
+    from .placement import middle_k, uniform_k
 
-
-def train_lora(task: Task, modules: list[str], cfg: StudyConfig, kinds: dict[str, str] | None = None) -> dict:
-    """Fine-tune LoRA on ``modules`` of a fresh model; return losses, params, step time, memory."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(cfg.seed)
-    model = task.model()
-    device = next(model.parameters()).device
-    before = eval_loss(model, task.eval)
-    conv1d = bool(kinds) and set(kinds.values()) == {"conv1d"}
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.lora_alpha, target_modules=list(modules), lora_dropout=0.0,
-                        fan_in_fan_out=conv1d)
-    torch.manual_seed(cfg.seed)
-    peft_model = get_peft_model(model, config)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    peft_model.train()
-    times = []
-    with _PeakMemory(device) as mem:
-        for step in range(cfg.steps):
-            batch = task.train[step % len(task.train)]
-            t = time.perf_counter()
-            loss = peft_model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t)
-    after = eval_loss(peft_model, task.eval)
-    adapted = sum(1 for m in peft_model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A)
-    return {"eval_before": before, "eval_after": after, "gain": before - after,
-            "trainable_params": sum(p.numel() for p in params), "adapted_modules": adapted,
-            "step_seconds": statistics.median(times[min(2, len(times) - 1):]), "peak_memory_bytes": int(mem.bytes)}
-
-
-def train_seeds(task: Task, modules: list[str], cfg: StudyConfig, kinds: dict[str, str] | None = None) -> dict:
-    """``train_lora`` for each of cfg.seeds seeds: mean of every figure, plus the gains and their std."""
-    runs = [train_lora(task, modules, replace(cfg, seed=cfg.seed + i), kinds) for i in range(cfg.seeds)]
-    out = {k: statistics.mean(r[k] for r in runs) for k in runs[0]}
-    out["trainable_params"] = runs[0]["trainable_params"]
-    out["adapted_modules"] = runs[0]["adapted_modules"]
-    out["peak_memory_bytes"] = max(r["peak_memory_bytes"] for r in runs)
-    out["gains"] = [r["gain"] for r in runs]
-    out["gain_std"] = statistics.stdev(out["gains"]) if len(runs) > 1 else 0.0
+    layers = [l.layer for l in card.layers]
+    out: dict[str, list[int]] = {}
+    for label, score in scores.items():
+        rescored = _rescored(card, score, apply_score)
+        if rescored is None:
+            continue
+        out[f"{label} top-k"] = rescored.place(layers=k).layers
+        # The card's cost-aware recommendation: the best predicted gain within 60% of full LoRA's modelled cost.
+        out[f"{label} cost ≤ {COST_BUDGET}"] = rescored.place(budget=COST_BUDGET).layers
+        if card.meta.get("coupling"):
+            out[f"{label} coupled greedy"] = rescored.place(layers=k, coupled=True).layers
+    for i in range(random_draws):
+        out[f"random-k draw {i}"] = sorted(random.Random(RANDOM_BASE_SEED + i).sample(layers, k))
+    out["first-k"] = layers[:k]
+    out["last-k"] = layers[-k:]
+    out["uniform-k"] = uniform_k(layers, k)
+    out["middle-k"] = middle_k(layers, k)
+    out["grad-norm top-k"] = card.place(layers=k, by="grad_norm").layers
+    out["act-norm top-k"] = card.place(layers=k, by="act_norm").layers
+    out["nfn top-k"] = card.place(layers=k, by="nfn").layers
+    out["full"] = layers
     return out
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Spearman rank correlation (average ranks for ties)."""
-    if len(a) < 3:
-        return None
+def _rescored(card, score: str, apply_score):
+    from .card import LayerCard
 
-    def ranks(v):
-        order = np.argsort(v, kind="stable")
-        r = np.empty(len(v))
-        v = np.asarray(v, dtype=float)
-        i = 0
-        while i < len(v):
-            j = i
-            while j + 1 < len(v) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            r[order[i:j + 1]] = (i + j) / 2.0
-            i = j + 1
-        return r
-
-    ra, rb = ranks(a), ranks(b)
-    if ra.std() == 0 or rb.std() == 0:
-        return None
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def layer_candidates(card) -> dict[str, list[float]]:
-    """Every per-layer score a placement could rank by (the card's SCORES that are filled), with the
-    baselines ‖C‖, activation norm, nfn, and depth."""
-    from .finalize import SCORES
-
-    out = {}
     rows = [asdict(l) for l in card.layers]
-    for name in SCORES:
-        vals = [SCORES[name](r) for r in rows]
-        if all(np.isfinite(vals)):
-            out[name] = vals
-    out["grad_norm"] = [l.grad_norm for l in card.layers]
-    out["act_norm"] = [l.act_norm for l in card.layers]
-    out["nfn"] = [l.nfn for l in card.layers]
-    out["depth"] = [float(l.layer) for l in card.layers]
+    try:
+        apply_score(rows, score)
+    except (TypeError, KeyError):
+        return None
+    if any(not np.isfinite(r["score"]) for r in rows):
+        return None
+    return LayerCard(card.modules, rows, card.meta)
+
+
+def run_protocol(task: Task, cards: dict[int, object], proto: Protocol, store: RunStore, scores: dict[str, str],
+                 progress: Callable[[str], None] | None = None) -> None:
+    """Train every probe and placement of ``proto`` not yet in ``store`` (cards: steps -> card)."""
+    kinds = {m.name: m.kind for c in cards.values() for m in c.modules}
+    for steps in proto.budgets:
+        card = cards[steps]
+        jobs: list[list[int]] = []
+        if proto.probes:
+            jobs += [[l.layer] for l in card.layers]
+        if proto.placements:
+            jobs += list(placement_sets(card, proto.k or card.default_layers(), proto.random_draws, scores).values())
+        seen = set()
+        for layers in jobs:
+            if tuple(layers) in seen:
+                continue
+            seen.add(tuple(layers))
+            for seed in range(proto.seeds):
+                if store.get(steps, layers, seed) is not None:
+                    continue
+                if progress:
+                    progress(f"{steps} steps: layers {layers} seed {seed}")
+                mods = [m.name for m in card.modules if m.layer in layers]
+                run = train_lora(task, mods, proto.config(steps, seed), kinds)
+                store.put(steps, layers, seed, run)
+
+
+# ------------------------------------------------------------------ analysis
+def bootstrap_spearman(score: list[float], gains: list[list[float]], reps: int = 2000, seed: int = 0
+                       ) -> tuple[float | None, float | None, float | None]:
+    """Spearman(score, mean gain per layer) and a 95% bootstrap interval over the seed runs.
+
+    Each replicate resamples, per layer, its seed runs with replacement (the measurement noise
+    of a LoRA run), so the interval says how much the correlation could move with other seeds.
+    """
+    mean = [float(np.mean(g)) for g in gains]
+    rho = spearman(score, mean)
+    if rho is None:
+        return None, None, None
+    rng = np.random.default_rng(seed)
+    reps_out = []
+    for _ in range(reps):
+        m = [float(np.mean(rng.choice(g, size=len(g), replace=True))) for g in gains]
+        r = spearman(score, m)
+        if r is not None:
+            reps_out.append(r)
+    if not reps_out:
+        return rho, None, None
+    lo, hi = np.percentile(reps_out, [2.5, 97.5])
+    return rho, float(lo), float(hi)
+
+
+def seed_spread(gains: list[list[float]]) -> tuple[float, float]:
+    """(range of the layers' mean gains, pooled seed std of one run)."""
+    means = [float(np.mean(g)) for g in gains]
+    pooled = float(np.sqrt(np.mean([np.var(g, ddof=1) for g in gains if len(g) > 1]))) if any(
+        len(g) > 1 for g in gains) else float("nan")
+    return max(means) - min(means), pooled
+
+
+def summarize(cards: dict[int, object], store: RunStore, proto: Protocol, scores: dict[str, str]) -> dict:
+    """Probe correlations (with intervals) and placement results per budget, from finished runs."""
+    out = {"budgets": {}}
+    for steps in proto.budgets:
+        card = cards[steps]
+        entry: dict = {}
+        probe = {l.layer: store.gains(steps, [l.layer], proto.seeds) for l in card.layers}
+        if all(g is not None for g in probe.values()):
+            gains = [probe[l.layer] for l in card.layers]
+            spread, std = seed_spread(gains)
+            entry["probe"] = {
+                "mean_gain": {str(l): float(np.mean(g)) for l, g in probe.items()},
+                "gains": {str(l): g for l, g in probe.items()},
+                "range": spread, "seed_std": std, "separable": bool(spread > 3 * std),
+                "spearman": {name: dict(zip(("rho", "lo", "hi"), bootstrap_spearman(vals, gains)))
+                             for name, vals in layer_candidates(card).items()}}
+        sets = placement_sets(card, proto.k or card.default_layers(), proto.random_draws, scores)
+        full = store.gains(steps, sets["full"], proto.seeds)
+        rows = {}
+        for name, layers in sets.items():
+            g = store.gains(steps, layers, proto.seeds)
+            if g is None:
+                continue
+            runs = [store.get(steps, layers, s) for s in range(proto.seeds)]
+            rows[name] = {"layers": layers, "gains": g, "mean": float(np.mean(g)),
+                          "std": float(np.std(g, ddof=1)) if len(g) > 1 else 0.0,
+                          "fraction_of_full": float(np.mean(g) / np.mean(full)) if full and np.mean(full) > 0
+                          else None,
+                          "step_seconds": float(np.mean([r["step_seconds"] for r in runs]))}
+        entry["placements"] = rows
+        out["budgets"][str(steps)] = entry
     return out
 
 
-def probe_layers(card, task: Task, cfg: StudyConfig, progress: Callable[[str], None] | None = None) -> dict:
-    """Single-layer LoRA per layer: measured gains and their Spearman with each candidate score."""
-    gains = {}
-    for row in card.layers:
-        if progress:
-            progress(f"probe: layer {row.layer} alone")
-        mods = [m.name for m in card.modules if m.layer == row.layer]
-        gains[row.layer] = train_seeds(task, mods, cfg, {m.name: m.kind for m in card.modules})["gain"]
-    measured = [gains[l.layer] for l in card.layers]
-    return {"steps": cfg.steps, "r": cfg.r, "lr": cfg.lr, "measured_gain": {str(k): v for k, v in gains.items()},
-            "spearman": {name: spearman(vals, measured) for name, vals in layer_candidates(card).items()}}
+def shared_ranking_bound(measured_agreement: float, score_agreement: float = 1.0) -> float:
+    """The best min(ρ_short, ρ_long) a score can reach, given how the two rankings agree.
+
+    Spearman is the Pearson correlation of rank vectors: the cosine of the angle between the
+    centred rank vectors. If the measured rankings at two budgets are at angle θ = arccos(ρ_m)
+    and the score's own rankings at those budgets are at angle φ = arccos(ρ_s) (φ = 0 for a
+    score blind to the budget), the triangle inequality on angles gives
+    min(ρ_short, ρ_long) ≤ cos(max(θ − φ, 0) / 2).
+    """
+    theta = float(np.arccos(np.clip(measured_agreement, -1.0, 1.0)))
+    phi = float(np.arccos(np.clip(score_agreement, -1.0, 1.0)))
+    return float(np.cos(max(theta - phi, 0.0) / 2))

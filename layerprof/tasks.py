@@ -17,11 +17,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .study import Task
+ModelFactory = Callable[[], nn.Module]
+
+
+@dataclass
+class Task:
+    """A model factory with train and eval batches (dicts of model kwargs with labels)."""
+
+    name: str
+    model: ModelFactory
+    train: list
+    eval: list
+    calibration: list
 
 
 def bundled_task(*, batch_size: int = 8, seq_len: int = 128, eval_fraction: float = 0.2,

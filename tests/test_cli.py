@@ -106,11 +106,16 @@ def test_card_from_a_local_model_directory(tmp_path):
     assert [l.layer for l in card.layers] == [0, 1, 2, 3] and card.meta["model"]["class"] == "LlamaForCausalLM"
 
 
-@pytest.mark.parametrize("command", ["card", "validate", "place", "report", "compare", "bench", "doctor"])
+@pytest.mark.parametrize("command", ["card", "study", "place", "report", "compare", "bench", "doctor"])
 def test_every_command_help_has_examples(command, capsys):
     assert main([command, "--help"]) == 0
     text = capsys.readouterr().out
     assert "examples:" in text and f"layerprof {command}" in text.split("examples:", 1)[1]
+
+
+def test_validate_is_the_study_command_under_its_old_name(capsys):
+    assert main(["validate", "--help"]) == 0
+    assert "placement study" in capsys.readouterr().out
 
 
 def test_progress_bar_shows_rows_per_second_and_eta(tmp_path, capsys):

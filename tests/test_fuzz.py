@@ -178,7 +178,7 @@ COMMAND_FLAGS = {
     "card": ["--rank", "--damping", "--steps", "--lr", "--lora-alpha", "--batches", "--batch-size", "--seq-len",
              "--max-tokens", "--layers", "--backend", "--sketch", "--max-memory", "--probe-steps", "--score",
              "--targets", "--text", "--model", "--out", "--dtype"],
-    "validate": ["--task", "--k", "--budgets", "--rank", "--lr", "--seeds", "--random-draws", "--out"],
+    "study": ["--task", "--k", "--budgets", "--rank", "--lr", "--seeds", "--random-draws", "--out"],
     "bench": ["--batches", "--batch-size", "--seq-len", "--reps", "--backend", "--dtype", "--text", "--model"],
     "place": ["--layers", "--budget", "--params", "--target-gain", "--rank", "--rank-target", "--alpha",
               "--dropout", "--by", "--export"],
@@ -192,9 +192,9 @@ def test_cli_arguments_fail_at_parse_time_or_parse_to_valid_values(base_card, tm
     tmp = tmp_path_factory.mktemp("args")
     good = _write(tmp, base_card, "good.json")
     ran = []
-    # card / validate / bench would sweep or train: stop right after parsing (and the checks that run
+    # card / study / bench would sweep or train: stop right after parsing (and the checks that run
     # before any work), recording that the parsed values are sane.
-    for name in ("cmd_card", "cmd_validate", "cmd_bench"):
+    for name in ("cmd_card", "cmd_study", "cmd_bench"):
         monkeypatch.setattr(cli, name, lambda args: ran.append(args) or 0)
 
     @FUZZ

@@ -11,7 +11,7 @@ import torch
 
 import layerprof as lp
 from conftest import assert_untouched, make_batches, make_model, snapshot
-from layerprof.planner import plan_memory
+from layerprof.memory_plan import plan_memory
 from layerprof.targets import find_targets
 
 KW = dict(acc_bytes=4, input_bytes=4, rows_per_batch=33, device=torch.device("cpu"))
@@ -78,8 +78,8 @@ def test_planner_counts_shared_inputs_once():
     # Llama: q/k/v read one tensor, gate/up another. With the sharing of one no-grad forward,
     # a budget that fits the shared dense statistics but not the unshared estimate stays dense
     # in one sweep — and the sweep then fits (statistics_bytes on the card within the plan).
-    from layerprof.planner import shared_inputs
-    from layerprof.profiler import frozen_eval
+    from layerprof.memory_plan import shared_inputs
+    from layerprof.batches import frozen_eval
 
     model = make_model("llama")
     targets = find_targets(model)

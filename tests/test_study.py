@@ -1,45 +1,98 @@
-"""Placement study plumbing on a tiny model (the real study is docs/RESULTS.md, not a test)."""
-import math
-
+"""The placement study's protocol: baselines, resumable runs, intervals (no LoRA training here)."""
+import numpy as np
 import pytest
-import torch
 
 import layerprof as lp
 from conftest import make_batches, make_model
-from layerprof.study import StudyConfig, Task, probe_layers, spearman, train_lora
+from layerprof.placement import middle_k, uniform_k
+from layerprof.study import (PLACEMENT_SCORES, Protocol, RunStore, bootstrap_spearman, placement_sets,
+                                seed_spread)
 
 
-@pytest.fixture(scope="module")
-def task():
-    train, evals = make_batches(n=4, seed=1), make_batches(n=2, seed=2)
-    return Task("tiny gpt2", lambda: make_model("gpt2"), train, evals, train[:2])
+def test_uniform_and_middle_k():
+    layers = list(range(16))
+    assert uniform_k(layers, 4) == [2, 6, 10, 14]
+    assert uniform_k(list(range(8)), 2) == [2, 6]
+    assert uniform_k(list(range(6)), 1) == [3]
+    assert middle_k(list(range(8)), 2) == [3, 4]
+    assert middle_k(list(range(6)), 1) == [2]
+    assert all(len(uniform_k(layers, k)) == k for k in range(1, 17))
 
 
-@pytest.fixture(scope="module")
-def card(task):
-    return lp.profile(task.model(), task.calibration, rank=4, progress=False)
+def test_run_store_resumes_and_keys_by_layer_set(tmp_path):
+    store = RunStore(tmp_path / "runs.json")
+    store.put(60, [3, 1], 0, {"gain": 0.5, "step_seconds": 0.1})
+    store.put(60, [1, 3], 1, {"gain": 0.7, "step_seconds": 0.1})
+    assert store.gains(60, [1, 3], 2) == [0.5, 0.7]
+    assert store.gains(60, [1, 3], 3) is None  # seed 2 not run yet
+    again = RunStore(tmp_path / "runs.json")  # a restarted study sees what finished
+    assert again.get(60, [3, 1], 0)["gain"] == 0.5 and again.get(300, [1, 3], 0) is None
 
 
-def test_train_lora_trains_only_the_named_modules_and_lowers_train_loss(task, card):
-    mods = [m.name for m in card.modules if m.layer == 2]
-    out = train_lora(task, mods, StudyConfig(steps=30, r=4, lora_alpha=8, lr=1e-2),
-                     {m.name: m.kind for m in card.modules})
-    assert out["adapted_modules"] == 4
-    assert out["trainable_params"] == sum(4 * (m.d_in + m.d_out) for m in card.modules if m.layer == 2)
-    assert out["step_seconds"] > 0
-    # Thirty LoRA steps on one block lower the held-out loss of the bundled task.
-    assert out["eval_after"] < out["eval_before"] and out["gain"] == pytest.approx(out["eval_before"] - out["eval_after"])
+def test_bootstrap_interval_contains_the_estimate_and_tightens_with_agreement():
+    score = [1.0, 2.0, 3.0, 4.0, 5.0]
+    exact = [[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [0.3, 0.3, 0.3], [0.4, 0.4, 0.4], [0.5, 0.5, 0.5]]
+    assert bootstrap_spearman(score, exact) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
+    rng = np.random.default_rng(0)
+    noisy = [list(0.1 * (i + 1) + rng.normal(0, 0.2, 3)) for i in range(5)]
+    rho, lo, hi = bootstrap_spearman(score, noisy)
+    assert lo <= rho <= hi and hi - lo > 0.2
+    spread, std = seed_spread(noisy)
+    assert std == pytest.approx(np.sqrt(np.mean([np.var(g, ddof=1) for g in noisy])))
+    assert spread == pytest.approx(max(map(np.mean, noisy)) - min(map(np.mean, noisy)))
 
 
-def test_spearman_matches_scipy():
-    from scipy.stats import spearmanr
+def test_placement_sets_have_k_layers_and_every_baseline():
+    model = make_model("gpt2")
+    card = lp.profile(model, make_batches(n=4), rank=2, progress=False, coupling=True,
+                      budget=dict(steps=4, lr=1e-2, r=2, lora_alpha=4))
+    sets = placement_sets(card, 1, 3, PLACEMENT_SCORES)
+    for name in ("first-k", "last-k", "uniform-k", "middle-k", "grad-norm top-k", "act-norm top-k", "nfn top-k",
+                 "card simulated top-k", "card simulated coupled greedy", "card warm-up LCA top-k",
+                 "random-k draw 2"):
+        assert len(sets[name]) == 1, name
+    assert sets["full"] == [0, 1, 2]
+    cheap = sets["card simulated cost ≤ 0.6"]
+    from layerprof.placement import card_cost_model
 
-    a, b = [3.0, 1.0, 2.0, 5.0, 5.0, 0.5], [1.0, 0.2, 0.3, 2.0, 1.5, 0.1]
-    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-12)
-    assert spearman([1, 2], [2, 1]) is None
+    assert card_cost_model(card).cost(cheap, card.rank).fraction <= 0.6 + 1e-12
+    assert sets["card simulated top-k"] == [max(card.layers, key=lambda l: l.sim_gain).layer]
 
 
-def test_probe_stores_measured_gains_and_correlations(task, card):
-    probe = probe_layers(card, task, StudyConfig(steps=2, r=4, lora_alpha=8))
-    assert set(probe["spearman"]) >= {"resnorm2", "resnorm2_x", "grad_norm", "act_norm", "depth"}
-    assert all(torch.isfinite(torch.tensor(v)) for v in probe["measured_gain"].values())
+def test_top_k_ranks_signed_scores_and_gain_ignores_negative_layers():
+    model = make_model("gpt2")
+    card = lp.profile(model, make_batches(n=4), rank=2, progress=False)
+    from dataclasses import asdict
+
+    rows = [asdict(l) for l in card.layers]
+    for r, s in zip(rows, [-3.0, -1.0, 2.0]):
+        r["score"] = s
+    signed = lp.LayerCard(card.modules, rows, card.meta)
+    assert signed.place(layers=2).layers == [1, 2]  # -1 beats -3
+    assert signed.place(layers=2).predicted_gain_fraction == pytest.approx(1.0)  # only layer 2 counts
+
+
+def test_protocol_validation():
+    with pytest.raises(ValueError):
+        Protocol(budgets=[])
+    with pytest.raises(ValueError):
+        Protocol(seeds=0)
+    assert Protocol().config(300, 2).steps == 300
+
+
+def test_shared_ranking_bound_holds_for_every_ranking_and_is_reached():
+    from layerprof.study import shared_ranking_bound
+    from layerprof.rankcorr import spearman
+
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        a, b, s1, s2 = (rng.permutation(8).astype(float) for _ in range(4))
+        blind = min(spearman(s1, a), spearman(s1, b))
+        assert blind <= shared_ranking_bound(spearman(a, b)) + 1e-12
+        aware = min(spearman(s1, a), spearman(s2, b))
+        assert aware <= shared_ranking_bound(spearman(a, b), spearman(s1, s2)) + 1e-12
+    # Reached: a score equal to the measured ranking at both budgets, or halfway between them.
+    a = np.arange(6.0)
+    assert shared_ranking_bound(spearman(a, a)) == pytest.approx(1.0)
+    assert shared_ranking_bound(-1.0) == pytest.approx(0.0, abs=1e-12)
+    assert shared_ranking_bound(-1.0, -1.0) == pytest.approx(1.0)

@@ -4,8 +4,8 @@ import torch
 
 import layerprof as lp
 from conftest import VOCAB, make_model
-from layerprof.protocol import PLACEMENT_SCORES, Protocol, RunStore, run_protocol, summarize
-from layerprof.study import eval_loss
+from layerprof.study import PLACEMENT_SCORES, Protocol, RunStore, run_protocol, summarize
+from layerprof.study_lora import eval_loss
 from layerprof.tasks import SentenceClassifier, classification_task, topic_paragraphs
 
 

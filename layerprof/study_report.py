@@ -1,4 +1,4 @@
-"""The placement study's report: Markdown tables and JSON from ``layerprof.protocol.summarize``."""
+"""The placement study's report: Markdown tables and JSON from ``layerprof.study.summarize``."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .finalize import SCORE_LABELS
+from .scores import SCORE_LABELS
 
 BASELINES = ("random-k", "first-k", "last-k", "uniform-k", "middle-k", "grad-norm top-k", "act-norm top-k",
              "nfn top-k")

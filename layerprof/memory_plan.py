@@ -1,4 +1,4 @@
-"""Memory planner: dense or sketched statistics, decided before the sweep (issue: scale out).
+"""Memory plan: dense or sketched statistics, in one sweep or several, decided before the sweep.
 
 Per module m (accumulator dtype of b bytes), the sweep holds
     dense:   3·(d_in² + d_in·d_out)·b      (two halves + the staged batch)

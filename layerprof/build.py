@@ -1,0 +1,117 @@
+"""Build the card: finalized columns plus the metadata that says what was profiled, how and when.
+
+``build_card`` reads the accumulated statistics (it changes nothing in them: a Profiler may
+go on sweeping after a card) and the model's weights and heads, calls ``finalize`` and
+assembles ``LayerCard.meta``: the model's identity, the data's fingerprint, the settings of
+the ``ProfileConfig``, versions, sweep timing and memory, skipped batches, split-half
+stability, heads (for the cost model) and calls per module.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+import warnings
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .accumulate import Accumulator
+from .config import ProfileConfig
+from .errors import ProfileError
+from .finalize import finalize
+from .memory import peak_kind, process_peak
+from .targets import Target, linear_kind, modules_by_name, output_head_names
+
+
+def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module, config: ProfileConfig, *,
+               backend: str, rows: int, data_hash: str, skipped: list[dict], unmasked: list[str],
+               sweep_seconds: float, device: torch.device, coupling: dict | None = None):
+    """The ``LayerCard`` of one finished sweep (global sums under torch.distributed)."""
+    from .card import LayerCard
+    from .reduce import world
+
+    fired = {n for n in targets if acc.total(n) is not None}
+    if not fired:
+        reasons = "; ".join(f"batch {s['batch']}: {s['reason']}" for s in skipped[:5])
+        raise ProfileError(
+            "no statistics were collected: " + (f"every batch was skipped ({reasons})" if skipped else
+            "no backward pass reached a target module; run loss.backward() inside the "
+            "Profiler block (not under torch.no_grad()), or check targets="))
+    unfired = sorted(set(targets) - fired)
+    if unfired:
+        warnings.warn(f"{len(unfired)} target module(s) never received a gradient and are not on the card: "
+                      f"{', '.join(unfired[:8])}{' …' if len(unfired) > 8 else ''}", stacklevel=3)
+    modules = modules_by_name(model, fired)
+    weights = {n: linear_kind(m).weight(modules[n]) for n, m in modules.items()}
+    heads = output_heads(model)
+    score = config.chosen_score
+    t_fin = time.perf_counter()
+    modules_rows, layer_rows, stability = finalize(
+        acc, {n: targets[n] for n in sorted(fired, key=list(targets).index)},
+        weights, rank=config.rank, damping=config.damping,
+        head_flops_per_row=sum(2.0 * h["d_in"] * h["d_out"] for h in heads), score=score)
+    finalize_s = time.perf_counter() - t_fin
+    meta = {
+        "model": model_identity(model),
+        "data": {"rows": rows, "batches": acc.batches, "hash": data_hash, "world_size": world()[1]},
+        "settings": {"rank": config.rank, "damping": config.damping, "backend": backend,
+                     "backend_requested": config.backend,
+                     "dtype": str(config.dtype).replace("torch.", ""),
+                     "targets": config.targets, "score": score, "sketch": config.sketch,
+                     "sketched_modules": sum(acc.sketched(n) for n in fired)},
+        "versions": versions(),
+        "sweep": {"seconds": sweep_seconds, "finalize_seconds": finalize_s,
+                  "rows_per_second": rows / sweep_seconds if sweep_seconds > 0 else None,
+                  "peak_memory_bytes": process_peak(device),
+                  "statistics_bytes": acc.statistics_bytes(),
+                  "gram_updates": acc.gram_updates,
+                  "peak_memory_kind": peak_kind(device), "device": str(device)},
+        "skipped": skipped,
+        "stability": stability,
+        "unfired": unfired,
+        "unmasked": unmasked,
+        "heads": heads,
+        "calls": {n: acc.calls.get(n, 0) for n in fired},
+    }
+    if coupling is not None:
+        meta["coupling"] = coupling
+    return LayerCard(modules=modules_rows, layers=layer_rows, meta=meta)
+
+
+def output_heads(model: nn.Module) -> list[dict]:
+    """The model's output head(s) (name, d_in, d_out): their FLOPs are in every training step."""
+    heads = []
+    for name, module in modules_by_name(model, output_head_names(model)).items():
+        d_in, d_out = linear_kind(module).dims(module)
+        heads.append({"name": name, "d_in": d_in, "d_out": d_out})
+    return heads
+
+
+def model_identity(model: nn.Module) -> dict:
+    """Class, config fingerprint, parameter count, hub name and dtype: enough to tell two models apart."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        text = config.to_json_string(use_diff=False)
+    else:
+        text = repr(model)
+    return {
+        "class": type(model).__name__,
+        "config_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "name_or_path": getattr(config, "_name_or_path", None) or None,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", "") if any(True for _ in model.parameters())
+        else None,
+    }
+
+
+def versions() -> dict:
+    from ._version import __version__
+
+    out = {"layerprof": __version__, "torch": torch.__version__, "python": sys.version.split()[0]}
+    for pkg in ("transformers", "peft"):
+        mod = sys.modules.get(pkg)
+        if mod is not None:
+            out[pkg] = getattr(mod, "__version__", None)
+    return out

@@ -1,0 +1,66 @@
+"""Peak memory, measured one way everywhere: the sweep's card, the study's LoRA runs, bench/. A leaf.
+
+On CUDA the allocator's own peak (``max_memory_allocated``). On the CPU there is no allocator
+peak: ``process_peak`` reads the process's lifetime peak RSS (an upper bound), and
+``PeakMemory`` samples the resident set every millisecond while a block runs and reports
+the peak above where it started.
+"""
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+
+import torch
+
+
+def rss() -> int:
+    """The process's resident set size now, in bytes (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return 0
+
+
+def process_peak(device: torch.device) -> int:
+    """Peak memory so far: CUDA's allocator peak on ``device``, else the process's peak RSS."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def peak_kind(device: torch.device) -> str:
+    return "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"
+
+
+class PeakMemory:
+    """``with PeakMemory(device) as m: ...`` then ``m.bytes``: the peak above the start of the block."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.bytes = 0
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            self.base = self.peak = rss()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, rss())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.bytes = max(self.peak, rss()) - self.base

@@ -1,0 +1,70 @@
+"""Scores: the per-layer number placement maximizes, its label, and the default choice.
+
+A leaf: finalize writes the columns, ``apply_score`` turns one of them into each layer's
+``score`` and ``rank``; placement, the report, the plots and the study read the names here.
+"""
+from __future__ import annotations
+
+# The per-layer score placement maximizes (``profile(score=...)``). ρ² is the quadratic
+# model's predicted gain (docs/method.md); the others are the candidates of the placement
+# study (docs/RESULTS.md), where ρ² ranked layers worst on the first tasks measured.
+SCORES = {
+    "resnorm2": lambda l: l["resnorm"] ** 2,
+    "resnorm2_rank": lambda l: l["resnorm_rank"] ** 2,
+    "resnorm2_over_noise": lambda l: l["resnorm"] ** 2 / l["noise_amp"] if l["noise_amp"] > 0 else 0.0,
+    "resnorm2_rank_over_noise": lambda l: l["resnorm_rank"] ** 2 / l["noise_amp"] if l["noise_amp"] > 0 else 0.0,
+    "energy": lambda l: l["energy"],
+    # Rule 1: quadratic forms in the gradient estimated across the split halves (unbiased for
+    # the signal, zero in expectation for noise; may be negative).
+    "resnorm2_x": lambda l: _or_nan(l.get("resnorm2_x")),
+    "grad_norm2_x": lambda l: _or_nan(l.get("grad_norm2_x")),
+    # Budget-aware predicted gains (nats per token of the mean batch loss) for the fine-tune in
+    # meta.budget: simulated LoRA on the local quadratic model, scored held out (layerprof.simulate),
+    # and the loss-change allocation of a short full-LoRA warm-up (layerprof.warmup).
+    "sim_gain": lambda l: _or_nan(l.get("sim_gain")),
+    "lca_gain": lambda l: _or_nan(l.get("lca_gain")),
+}
+SCORE_LABELS = {"resnorm2": "ρ²", "resnorm2_rank": "ρ(r)²", "resnorm2_over_noise": "ρ²/noise amp",
+                "resnorm2_rank_over_noise": "ρ(r)²/noise amp",
+                "energy": "activation energy tr Σ", "resnorm2_x": "ρ²× (cross-half)",
+                "grad_norm2_x": "‖C‖²× (cross-half)", "sim_gain": "simulated LoRA gain",
+                "lca_gain": "warm-up LCA gain"}
+# Scores that need more than the sweep: the budget-aware columns are filled only when profile()
+# is given a budget (and, for lca_gain, runs the warm-up).
+BUDGET_SCORES = {"sim_gain": "simulate", "lca_gain": "warmup"}  # score -> the predictor that fills it
+PREDICTORS = ("simulate", "warmup")
+
+# The default, chosen by the placement study's pre-registered round-2 rule (docs/RESULTS.md):
+# DEFAULT_SCORE when the card knows the fine-tune's budget, DEFAULT_SWEEP_SCORE (the best score
+# the sweep alone gives) when it does not.
+DEFAULT_SCORE = "sim_gain"
+DEFAULT_SWEEP_SCORE = "energy"
+
+
+def _or_nan(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def default_score(predict: tuple[str, ...]) -> str:
+    """The default score given the predictors that will run (none without a budget)."""
+    if DEFAULT_SCORE in BUDGET_SCORES and BUDGET_SCORES[DEFAULT_SCORE] not in predict:
+        return DEFAULT_SWEEP_SCORE
+    return DEFAULT_SCORE
+
+
+def score_label(score: str) -> str:
+    return SCORE_LABELS.get(score, score)
+
+
+def rank_layers(layers: list[dict]) -> None:
+    """Set each layer's ``rank`` (1 = highest score), in place."""
+    order = sorted(range(len(layers)), key=lambda i: -layers[i]["score"])
+    for position, i in enumerate(order, start=1):
+        layers[i]["rank"] = position
+
+
+def apply_score(layers: list[dict], score: str) -> None:
+    """Set each layer's ``score`` from ``SCORES[score]`` and its ``rank``, in place."""
+    for l in layers:
+        l["score"] = float(SCORES[score](l))
+    rank_layers(layers)
