@@ -23,6 +23,7 @@ import itertools
 import json
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,6 +33,8 @@ try:
 except ImportError as e:  # pragma: no cover - transformers is a dependency
     raise ImportError("layerprof.callback needs transformers: pip install transformers") from e
 
+from .budget import TrainingBudget
+from .config import ProfileConfig
 from .errors import ProfileError
 from .export import FORMATS, export
 
@@ -50,7 +53,8 @@ class LayerCardCallback(TrainerCallback):
 
     def __init__(self, batches: int = 8, *, layers: int | None = None, budget: float | None = None,
                  target_gain: float | None = None, exports: tuple[str, ...] = ("peft",), subdir: str = "layerprof",
-                 lora_alpha: float | None = None, predict: bool = True, **profile_kwargs):
+                 lora_alpha: float | None = None, predict: bool = True, config: ProfileConfig | None = None,
+                 **profile_kwargs):
         if not isinstance(batches, int) or batches < 1:
             raise ProfileError(f"batches must be a positive int (training batches to profile), got {batches!r}")
         if sum(x is not None for x in (layers, budget, target_gain)) > 1:
@@ -63,7 +67,13 @@ class LayerCardCallback(TrainerCallback):
         # predict=True: the budget-aware columns are computed for the run the Trainer is about to do
         # (its max steps, learning rate, AdamW settings; r and alpha of the PeftModel or of this callback).
         self.predict = predict
-        self.profile_kwargs = {"progress": False, **profile_kwargs}
+        # Checked now, with every other door's rules (layerprof.config), not when training starts. With
+        # predict=True and no budget given, the budget is the Trainer's run and is filled in then (a
+        # stand-in meanwhile, so that e.g. score="sim_gain" validates).
+        self._overrides = {"progress": False, **profile_kwargs} if config is None else dict(profile_kwargs)
+        self._fill_budget = predict and self._overrides.get("budget", getattr(config, "budget", None)) is None
+        self.config = ProfileConfig.build(config, {**self._overrides, "budget": TrainingBudget()}
+                                          if self._fill_budget else self._overrides)
         self.card = None
         self.plan = None
         self.output_dir: Path | None = None
@@ -75,11 +85,11 @@ class LayerCardCallback(TrainerCallback):
         batches = _first_batches(train_dataloader, self.batches)
         import layerprof as lp
 
-        kwargs = dict(self.profile_kwargs)
-        if self.predict and "budget" not in kwargs:
-            kwargs["budget"] = training_budget(args, state, model, kwargs.get("rank", 8), self.lora_alpha)
+        config = self.config
+        if self._fill_budget:
+            config = replace(config, budget=training_budget(args, state, model, config.rank, self.lora_alpha))
         # A PeftModel is profiled as its base model (layerprof.peft_models), by profile itself.
-        card = lp.profile(model, batches, **kwargs)
+        card = lp.profile(model, batches, config=config)
         self.card = card
         self.plan = self._place(card)
         self.output_dir = Path(args.output_dir) / self.subdir

@@ -6,8 +6,12 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .config import ProfileConfig
 
 EXAMPLES = {
     "card": """examples:
@@ -132,6 +136,22 @@ def _sketch_arg(value: str) -> str:
     raise argparse.ArgumentTypeError(f"--sketch takes auto, none or a positive int, got {value!r}")
 
 
+def profile_config(args) -> "ProfileConfig":
+    """The ``ProfileConfig`` of `layerprof card`'s options (validated there, like every other door's)."""
+    from .budget import TrainingBudget
+    from .config import ProfileConfig
+
+    sketch = int(args.sketch) if args.sketch.isdigit() else {"auto": "auto", "none": None}[args.sketch.lower()]
+    budget = None
+    if not args.no_predict:
+        budget = TrainingBudget(steps=args.steps, lr=args.lr, r=args.rank,
+                                lora_alpha=args.lora_alpha if args.lora_alpha is not None else 2 * args.rank)
+    return ProfileConfig(rank=args.rank, damping=args.damping, backend=args.backend, score=args.score, sketch=sketch,
+                         max_memory=int(args.max_memory * 2 ** 30) if args.max_memory is not None else None,
+                         coupling=args.coupling, max_tokens=args.max_tokens, progress=not args.no_progress,
+                         targets=args.targets, budget=budget)
+
+
 def cmd_card(args) -> int:
     import layerprof as lp
 
@@ -144,18 +164,7 @@ def cmd_card(args) -> int:
     model, tokenizer = _load_model(args.model, args.dtype)
     _check_against_model(args, model)
     batches = _batches(args, model, tokenizer)
-    sketch = int(args.sketch) if args.sketch.isdigit() else {"auto": "auto", "none": None}[args.sketch.lower()]
-    max_memory = int(args.max_memory * 2 ** 30) if args.max_memory is not None else None
-    budget = None
-    if not args.no_predict:
-        from .budget import TrainingBudget
-
-        budget = TrainingBudget(steps=args.steps, lr=args.lr, r=args.rank,
-                                lora_alpha=args.lora_alpha if args.lora_alpha is not None else 2 * args.rank)
-    card = lp.profile(model, batches, rank=args.rank, damping=args.damping, backend=args.backend, score=args.score,
-                      sketch=sketch, max_memory=max_memory, coupling=args.coupling,
-                      max_tokens=args.max_tokens, progress=not args.no_progress,
-                      targets=args.targets, budget=budget)
+    card = lp.profile(model, batches, config=profile_config(args))
     if args.probe_steps:
         from .study_lora import StudyConfig, probe_layers
         from .tasks import bundled_task
@@ -399,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .schema import MAX_RANK
 
     BACKENDS = ["auto", *backends()]
+    from .budget import TrainingBudget
+    from .config import ProfileConfig
+
+    D, B, H = ProfileConfig(), TrainingBudget(), ProfileConfig.help()  # the card options' defaults and help
     PLACE_BY = ["score", "resnorm", "resnorm_rank", "energy", "grad_norm", "act_norm", "nfn", "predicted_gain",
                 "resnorm2_x", "grad_norm2_x", "sim_gain", "lca_gain", "measured_gain"]
 
@@ -406,15 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", type=A.model_dir("--model"), help="local Hugging Face model directory (default: the bundled Shakespeare GPT-2)")
     c.add_argument("--text", type=A.input_file("--text", text=True), help="calibration text file (default: Python's documentation prose)")
     c.add_argument("--out", default="layerprof_out", type=A.output_dir("--out"), help="output directory (default: %(default)s)")
-    c.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), default=8, help="LoRA rank r for ρ(r) and the config (default: %(default)s)")
-    c.add_argument("--damping", type=A.number("--damping", 0.0, 1e3), default=1e-3, help="relative damping δ (default: %(default)s)")
+    c.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), default=D.rank, help=H["rank"] + " (default: %(default)s)")
+    c.add_argument("--damping", type=A.number("--damping", 0.0, 1e3), default=D.damping, help=H["damping"] + " (default: %(default)s)")
     c.add_argument("--score", choices=list(SCORES),
                    help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE}, or {DEFAULT_SWEEP_SCORE} with "
                         "--no-predict: the placement study's choice, docs/RESULTS.md)")
-    c.add_argument("--steps", type=A.integer("--steps", 1, 10 ** 7), default=100,
+    c.add_argument("--steps", type=A.integer("--steps", 1, 10 ** 7), default=B.steps,
                    help="steps of the LoRA fine-tune you will run: the budget-aware scores predict it "
                         "(default: %(default)s)")
-    c.add_argument("--lr", type=A.number("--lr", 0.0, 10.0, lo_open=True), default=2e-4, help="its AdamW learning rate (default: %(default)s)")
+    c.add_argument("--lr", type=A.number("--lr", 0.0, 10.0, lo_open=True), default=B.lr, help="its AdamW learning rate (default: %(default)s)")
     c.add_argument("--lora-alpha", type=A.number("--lora-alpha", 0.0, 1e6, lo_open=True), help="its LoRA alpha (default: 2 × --rank)")
     c.add_argument("--no-predict", action="store_true",
                    help="skip the budget-aware columns (simulated LoRA, warm-up LCA): the sweep's columns only")
@@ -424,8 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tokens", type=A.integer("--max-tokens", 1), help="stop after this many non-padding tokens")
     c.add_argument("--targets", type=_targets_arg, help="comma-separated module names as PEFT target_modules (default: all linear)")
     c.add_argument("--layers", type=A.integer("--layers", 1), help="k for the recommended placement (default: a quarter of the layers)")
-    c.add_argument("--backend", default="auto", choices=BACKENDS, help="accumulation backend (default: %(default)s)")
-    c.add_argument("--sketch", default="auto", type=_sketch_arg,
+    c.add_argument("--backend", default=D.backend, choices=BACKENDS, help=H["backend"] + " (default: %(default)s)")
+    c.add_argument("--sketch", default=D.sketch, type=_sketch_arg,
                    help="statistics: auto (dense unless it does not fit --max-memory), none (dense; several "
                         "sweeps if needed), or k (sketch C as CΩ with k columns) (default: %(default)s)")
     c.add_argument("--max-memory", type=A.number("--max-memory", 0.0, 2.0 ** 20, lo_open=True), help="memory budget for the statistics in GiB (default: 80%% of "

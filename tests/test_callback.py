@@ -104,3 +104,14 @@ def test_callback_rejects_bad_arguments():
         LayerCardCallback(layers=2, budget=0.5)
     with pytest.raises(ValueError, match="unknown export format"):
         LayerCardCallback(exports=("deepspeed",))
+
+
+def test_callback_checks_its_profile_settings_when_built():
+    """Bad settings fail at construction with ProfileConfig's message, not when training starts."""
+    with pytest.raises(lp.ProfileError, match="rank must be a positive int"):
+        LayerCardCallback(rank=0)
+    with pytest.raises(lp.ProfileError, match="unknown setting"):
+        LayerCardCallback(rnak=4)
+    # The budget is the Trainer's, filled in at on_train_begin: a budget-aware score is accepted now.
+    assert LayerCardCallback(score="sim_gain").config.score == "sim_gain"
+    assert LayerCardCallback(predict=False).config.budget is None
