@@ -6,6 +6,7 @@ eval mode, restored bitwise afterwards) and writes into ``OUTPUT_DIR/layerprof/`
 
 - ``card.json``, ``card.md``, ``card.html`` — the Layer Card and its report;
 - ``placement.json`` — the chosen plan (layers, modules, ranks, predicted gain, cost, Pareto front);
+- ``lora_config.json`` — the plan's ``peft.LoraConfig`` as JSON (``layerprof.outputs``, as `layerprof card`);
 - ``adapter/adapter_config.json`` — the plan as a PEFT LoRA config, plus any of
   ``axolotl.yml`` / ``llamafactory.yaml`` requested with ``exports=``.
 
@@ -20,7 +21,6 @@ summed, and only the main process writes.
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import sys
 from dataclasses import replace
@@ -36,9 +36,7 @@ except ImportError as e:  # pragma: no cover - transformers is a dependency
 from .budget import TrainingBudget
 from .config import ProfileConfig
 from .errors import ProfileError
-from .export import FORMATS, export
-
-_EXPORT_FILES = {"peft": "adapter", "axolotl": "axolotl.yml", "llamafactory": "llamafactory.yaml"}
+from .export import FORMATS
 
 
 class LayerCardCallback(TrainerCallback):
@@ -105,21 +103,15 @@ class LayerCardCallback(TrainerCallback):
         return card.place(layers=self.layers or card.default_layers())
 
     def _write(self, card, plan, name: str | None) -> None:
-        from .fileio import atomic_write_text
+        from .outputs import EXPORT_FILES, write_outputs
 
         out = self.output_dir
-        out.mkdir(parents=True, exist_ok=True)
-        card.save(out / "card.json")
-        atomic_write_text(out / "card.md", card.to_markdown())
-        card.to_html(out / "card.html")
-        atomic_write_text(out / "placement.json", json.dumps(plan.to_dict(), indent=1, default=str))
         r = card.rank
         alpha = self.lora_alpha if self.lora_alpha is not None else 2 * r
-        for fmt in self.exports:
-            kw = {"base_model_name_or_path": name} if fmt == "peft" else {}
-            export(plan, fmt, out / _EXPORT_FILES[fmt], source="LayerCardCallback", r=r, lora_alpha=alpha, **kw)
+        write_outputs(card, plan, out, r=r, lora_alpha=alpha, exports=self.exports, base_model_name_or_path=name,
+                      source="LayerCardCallback")
         # Say where the files went (one line on rank 0's stderr; training output stays on stdout).
-        written = ", ".join(_EXPORT_FILES[fmt] for fmt in self.exports)
+        written = ", ".join(EXPORT_FILES[fmt] for fmt in self.exports)
         print(f"layerprof: Layer Card for {len(card.layers)} layers written to {out} (open card.html); "
               f"recommended layers {plan.layers}" + (f", configs: {written}" if written else ""), file=sys.stderr)
 

@@ -165,15 +165,17 @@ class LayerCard:
         return cls.from_dict(data, str(path))
 
     # ------------------------------------------------------------- reports
-    def to_markdown(self) -> str:
+    def to_markdown(self, plan=None) -> str:
+        """The card as Markdown, recommending ``plan`` (default: the card's default placement)."""
         from .report import markdown
 
-        return markdown(self)
+        return markdown(self, plan)
 
-    def to_html(self, path: str | os.PathLike | None = None) -> str:
+    def to_html(self, path: str | os.PathLike | None = None, plan=None) -> str:
+        """One self-contained HTML page (written to ``path`` when given), recommending ``plan``."""
         from .report import html
 
-        text = html(self)
+        text = html(self, plan)
         if path is not None:
             atomic_write_text(path, text)
         return text

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UsageError
+from .loading import calibration_batches, load_model
 
 if TYPE_CHECKING:
     from .config import ProfileConfig
@@ -53,60 +54,6 @@ EXAMPLES = {
 """,
 }
 ALL_EXAMPLES = "".join(v.replace("examples:\n", "") for v in EXAMPLES.values())
-
-
-def _lora_dict(config) -> dict:
-    data = config.to_dict()
-    return {k: (sorted(v) if isinstance(v, set) else v) for k, v in data.items()}
-
-
-def _write_json(path: Path, data) -> None:
-    from .fileio import atomic_write_text
-
-    atomic_write_text(path, json.dumps(data, indent=1, default=str))
-
-
-def _load_model(spec: str | None, dtype: str):
-    import torch
-
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    if spec is None:
-        from .bundled import load_default_model
-
-        return load_default_model(torch_dtype), None
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(spec)
-    if not path.exists():
-        raise UsageError(f"--model {spec!r} is not a local directory; layerprof loads models offline "
-                         "from a directory written by save_pretrained")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError):
-        tokenizer = None
-    return model.eval(), tokenizer
-
-
-def _batches(args, model, tokenizer):
-    from .bundled import calibration_text, text_batches
-
-    text = Path(args.text).read_text(encoding="utf-8") if args.text else calibration_text()
-    if tokenizer is None:
-        vocab = getattr(getattr(model, "config", None), "vocab_size", 256)
-        if vocab < 256:
-            raise UsageError(f"no tokenizer found with --model and its vocabulary ({vocab}) is too small "
-                             "for byte-level text; save the tokenizer into the model directory "
-                             "(tokenizer.save_pretrained(DIR))")
-        return text_batches(text, batch_size=args.batch_size, seq_len=args.seq_len, n_batches=args.batches)
-    import torch
-
-    ids = tokenizer(text, return_tensors="pt")["input_ids"][0]
-    n = min(args.batches, ids.numel() // (args.batch_size * args.seq_len))
-    if n < 1:
-        raise UsageError("--text is too short for one batch; lower --batch-size or --seq-len")
-    x = ids[: n * args.batch_size * args.seq_len].view(n, args.batch_size, args.seq_len)
-    return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()} for b in x]
 
 
 def _targets_arg(value: str) -> list[str]:
@@ -155,15 +102,16 @@ def profile_config(args) -> "ProfileConfig":
 def cmd_card(args) -> int:
     import layerprof as lp
 
-    from .fileio import atomic_write_text
+    from .outputs import write_outputs
 
     t0 = time.perf_counter()
     if args.probe_steps and args.model is not None:
         raise UsageError("--probe-steps works on the bundled model for now (it needs held-out eval text); run "
                          "`layerprof study` style studies in Python for other models")
-    model, tokenizer = _load_model(args.model, args.dtype)
+    model, tokenizer = load_model(args.model, args.dtype)
     _check_against_model(args, model)
-    batches = _batches(args, model, tokenizer)
+    batches = calibration_batches(args.text, model, tokenizer, batches=args.batches, batch_size=args.batch_size,
+                                  seq_len=args.seq_len)
     card = lp.profile(model, batches, config=profile_config(args))
     if args.probe_steps:
         from .study_lora import StudyConfig, probe_layers
@@ -172,20 +120,16 @@ def cmd_card(args) -> int:
         task = bundled_task()
         card = card.with_probe(probe_layers(card, task, StudyConfig(steps=args.probe_steps, r=args.rank,
                                                                     lora_alpha=2 * args.rank)))
-    # Everything is computed before anything is written: a failure leaves no half-written --out.
+    # Everything is rendered before anything is written: a failure leaves no half-written --out.
     k = args.layers or card.default_layers()
     plan = card.place(layers=k)
-    config = plan.lora_config(r=args.rank, lora_alpha=2 * args.rank)
-    markdown, html = card.to_markdown(), card.to_html()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    card.save(out / "card.json")
-    atomic_write_text(out / "card.md", markdown)
-    atomic_write_text(out / "card.html", html)
-    _write_json(out / "lora_config.json", _lora_dict(config))
+    write_outputs(card, plan, out, r=args.rank, lora_alpha=2 * args.rank, source="layerprof card",
+                  base_model_name_or_path=args.model)
     wall = time.perf_counter() - t0
     summary = {"card": str(out / "card.json"), "markdown": str(out / "card.md"), "html": str(out / "card.html"),
-               "lora_config": str(out / "lora_config.json"), "layers": plan.layers,
+               "lora_config": str(out / "lora_config.json"), "placement": str(out / "placement.json"),
+               "layers": plan.layers,
                "predicted_gain_fraction": plan.predicted_gain_fraction, "cost": plan.cost,
                "ranking": card.ranking(), "stability": card.meta["stability"], "rows": card.meta["data"]["rows"],
                "sweep_seconds": card.meta["sweep"]["seconds"], "wall_seconds": wall}
@@ -198,7 +142,7 @@ def cmd_card(args) -> int:
         print(f"recommendation: adapt layers {plan.layers} -> {plan.predicted_gain_fraction:.0%} of the predicted "
               f"gain at {plan.cost:.0%} of full-LoRA training cost")
         print(f"wrote {summary['card']}, {summary['markdown']}, {summary['html']} (open it in a browser), "
-              f"{summary['lora_config']}")
+              f"{summary['lora_config']}, {summary['placement']}")
     return 0
 
 
@@ -243,6 +187,7 @@ def cmd_study(args) -> int:
 
 def cmd_place(args) -> int:
     from .card import LayerCard
+    from .outputs import lora_config_dict, write_json
 
     if args.export != "json" and not args.out:
         raise UsageError(f"--export {args.export} needs --out (a directory for peft, a YAML file otherwise)")
@@ -269,7 +214,7 @@ def cmd_place(args) -> int:
     written = None
     if args.out and args.export == "json":
         written = Path(args.out)
-        _write_json(written, _lora_dict(config))
+        write_json(written, lora_config_dict(config))
     elif args.out:
         from .export import export
 
@@ -277,7 +222,7 @@ def cmd_place(args) -> int:
                          lora_dropout=args.dropout)
     if args.json:
         data = plan.to_dict()
-        data["lora_config"] = _lora_dict(config)
+        data["lora_config"] = lora_config_dict(config)
         print(json.dumps(data, indent=1, default=str))
     else:
         print(f"layers {plan.layers}: {plan.predicted_gain_fraction:.1%} of the predicted gain, "
@@ -333,8 +278,9 @@ def cmd_compare(args) -> int:
 def cmd_bench(args) -> int:
     from .benchmark import sweep_vs_plain
 
-    model, tokenizer = _load_model(args.model, args.dtype)
-    batches = _batches(args, model, tokenizer)
+    model, tokenizer = load_model(args.model, args.dtype)
+    batches = calibration_batches(args.text, model, tokenizer, batches=args.batches, batch_size=args.batch_size,
+                                  seq_len=args.seq_len)
     if not args.json:
         print(f"timing plain forward+backward vs the layerprof sweep on {len(batches)} batches, "
               f"{args.reps} interleaved repetitions ...", file=sys.stderr)
@@ -350,28 +296,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    import platform
+    from .doctor import environment
 
-    import torch
-
-    from . import __version__
-    from .ops import backends
-
-    devices = [{"device": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}]
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            prop = torch.cuda.get_device_properties(i)
-            devices.append({"device": f"cuda:{i}", "name": prop.name, "memory_bytes": prop.total_memory,
-                            "capability": f"{prop.major}.{prop.minor}"})
-    versions = {}
-    for pkg in ("transformers", "peft", "triton", "numpy", "matplotlib"):
-        try:
-            versions[pkg] = __import__(pkg).__version__
-        except ImportError:
-            versions[pkg] = None
-    info = {"layerprof": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            **versions, "cuda_available": torch.cuda.is_available(), "devices": devices,
-            "backends": {n: {"available": s.available, "reason": s.reason} for n, s in backends().items()}}
+    info = environment()
     if args.json:
         print(json.dumps(info, indent=1))
     else:

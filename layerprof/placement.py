@@ -45,8 +45,8 @@ class Plan:
     front: list[dict] = field(repr=False, default_factory=list)
 
     def lora_config(self, r: int | None = None, lora_alpha: float | None = None, **kwargs):
-        """A ``peft.LoraConfig`` adapting exactly ``self.modules`` (see ``layerprof.peft_bridge``)."""
-        from .peft_bridge import lora_config
+        """A ``peft.LoraConfig`` adapting exactly ``self.modules`` (see ``layerprof.export``)."""
+        from .export import lora_config
 
         return lora_config(self, r=r, lora_alpha=lora_alpha, **kwargs)
 

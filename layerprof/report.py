@@ -10,6 +10,7 @@ from .errors import PlacementError
 
 if TYPE_CHECKING:
     from .card import LayerCard
+    from .placement import Plan
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -106,8 +107,12 @@ def _noise_and_predictions(card: "LayerCard") -> list[str]:
     return lines + _table(headers, rows)
 
 
-def markdown(card: "LayerCard") -> str:
-    """The card as Markdown: header, recommendation, per-layer table, per-module table, notes."""
+def markdown(card: "LayerCard", plan: "Plan | None" = None) -> str:
+    """The card as Markdown: header, recommendation, per-layer table, per-module table, notes.
+
+    ``plan``: the placement to recommend (the one the caller chose and wrote the config for);
+    default: the card's default, ``card.place(layers=card.default_layers())``.
+    """
     meta = card.meta
     model, data, settings, sweep = meta["model"], meta["data"], meta["settings"], meta["sweep"]
     stab = meta.get("stability", {})
@@ -145,8 +150,8 @@ def markdown(card: "LayerCard") -> str:
         lines.append(f"- stability: split-half Kendall τ = {tau:.2f}, top-{stab.get('top_k')} overlap "
                      f"{_fmt(stab.get('top_k_overlap'))} — {verdict}")
     if card.layers:
-        k = card.default_layers()
-        plan = card.place(layers=k)
+        plan = plan if plan is not None else card.place(layers=card.default_layers())
+        k = len(plan.layers)
         try:
             cheap = card.place(objective="cost", target_gain=0.9)
             cheap_line = (f"Cost-aware alternative: the cheapest placement reaching 90% of the predicted gain adapts "
@@ -155,7 +160,8 @@ def markdown(card: "LayerCard") -> str:
         except PlacementError as e:
             cheap_line = f"Cost-aware alternative: none ({e})."
         lines += ["", "## Recommendation", "",
-                  f"Adapt layers **{', '.join(map(str, plan.layers))}** (top {k} of {len(card.layers)} by score = {score}): "
+                  f"Adapt layers **{', '.join(map(str, plan.layers))}** ({k} of {len(card.layers)}, placed by score = "
+                  f"{score}): "
                   f"{plan.predicted_gain_fraction:.0%} of the all-layer predicted gain at "
                   f"{plan.cost:.0%} of full-layer LoRA's modelled training cost, "
                   f"{plan.cost_detail.adapter_params:,} adapter parameters, {plan.cost_detail.adapted_modules} "
@@ -250,13 +256,12 @@ def _md_to_html(text: str) -> list[str]:
     return body
 
 
-def figures(card: "LayerCard") -> dict[str, str]:
-    """``{figure id: inline SVG}`` for the card's plots (``layerprof.plots``); empty without layers."""
+def figures(card: "LayerCard", plan: "Plan") -> dict[str, str]:
+    """``{figure id: inline SVG}`` for the card's plots (``layerprof.plots``), ``plan`` marked; empty without layers."""
     from . import plots
 
     if not card.layers:
         return {}
-    plan = card.place(layers=card.default_layers())
     made = {"fig-share": plots.share_and_capture(card, plan.layers), "fig-pareto": plots.pareto(card, plan),
             "fig-conditioning": plots.conditioning(card), "fig-coupling": plots.coupling(card),
             "fig-selectors": plots.selector_ranks(card)}
@@ -271,18 +276,21 @@ STYLE = ("body{font-family:system-ui,sans-serif;max-width:72em;margin:2em auto;p
          ".recommendation{background:#fff4f4;border-left:4px solid #d62728;padding:.2em 1em}")
 
 
-def html(card: "LayerCard") -> str:
+def html(card: "LayerCard", plan: "Plan | None" = None) -> str:
     """One self-contained HTML page: summary, recommendation, plots (inline SVG), tables.
 
-    No scripts, stylesheets, fonts or images are fetched: the page renders offline.
+    No scripts, stylesheets, fonts or images are fetched: the page renders offline. ``plan``
+    as for ``markdown`` (placed once, shared by the text and the plots).
     """
-    md = markdown(card)
+    if plan is None and card.layers:
+        plan = card.place(layers=card.default_layers())
+    md = markdown(card, plan)
     head, sep, rest = md.partition("\n## Layers\n")
     intro, rec_sep, rec = head.partition("\n## Recommendation\n")
     body = _md_to_html(intro)
     if rec_sep:
         body += ["<div class='recommendation'>"] + _md_to_html("## Recommendation\n" + rec) + ["</div>"]
-    svgs = figures(card)
+    svgs = figures(card, plan)
     if svgs:
         body.append("<h2>Plots</h2>")
         for key, title, caption in FIGURES:

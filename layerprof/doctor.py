@@ -1,0 +1,29 @@
+"""What `layerprof doctor` reports: versions, devices and which accumulation backends run here (and why not)."""
+from __future__ import annotations
+
+
+def environment() -> dict:
+    """Versions of layerprof and its stack, the devices, and every backend's availability with its reason."""
+    import platform
+
+    import torch
+
+    from ._version import __version__
+    from .ops import backends
+
+    devices = [{"device": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            prop = torch.cuda.get_device_properties(i)
+            devices.append({"device": f"cuda:{i}", "name": prop.name, "memory_bytes": prop.total_memory,
+                            "capability": f"{prop.major}.{prop.minor}"})
+    versions = {}
+    for pkg in ("transformers", "peft", "triton", "numpy", "matplotlib"):
+        try:
+            versions[pkg] = __import__(pkg).__version__
+        except ImportError:
+            versions[pkg] = None
+    info = {"layerprof": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            **versions, "cuda_available": torch.cuda.is_available(), "devices": devices,
+            "backends": {n: {"available": s.available, "reason": s.reason} for n, s in backends().items()}}
+    return info
