@@ -55,7 +55,7 @@ def _cuda_status() -> BackendStatus:
     ext, why = _extension()
     if ext is None:
         return BackendStatus("cuda", False, why, ("cuda",))
-    if not hasattr(ext, "stats_update_cuda"):
+    if not getattr(ext, "with_cuda", False):
         return BackendStatus("cuda", False, "layerprof._C was built without CUDA (torch had no CUDA at build time)",
                              ("cuda",))
     import torch
@@ -118,24 +118,6 @@ def resolve_backend(name: str, device_type: str = "cpu") -> str:
     return name
 
 
-def _cpp_stats(S, C, q, x, g, mask=None):
-    _extension()[0].stats_update(S, C, q, x, g, mask)
-
-
-def _cuda_stats(S, C, q, x, g, mask=None):
-    _extension()[0].stats_update_cuda(S, C, q, x, g, mask)
-
-
-def _triton_stats(S, C, q, x, g, mask=None):
-    from layerprof.kernels.stats import stats_update_triton
-
-    stats_update_triton(S, C, q, x, g, mask)
-
-
-_IMPLS: dict[str, Callable] = {"torch": stats_update_torch, "cpp": _cpp_stats, "cuda": _cuda_stats,
-                               "triton": _triton_stats}
-
-
 def same_dtype(x, g):
     """The dtype contract of every op: x and g may differ (sketch mode feeds bf16 X with fp32 GΩ);
     the narrower one is widened to the wider (``torch.promote_types``), so each backend sees one
@@ -161,14 +143,16 @@ def _promoting(fn: Callable, name: str) -> Callable:
 
 
 def stats_update(backend: str, S, C, q, x, g, mask=None) -> None:
-    """Dispatch ``stats_update`` (see ``layerprof.ops.stats``) to a resolved backend."""
-    x, g = same_dtype(x, g)
-    _IMPLS[backend](S, C, q, x, g, mask)
+    """``stats_update`` (see ``layerprof.ops.stats``) on a resolved backend: the accumulator's entry point."""
+    op(backend, "stats_update")(S, C, q, x, g, mask)
 
 
+@functools.lru_cache(maxsize=None)
 def op(backend: str, name: str) -> Callable:
     """One op (``gram_update``, ``cross_update``, ``stats_update``, ``sketch_update``) of one backend,
-    with the dtype contract of ``same_dtype`` applied."""
+    with the dtype contract of ``same_dtype`` applied. cpp and cuda are the one native op
+    ``torch.ops.layerprof.<name>`` (the dispatcher picks the kernel by device); triton is
+    ``torch.ops.layerprof.triton_<name>`` (``layerprof.ops.library``); torch and reference are Python."""
     fn = _op(backend, name)
     return _promoting(fn, name) if name in _XG else fn
 
@@ -182,14 +166,17 @@ def _op(backend: str, name: str) -> Callable:
         from . import stats as torch_ops
 
         return getattr(torch_ops, f"{name}_reference")
-    if backend == "cpp":
-        return getattr(_extension()[0], name)
-    if backend == "cuda":
-        return getattr(_extension()[0], f"{name}_cuda")
-    if backend == "triton":
-        from layerprof.kernels import stats as triton_ops
+    if backend in ("cpp", "cuda"):
+        from .library import native_ops
 
-        return getattr(triton_ops, f"{name}_triton")
+        native = native_ops()
+        if native is None:
+            raise ProfileError(f"backend {backend!r} needs layerprof._C: {_extension()[1]}")
+        return getattr(native, name)
+    if backend == "triton":
+        from .library import triton_ops
+
+        return triton_ops()[name]
     raise ProfileError(f"unknown backend {backend!r}")
 
 
