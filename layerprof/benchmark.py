@@ -75,13 +75,13 @@ def plain_backward(model, batches, trainable: bool = False) -> None:
 
 def sweep_vs_plain(model, batches: list, *, reps: int = 3, backend: str = "auto") -> dict:
     """Median seconds of plain frozen fwd+bwd and of ``layerprof.profile`` (sweep only), and their ratio."""
-    import layerprof as lp
+    from .profiler import profile
 
     device = str(next(model.parameters()).device)
     sweep_s: list[float] = []
 
     def sweep():
-        card = lp.profile(model, batches, progress=False, backend=backend)
+        card = profile(model, batches, progress=False, backend=backend)
         sweep_s.append(card.meta["sweep"]["seconds"])
         sweep.card = card
 

@@ -51,7 +51,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
     modules_rows, layer_rows, stability = finalize(
         acc, {n: targets[n] for n in sorted(fired, key=list(targets).index)},
         weights, rank=config.rank, damping=config.damping,
-        head_flops_per_row=sum(2.0 * h["d_in"] * h["d_out"] for h in heads), score=score)
+        heads=heads, score=score)
     finalize_s = time.perf_counter() - t_fin
     meta = {
         "model": model_identity(model),

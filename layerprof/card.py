@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._version import CARD_SCHEMA
 from .errors import CardFormatError  # noqa: F401  (also importable from here)
 from .fileio import atomic_write_text
 
-SCHEMA = "layerprof.card/1"
+SCHEMA = CARD_SCHEMA
 
 
 @dataclass(frozen=True)

@@ -132,5 +132,16 @@ class CostModel:
         )
 
 
+def cost_model(modules: Iterable, heads: Iterable[Mapping] = ()) -> CostModel:
+    """The cost model of a card's modules (rows or dicts with name, layer, d_in, d_out) and output heads
+    (dicts with d_in, d_out): the one place a card's cost model is built (finalize, placement, merge)."""
+    def field(m, key):
+        return m[key] if isinstance(m, Mapping) else getattr(m, key)
+
+    shapes = [ModuleShape(field(m, "name"), field(m, "layer"), field(m, "d_in"), field(m, "d_out")) for m in modules
+              if field(m, "layer") is not None]
+    return CostModel(shapes, sum(2.0 * h["d_in"] * h["d_out"] for h in heads))
+
+
 def _rank(ranks: Mapping[str, int] | int, name: str) -> int:
     return ranks if isinstance(ranks, int) else ranks[name]

@@ -24,7 +24,7 @@ from typing import Mapping
 import torch
 
 from .accumulate import Accumulator, ModuleStats
-from .cost import CostModel, ModuleShape
+from .cost import cost_model
 from .damping import ridge
 from .ops import symmetric
 from .rankcorr import kendall_tau
@@ -163,7 +163,7 @@ def noise_columns(naive: float, cross: float | None, batches: int) -> dict:
 
 
 def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[str, torch.Tensor], *,
-             rank: int, damping: float, head_flops_per_row: float = 0.0,
+             rank: int, damping: float, heads: list[dict] = (),
              score: str = "resnorm2") -> tuple[list[dict], list[dict], dict]:
     """Module rows, layer rows and the split-half stability record for a finished sweep."""
     cache = _EigenCache()
@@ -188,8 +188,7 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
         half_r2.append({m["name"]: _resnorm2(st, damping, hc) for m in modules
                         if (st := acc.half(h, m["name"])) is not None and st.N > 0})
 
-    cost_model = CostModel([ModuleShape(m["name"], m["layer"], m["d_in"], m["d_out"]) for m in modules],
-                           head_flops_per_row)
+    costs = cost_model(modules, heads)
     layer_ids = sorted({m["layer"] for m in modules if m["layer"] is not None})
     total_r2 = sum(m["resnorm"] ** 2 for m in modules if m["layer"] is not None)
     layers = []
@@ -212,7 +211,7 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
             "act_norm": sum(m["act_norm"] for m in ms) / len(ms),
             "nfn": sum(m["nfn"] for m in ms) / len(ms),
             "lora_params": sum(m["lora_params"] for m in ms),
-            "cost": cost_model.cost([layer], rank).fraction,
+            "cost": costs.cost([layer], rank).fraction,
             "resnorm_a": math.sqrt(sum(half_r2[0].get(m["name"], 0.0) for m in ms)),
             "resnorm_b": math.sqrt(sum(half_r2[1].get(m["name"], 0.0) for m in ms)),
             **layer_cross_columns(ms, r2, acc.batches),

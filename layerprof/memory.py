@@ -1,4 +1,5 @@
-"""Peak memory, measured one way everywhere: the sweep's card, the study's LoRA runs, bench/. A leaf.
+"""Peak memory, measured one way everywhere (the sweep's card, the study's LoRA runs, bench/), and bytes
+as people read them. A leaf.
 
 On CUDA the allocator's own peak (``max_memory_allocated``). On the CPU there is no allocator
 peak: ``process_peak`` reads the process's lifetime peak RSS (an upper bound), and
@@ -12,6 +13,14 @@ import sys
 import threading
 
 import torch
+
+
+def human_bytes(n: float, digits: int = 2) -> str:
+    """Bytes in the unit that shows them (never "0.00 GiB" for a few MB)."""
+    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if abs(n) >= size:
+            return f"{n / size:.{digits}f} {unit}"
+    return f"{int(n)} B"
 
 
 def rss() -> int:

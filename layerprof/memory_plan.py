@@ -21,6 +21,7 @@ from typing import Hashable, Mapping
 
 import torch
 
+from .memory import human_bytes
 from .targets import Target
 
 SAFE_FRACTION = 0.8
@@ -55,14 +56,6 @@ class MemoryPlan:
                 f"{human_bytes(self.activation_bytes)} per batch, budget {human_bytes(self.max_memory)}"
                 + (f"; {self.sweeps} sweeps over the same batches, one group of layers each "
                    f"(largest group {human_bytes(self.statistics_bytes)})" if self.groups else ""))
-
-
-def human_bytes(n: float, digits: int = 2) -> str:
-    """Bytes in the unit that shows them (never "0.00 GiB" for a few MB)."""
-    for unit, size in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if abs(n) >= size:
-            return f"{n / size:.{digits}f} {unit}"
-    return f"{int(n)} B"
 
 
 def free_memory(device: torch.device) -> int:

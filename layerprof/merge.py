@@ -20,7 +20,7 @@ def merge_group_cards(parts: list):
     (backward depth runs over all layers), split-half stability. Sweep time is the sum.
     """
     from .card import LayerCard
-    from .placement import card_cost_model
+    from .cost import cost_model
 
     modules = [m for p in parts for m in p.modules]
     layers = [dataclasses.asdict(l) for p in parts for l in p.layers]
@@ -31,12 +31,12 @@ def merge_group_cards(parts: list):
         if p.meta["data"]["hash"] != meta["data"]["hash"] or p.meta["data"]["rows"] != meta["data"]["rows"]:
             raise ProfileError("the batches changed between sweeps (different data fingerprint): profiling in "
                                "several sweeps needs batches that iterate the same way every time")
-    cost_model = card_cost_model(LayerCard(modules, [], meta))  # every layer's modules and the heads
+    costs = cost_model(modules, meta.get("heads", []))  # every layer's modules and the heads
     total = sum(l["resnorm"] ** 2 for l in layers)
     rank = meta["settings"]["rank"]
     for l in layers:
         l["gain_share"] = l["resnorm"] ** 2 / total if total > 0 else float("nan")
-        l["cost"] = cost_model.cost([l["layer"]], rank).fraction
+        l["cost"] = costs.cost([l["layer"]], rank).fraction
     layers.sort(key=lambda l: l["layer"])
     rank_layers(layers)
     have_halves = all(p.meta["stability"]["batches_per_half"][1] > 0 for p in parts)

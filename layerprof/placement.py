@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .cost import Cost, CostModel, ModuleShape
+from .cost import Cost, CostModel, cost_model
 from .errors import PlacementError  # noqa: F401  (also importable from here)
 
 if TYPE_CHECKING:
@@ -59,9 +59,7 @@ class Plan:
 
 def card_cost_model(card: "LayerCard") -> CostModel:
     """The cost model of a card's modules and output head(s)."""
-    head = sum(2.0 * h["d_in"] * h["d_out"] for h in card.meta.get("heads", []))
-    return CostModel([ModuleShape(m.name, m.layer, m.d_in, m.d_out) for m in card.modules if m.layer is not None],
-                     head)
+    return cost_model(card.modules, card.meta.get("heads", []))
 
 
 def module_ranks(card: "LayerCard", rank: int | None = None, rank_target: float | None = None) -> dict[str, int]:

@@ -32,7 +32,7 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _bytes(n: int | None) -> str:
-    from .memory_plan import human_bytes
+    from .memory import human_bytes
 
     return human_bytes(n, digits=1) if n else "–"
 

@@ -26,6 +26,7 @@ from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ._version import CARD_SCHEMA
 from .errors import CardFormatError
 
 MAX_CARD_BYTES = 64 * 2 ** 20  # a 10,000-layer card with 64-value spectra is ~30 MB
@@ -288,13 +289,12 @@ def read_card_text(path: Path) -> str:
 
 def validate_card(data: Any, source: str) -> CardSchema:
     """The schema check plus the cross-row checks; raises one-line ``CardFormatError``."""
-    from .card import SCHEMA
     from .scores import SCORES
 
     if not isinstance(data, dict) or "schema" not in data:
         raise CardFormatError(f"{source} is not a layerprof card (no 'schema' field)")
-    if data["schema"] != SCHEMA:
-        raise CardFormatError(f"{source} has schema {str(data['schema'])[:80]!r} but this layerprof reads {SCHEMA!r}; "
+    if data["schema"] != CARD_SCHEMA:
+        raise CardFormatError(f"{source} has schema {str(data['schema'])[:80]!r} but this layerprof reads {CARD_SCHEMA!r}; "
                               "re-create the card with this version (`layerprof card`) or use the version that wrote it")
     try:
         card = CardSchema.model_validate(data)

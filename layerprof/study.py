@@ -56,7 +56,7 @@ class Protocol:
 
 def study_cards(task: Task, proto: Protocol, out: Path, progress: bool = False) -> dict[int, object]:
     """One card per budget (coupling on; simulated and warm-up columns for that budget), cached in ``out``."""
-    import layerprof as lp
+    from .profiler import profile
 
     from .budget import TrainingBudget
     from .card import LayerCard
@@ -68,7 +68,7 @@ def study_cards(task: Task, proto: Protocol, out: Path, progress: bool = False) 
             cards[steps] = LayerCard.load(path)
             continue
         budget = TrainingBudget(steps=steps, lr=proto.lr, r=proto.r, lora_alpha=proto.lora_alpha)
-        card = lp.profile(task.model(), task.calibration, rank=proto.r, coupling=True, budget=budget,
+        card = profile(task.model(), task.calibration, rank=proto.r, coupling=True, budget=budget,
                           progress=progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         card.save(path)

@@ -319,7 +319,7 @@ def test_profile_arguments_refuse_bools_and_absurd_values(kw, message):
 
 
 def test_memory_messages_use_a_unit_that_shows_the_size():
-    from layerprof.memory_plan import human_bytes
+    from layerprof.memory import human_bytes
 
     assert human_bytes(3 * 2 ** 20) == "3.00 MiB" and human_bytes(5 * 2 ** 30) == "5.00 GiB" and human_bytes(12) == "12 B"
     model = make_model("llama")

@@ -19,6 +19,7 @@ from typing import Callable
 import torch
 
 from ..errors import ProfileError
+from .library import _extension
 from .stats import stats_update_reference, stats_update_torch, symmetric
 
 PREFERENCE = ("cuda", "triton", "cpp", "torch")
@@ -30,18 +31,6 @@ class BackendStatus:
     available: bool
     reason: str
     devices: tuple[str, ...]
-
-
-@functools.lru_cache(maxsize=None)
-def _extension():
-    """``layerprof._C`` or the reason it cannot be loaded."""
-    if importlib.util.find_spec("layerprof._C") is None:
-        return None, ("extension layerprof._C is not built (no C++ compiler or torch at install time, or "
-                      "LAYERPROF_NO_EXT=1); reinstall with `pip install --no-build-isolation -e .`")
-    try:
-        return importlib.import_module("layerprof._C"), "built"
-    except ImportError as e:  # e.g. built against another torch
-        return None, f"extension layerprof._C failed to load ({e}); rebuild it against this torch"
 
 
 def _cpp_status() -> BackendStatus:

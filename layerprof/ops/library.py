@@ -14,6 +14,8 @@ only checks nothing and returns None: shapes and dtypes of the outputs are those
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 
 import torch
 
@@ -23,6 +25,18 @@ MUTATES = {"gram_update": ("S",), "cross_update": ("C",), "stats_update": ("S", 
            "sketch_update": ("C_sketch",)}
 
 
+@functools.lru_cache(maxsize=None)
+def _extension():
+    """``layerprof._C`` or the reason it cannot be loaded."""
+    if importlib.util.find_spec("layerprof._C") is None:
+        return None, ("extension layerprof._C is not built (no C++ compiler or torch at install time, or "
+                      "LAYERPROF_NO_EXT=1); reinstall with `pip install --no-build-isolation -e .`")
+    try:
+        return importlib.import_module("layerprof._C"), "built"
+    except ImportError as e:  # e.g. built against another torch
+        return None, f"extension layerprof._C failed to load ({e}); rebuild it against this torch"
+
+
 def _nothing(*args, **kwargs) -> None:
     return None
 
@@ -30,8 +44,6 @@ def _nothing(*args, **kwargs) -> None:
 @functools.lru_cache(maxsize=None)
 def native_ops():
     """``torch.ops.layerprof`` once ``layerprof._C`` is loaded (fakes registered), else None."""
-    from . import _extension
-
     ext, _ = _extension()
     if ext is None:
         return None
