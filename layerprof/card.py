@@ -174,7 +174,7 @@ class LayerCard:
 
     def to_html(self, path: str | os.PathLike | None = None, plan=None) -> str:
         """One self-contained HTML page (written to ``path`` when given), recommending ``plan``."""
-        from .report import html
+        from .report_html import html
 
         text = html(self, plan)
         if path is not None:

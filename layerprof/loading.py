@@ -53,3 +53,17 @@ def calibration_batches(text_path: str | None, model, tokenizer, *, batches: int
         raise UsageError("--text is too short for one batch; lower --batch-size or --seq-len")
     x = ids[: n * batch_size * seq_len].view(n, batch_size, seq_len)
     return [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b.clone()} for b in x]
+
+
+def check_against_model(model, *, targets, layers: int | None, seq_len: int) -> None:
+    """What `layerprof card` can check only once the model is loaded, still before the sweep."""
+    from .targets import find_targets
+
+    blocks = {t.layer for t in find_targets(model, targets).values() if t.layer is not None}
+    if layers is not None and layers > len(blocks):
+        raise UsageError(f"--layers {layers} but the model has {len(blocks)} layers with target modules; "
+                         f"choose 1..{len(blocks)}")
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if isinstance(positions, int) and seq_len > positions:
+        raise UsageError(f"--seq-len {seq_len} exceeds the model's {positions} positions; choose ≤ {positions}")

@@ -1,4 +1,4 @@
-"""Matplotlib figures of a LayerCard, for the HTML report (``layerprof.report.html``).
+"""Matplotlib figures of a LayerCard, for the HTML report (``layerprof.report_html``).
 
 Each function takes a card (and, where it marks a choice, the plan) and returns a
 ``matplotlib.figure.Figure`` or ``None`` when the card lacks what the figure shows (the

@@ -4,7 +4,7 @@ Every module of the package has a stage; a module may import only from its own s
 below, and nothing may form an import cycle. Imports made for type annotations only
 (``if TYPE_CHECKING:``) do not count. The lazy conveniences of the public interface are the
 only named exceptions: ``card.place`` (card → placement), ``card.to_markdown`` /
-``card.to_html`` (card → report) and ``plan.lora_config`` (placement → export).
+``card.to_html`` (card → report, report_html) and ``plan.lora_config`` (placement → export).
 """
 import ast
 from pathlib import Path
@@ -24,15 +24,15 @@ STAGES = [
     ("reduce", {"reduce"}),
     ("card", {"card", "schema"}),
     ("finalize", {"finalize", "coupling", "simulate", "warmup"}),
-    ("placement", {"placement", "export"}),
-    ("reports", {"report", "plots", "compare", "outputs"}),
+    ("placement", {"placement_search", "placement", "export"}),
+    ("reports", {"report", "report_html", "plots", "compare", "outputs"}),
     ("orchestrator pieces", {"memory_plan", "config", "batches", "progress", "claim", "peft_models", "build", "merge",
                              "predict", "session"}),
     ("orchestrator", {"profiler"}),
     ("study", {"bundled", "tasks", "study_lora", "study", "study_report", "benchmark"}),
-    ("doors", {"", "callback", "cli", "cli_args", "loading", "doctor"}),
+    ("doors", {"", "callback", "cli", "cli_parser", "cli_args", "loading", "doctor"}),
 ]
-LAZY_CONVENIENCES = {("card", "placement"), ("card", "report"), ("placement", "export")}
+LAZY_CONVENIENCES = {("card", "placement"), ("card", "report"), ("card", "report_html"), ("placement", "export")}
 
 
 def _modules() -> dict[str, Path]:

@@ -14,7 +14,7 @@ import pytest
 import layerprof as lp
 from conftest import make_batches, make_model
 from layerprof import plots
-from layerprof.report import FIGURES
+from layerprof.report_html import FIGURES
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
