@@ -1,4 +1,4 @@
-"""Imports point one way: from the user down to the metal (docs/method.md, "Architecture").
+"""Imports point one way: from the user down to the metal (docs/method.md §10, "Architecture").
 
 Every module of the package has a stage; a module may import only from its own stage or
 below, and nothing may form an import cycle. Imports made for type annotations only
