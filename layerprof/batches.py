@@ -7,6 +7,9 @@ inside ``user_code``, so their errors come back as one ``BatchError`` naming the
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import warnings
 from typing import Any, Callable, Mapping
 
 import torch
@@ -41,6 +44,41 @@ def as_kwargs(batch: Any, device: torch.device) -> dict:
         raise ProfileError(f"a batch must be a dict of model keyword arguments or a tensor of input_ids, "
                            f"got {type(batch).__name__}")
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(cls: type) -> frozenset | None:
+    """The keyword names ``cls.forward`` declares; None when it declares none (only ``**kwargs``)."""
+    try:
+        sig = inspect.signature(cls.forward)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = frozenset(n for n, p in sig.parameters.items() if p.kind in kinds and n != "self")
+    return named or None
+
+
+_warned_keys: set[tuple[str, str]] = set()
+
+
+def forward_kwargs(model: nn.Module, kwargs: Mapping) -> dict:
+    """The batch entries the model's forward names as arguments; the others are not passed to it.
+
+    A key the forward does not declare (``labels`` for a bare ``BertModel``, a dataset's ``idx``)
+    would either raise or vanish into the forward's ``**kwargs``; it is dropped here with one
+    warning per model class and key. It stays in the batch that ``loss_fn`` receives.
+    """
+    named = _forward_parameters(type(model))
+    if named is None:
+        return dict(kwargs)
+    extra = [k for k in kwargs if k not in named]
+    new = [k for k in extra if (type(model).__name__, k) not in _warned_keys]
+    if new:
+        _warned_keys.update((type(model).__name__, k) for k in new)
+        warnings.warn(f"batch key(s) {new} are not arguments of {type(model).__name__}.forward; layerprof does not "
+                      "pass them to the model (loss_fn still gets the whole batch): drop them from the batches, or "
+                      "use a model whose forward takes them (e.g. labels need a model with a head)", stacklevel=3)
+    return {k: v for k, v in kwargs.items() if k not in extra}
 
 
 def default_loss(outputs: Any, batch: Any) -> torch.Tensor:

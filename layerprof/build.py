@@ -21,7 +21,7 @@ from .accumulate import Accumulator
 from .config import ProfileConfig
 from .errors import ProfileError
 from .finalize import finalize
-from .memory import peak_kind, process_peak
+from .memory import peak_kind, process_peak, solve_threads, threads
 from .targets import Target, linear_kind, modules_by_name, output_head_names
 
 
@@ -48,10 +48,13 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
     heads = output_heads(model)
     score = config.chosen_score
     t_fin = time.perf_counter()
-    modules_rows, layer_rows, stability = finalize(
-        acc, {n: targets[n] for n in sorted(fired, key=list(targets).index)},
-        weights, rank=config.rank, damping=config.damping,
-        heads=heads, score=score)
+    # The float64 solves run on the CPU unless the statistics live on a GPU; on a busy CPU one thread.
+    n_threads = solve_threads() if device.type == "cpu" else torch.get_num_threads()
+    with threads(n_threads):
+        modules_rows, layer_rows, stability = finalize(
+            acc, {n: targets[n] for n in sorted(fired, key=list(targets).index)},
+            weights, rank=config.rank, damping=config.damping,
+            heads=heads, score=score)
     finalize_s = time.perf_counter() - t_fin
     meta = {
         "model": model_identity(model),
@@ -62,7 +65,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
                      "targets": config.targets, "score": score, "sketch": config.sketch,
                      "sketched_modules": sum(acc.sketched(n) for n in fired)},
         "versions": versions(),
-        "sweep": {"seconds": sweep_seconds, "finalize_seconds": finalize_s,
+        "sweep": {"seconds": sweep_seconds, "finalize_seconds": finalize_s, "finalize_threads": n_threads,
                   "rows_per_second": rows / sweep_seconds if sweep_seconds > 0 else None,
                   "peak_memory_bytes": process_peak(device),
                   "statistics_bytes": acc.statistics_bytes(),

@@ -81,13 +81,18 @@ class LayerCardCallback(TrainerCallback):
             raise ProfileError("LayerCardCallback needs the Trainer's model and train dataloader (transformers "
                              "passes both to on_train_begin); use it with transformers.Trainer")
         batches = _first_batches(train_dataloader, self.batches)
-        import layerprof as lp
+        from .profiler import profile
 
         config = self.config
         if self._fill_budget:
             config = replace(config, budget=training_budget(args, state, model, config.rank, self.lora_alpha))
+        if state.is_world_process_zero:
+            # One line before (the sweep takes a while) and one after (_write); training output stays on stdout.
+            budget = f" for a {config.budget.steps}-step fine-tune" if config.budget is not None else ""
+            print(f"layerprof: profiling {type(model).__name__} on the first {len(batches)} training batches"
+                  f"{budget} before step 1 (frozen; training is unchanged)", file=sys.stderr)
         # A PeftModel is profiled as its base model (layerprof.peft_models), by profile itself.
-        card = lp.profile(model, batches, config=config)
+        card = profile(model, batches, config=config)
         self.card = card
         self.plan = self._place(card)
         self.output_dir = Path(args.output_dir) / self.subdir
@@ -113,7 +118,9 @@ class LayerCardCallback(TrainerCallback):
         # Say where the files went (one line on rank 0's stderr; training output stays on stdout).
         written = ", ".join(EXPORT_FILES[fmt] for fmt in self.exports)
         print(f"layerprof: Layer Card for {len(card.layers)} layers written to {out} (open card.html); "
-              f"recommended layers {plan.layers}" + (f", configs: {written}" if written else ""), file=sys.stderr)
+              f"recommended layers {plan.layers} ({plan.predicted_gain_fraction:.0%} of the predicted gain at "
+              f"{plan.cost:.0%} of full-LoRA training cost)" + (f", configs: {written}" if written else ""),
+              file=sys.stderr)
 
 
 def training_budget(args, state, model, rank: int, lora_alpha: float | None):

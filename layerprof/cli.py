@@ -196,12 +196,16 @@ def cmd_compare(args) -> int:
     from .compare import compare
 
     try:
-        result = compare(LayerCard.load(args.card_a), LayerCard.load(args.card_b), k=args.k)
+        result = compare(LayerCard.load(args.card_a), LayerCard.load(args.card_b), k=args.k, force=args.force)
     except ValueError as e:
         if isinstance(e, CardFormatError):
             raise
         print(f"layerprof: error: {e}", file=sys.stderr)
         return 2
+    if result["forced"]:
+        # Loudly, and on stderr so that it also accompanies --json output.
+        print("layerprof: WARNING: --force: comparing cards of different models, layer i of A with layer i of B: "
+              + "; ".join(result["forced"]), file=sys.stderr)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

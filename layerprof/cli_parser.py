@@ -166,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("card_a", type=A.input_file("card_a"))
     cp.add_argument("card_b", type=A.input_file("card_b"))
     cp.add_argument("--k", type=A.integer("--k", 1), help="top-k to compare (default: a quarter of the layers)")
+    cp.add_argument("--force", action="store_true",
+                    help="compare cards of different models or layer counts anyway (layer i with layer i; warns)")
     cp.add_argument("--json", action="store_true")
     b = command("bench", help="time the sweep against a plain forward+backward of the same model (ratio)")
     b.add_argument("--model", type=A.model_dir("--model"), help="local Hugging Face model directory (default: the bundled model)")

@@ -71,8 +71,30 @@ def lora_config(plan: "Plan", r: int | None = None, lora_alpha: float | None = N
         raise ExportError("the plan mixes Conv1D and Linear modules; PEFT's fan_in_fan_out is one flag per "
                          "config: make two placements with targets of one kind each")
     kwargs.setdefault("fan_in_fan_out", conv1d)
+    # What the card knows of the model: the task PEFT wraps it for, and where it came from.
+    kwargs.setdefault("task_type", task_type(plan.model.get("class")))
+    kwargs.setdefault("base_model_name_or_path", plan.model.get("name_or_path"))
     return LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=list(plan.modules),
                       rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, **kwargs)
+
+
+# Model class name suffix -> PEFT's TaskType (the wrapper get_peft_model returns); bare models
+# (BertModel, LlamaModel) are feature extractors. MaskedLM and others have no PEFT task type: None.
+_TASK_TYPES = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
+               ("ForSeq2SeqLM", "SEQ_2_SEQ_LM"), ("ForSequenceClassification", "SEQ_CLS"),
+               ("ForTokenClassification", "TOKEN_CLS"), ("ForQuestionAnswering", "QUESTION_ANS"))
+
+
+def task_type(model_class: str | None) -> str | None:
+    """PEFT's ``task_type`` for a transformers model class name (None when there is none to give)."""
+    if not model_class:
+        return None
+    for suffix, task in _TASK_TYPES:
+        if model_class.endswith(suffix):
+            return task
+    if model_class.endswith("Model") and "For" not in model_class:
+        return "FEATURE_EXTRACTION"
+    return None
 
 
 def _lora_fields(plan: "Plan", r: int | None, lora_alpha: float | None, lora_dropout: float) -> dict:

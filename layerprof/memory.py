@@ -73,3 +73,50 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.bytes = max(self.peak, rss()) - self.base
+
+
+SOLVE_THREADS_ENV = "LAYERPROF_SOLVE_THREADS"
+
+
+def solve_threads() -> int:
+    """Threads for the float64 solves of finalize on the CPU.
+
+    ``LAYERPROF_SOLVE_THREADS`` when set; else one thread when the machine is already busy (1-minute
+    load average at or above its core count), where more BLAS threads than free cores slow every
+    solve (bench/bench_threads.py: eigh 1536² took 2.09 s with 2 threads against 1.13 s with 1 on a
+    2-core VM at load 3.6); else torch's current setting.
+    """
+    import os
+
+    value = os.environ.get(SOLVE_THREADS_ENV)
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"{SOLVE_THREADS_ENV} must be a positive int (threads), got {value!r}")
+        return n
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0] >= cores
+    except OSError:  # no load average on this platform
+        busy = False
+    return 1 if busy and cores > 1 else torch.get_num_threads()
+
+
+class threads:
+    """``with threads(n):`` torch's intra-op threads set to n inside the block, restored after."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self) -> int:
+        self.before = torch.get_num_threads()
+        if self.n != self.before:
+            torch.set_num_threads(self.n)
+        return self.n
+
+    def __exit__(self, *exc) -> None:
+        if torch.get_num_threads() != self.before:
+            torch.set_num_threads(self.before)

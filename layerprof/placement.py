@@ -44,6 +44,7 @@ class Plan:
     kinds: dict[str, str] = field(repr=False, default_factory=dict)
     dims: dict[str, tuple[int, int]] = field(repr=False, default_factory=dict)  # (d_in, d_out) per module
     front: list[dict] = field(repr=False, default_factory=list)
+    model: dict = field(repr=False, default_factory=dict)  # the card's meta.model: class, name_or_path, ...
 
     def lora_config(self, r: int | None = None, lora_alpha: float | None = None, **kwargs):
         """A ``peft.LoraConfig`` adapting exactly ``self.modules`` (see ``layerprof.export``)."""
@@ -227,6 +228,7 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
         kinds={m.name: m.kind for m in card.modules if m.layer in chosen_set},
         dims={m.name: (m.d_in, m.d_out) for m in card.modules if m.layer in chosen_set},
         front=front.to_list(family, layer_ids),
+        model=dict(card.meta.get("model") or {}),
     )
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import ops
-from .batches import LossFn, as_kwargs, check_loss, default_loss, frozen_eval
+from .batches import LossFn, as_kwargs, check_loss, default_loss, forward_kwargs, frozen_eval
 from .errors import ProfileError
 from .targets import linear_kind, modules_by_name
 
@@ -40,7 +40,8 @@ def measure_coupling(prof: "Profiler", batches: list[dict]) -> dict | None:
     for n in fired:
         layer_modules.setdefault(prof.targets[n].layer, []).append(n)
     t0 = time.perf_counter()
-    dirs = output_directions(prof.model, [as_kwargs(b, prof.device) for b in batches], layer_modules, deltas,
+    dirs = output_directions(prof.model, [forward_kwargs(prof.model, as_kwargs(b, prof.device)) for b in batches],
+                             layer_modules, deltas,
                              lambda m: linear_kind(m).weight(m))
     layers, K, rho = coupling_matrix(dirs)
     prof.mark_weights_restored()  # the differences moved and restored the weights (bitwise)
@@ -76,7 +77,7 @@ def simulate(prof: "Profiler", batches: list, budget, loss_fn: "LossFn | None" =
     for n in fired:
         layer_modules.setdefault(prof.targets[n].layer, []).append(n)
     loss_fn = loss_fn or default_loss
-    kw = [as_kwargs(b, prof.device) for b in batches]
+    kw = [forward_kwargs(prof.model, as_kwargs(b, prof.device)) for b in batches]
 
     def mean_loss(model, _batches) -> float:
         with torch.no_grad():
@@ -119,7 +120,7 @@ def with_predictions(card, model, kept: list, loss_fn, budget, predict, sim: dic
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
         def loss_of(m, batch):
-            return check_loss(loss_fn(m(**as_kwargs(batch, device)), batch))
+            return check_loss(loss_fn(m(**forward_kwargs(m, as_kwargs(batch, device))), batch))
 
         t0 = time.perf_counter()
         with frozen_eval(model):

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .batches import LossFn, as_kwargs, check_batch, check_loss, default_loss, frozen_eval, user_code
+from .batches import (LossFn, as_kwargs, check_batch, check_loss, default_loss, forward_kwargs, frozen_eval,
+                      user_code)
 from .config import ProfileConfig
 from .errors import ProfileError
 from .progress import SweepProgress
@@ -144,7 +145,7 @@ def _memory_plan(model: nn.Module, first: Any, cfg: ProfileConfig, targets):
     from .memory_plan import plan_memory, shared_inputs
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    first_kw = as_kwargs(first, device)
+    first_kw = forward_kwargs(model, as_kwargs(first, device))
     ids = first_kw.get("input_ids")
     found = find_targets(model, targets)
     plan_kw = dict(acc_bytes=torch.tensor([], dtype=cfg.dtype).element_size(),
@@ -192,7 +193,7 @@ def _sweep_one(prof: Profiler, model: nn.Module, batch: Any, index: int, loss_fn
     # The user's model, loss_fn and backward: their errors come back as one BatchError naming the
     # batch (the original chained), our own as themselves.
     with user_code(index, "the model's forward", kwargs):
-        outputs = model(**kwargs)
+        outputs = model(**forward_kwargs(model, kwargs))
     with user_code(index, "loss_fn", kwargs):
         loss = check_loss(loss_fn(outputs, batch))
     if not torch.isfinite(loss.detach()):

@@ -171,6 +171,7 @@ class SweepMeta(BaseModel):
 
     seconds: NonNeg
     finalize_seconds: NonNeg = 0.0
+    finalize_threads: Optional[Count] = None
     rows_per_second: Optional[NonNeg] = None
     peak_memory_bytes: Optional[Count] = None
     peak_memory_kind: OptText = None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import layerprof as lp
-from conftest import assert_untouched, make_batches, make_model, snapshot
+from conftest import VOCAB, assert_untouched, make_batches, make_model, snapshot
 
 
 @pytest.fixture
@@ -153,3 +153,27 @@ def test_placement_budget_nothing_fits():
         card.place(layers=1, budget=0.5)
     with pytest.raises(lp.PlacementError, match="layers must be an int in 1..3"):
         card.place(layers=9)
+
+
+def test_batch_keys_the_forward_does_not_take_are_dropped_with_one_warning():
+    """An extra key (labels for a bare encoder, a dataset's idx) is not passed to the model; one warning."""
+    import warnings
+
+    from transformers import BertConfig, BertModel
+
+    from layerprof.batches import _warned_keys
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=VOCAB, hidden_size=24, intermediate_size=40, num_hidden_layers=2,
+                                 num_attention_heads=2, max_position_embeddings=64)).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda m, a, kw: seen.append(sorted(kw)), with_kwargs=True)
+    batches = [{**b, "idx": torch.arange(3)} for b in make_batches(n=2)]
+    _warned_keys.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        card = lp.profile(model, batches, rank=2, progress=False,
+                          loss_fn=lambda out, b: (out.last_hidden_state.pow(2).mean(-1) * b["attention_mask"]).mean())
+    messages = [str(w.message) for w in caught if "not arguments of BertModel.forward" in str(w.message)]
+    assert len(messages) == 1 and "['labels', 'idx']" in messages[0]
+    assert all("labels" not in keys and "idx" not in keys for keys in seen) and len(card.layers) == 2

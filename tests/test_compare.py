@@ -43,3 +43,20 @@ def test_cli_compare_text_json_and_errors(cards, capsys):
     assert json.loads(capsys.readouterr().out)["k"] == 2
     assert main(["compare", str(pa), str(pb), "--k", "9"]) == 2
     assert "k must be in 1..3" in capsys.readouterr().err
+
+
+def test_cards_of_different_models_are_refused_unless_forced(cards, tmp_path, capsys):
+    a, _, pa, _ = cards
+    other = lp.profile(make_model("gpt2"), make_batches(n=3, seed=2), rank=4, progress=False)
+    po = other.save(tmp_path / "gpt2.json")
+    with pytest.raises(lp.LayerprofError, match="not of the same model.*model classes differ.*--force"):
+        compare(a, other)
+    assert main(["compare", str(pa), str(po)]) == 2
+    err = capsys.readouterr().err
+    assert "not of the same model" in err and "Kendall" not in err
+    assert main(["compare", str(pa), str(po), "--force", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "WARNING: --force" in out.err and "model classes differ" in out.err
+    assert json.loads(out.out)["forced"] == ["model classes differ (A LlamaForCausalLM, B GPT2LMHeadModel)"] + (
+        [] if len(a.layers) == len(other.layers) else [f"layers differ (A has {len(a.layers)}, B has {len(other.layers)})"])
+    assert compare(a, a)["forced"] == []

@@ -124,3 +124,32 @@ def test_cli_place_export(tmp_path, llama_card):
                         "--export", "llamafactory", "--out", str(tmp_path / "bad.yaml")], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "one LoRA rank" in r.stderr and not (tmp_path / "bad.yaml").exists()
+
+
+@pytest.mark.parametrize("family, task", [("llama", "CAUSAL_LM"), ("gpt2", "CAUSAL_LM"), ("bert", None)])
+def test_exports_carry_task_type_and_base_model_and_apply(tmp_path, family, task):
+    """task_type and base_model_name_or_path come from the card's model; PEFT reads them back and
+    get_peft_model accepts the config on that model class (BertForMaskedLM: PEFT has no MLM task)."""
+    from peft import LoraConfig, get_peft_model
+
+    from conftest import make_batches, make_model
+
+    card = lp.profile(make_model(family), make_batches(n=2), rank=2, progress=False)
+    card.meta["model"]["name_or_path"] = "org/tiny-" + family
+    plan = card.place(layers=1)
+    export(plan, "peft", tmp_path / "adapter", r=2, lora_alpha=4)
+    config = LoraConfig.from_pretrained(str(tmp_path / "adapter"))
+    assert (config.task_type, config.base_model_name_or_path) == (task, "org/tiny-" + family)
+    peft_model = get_peft_model(make_model(family), config)
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
+    assert {n.split("base_model.model.", 1)[-1] for n in adapted} == set(plan.modules)
+
+
+def test_task_type_follows_the_model_class():
+    from layerprof.export import task_type
+
+    assert [task_type(c) for c in ("LlamaForCausalLM", "GPT2LMHeadModel", "T5ForConditionalGeneration",
+                                   "BertForSequenceClassification", "BertForTokenClassification",
+                                   "BertForQuestionAnswering", "BertModel", "BertForMaskedLM", None)] == [
+        "CAUSAL_LM", "CAUSAL_LM", "SEQ_2_SEQ_LM", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION",
+        None, None]

@@ -368,3 +368,25 @@ def test_weights_changing_during_profiling_are_reported():
     with pytest.warns(UserWarning, match="changed while they were profiled"):
         card = prof.card()
     assert card.meta["weights_changed"]
+
+
+def test_finalize_threads_follow_the_override_and_are_restored(monkeypatch):
+    """LAYERPROF_SOLVE_THREADS sets finalize's threads (default: one on a busy CPU); torch's setting is restored."""
+    import torch
+
+    from layerprof.memory import solve_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("LAYERPROF_SOLVE_THREADS", "1")
+    card = lp.profile(make_model("gpt2"), make_batches(n=2), rank=2, progress=False)
+    assert card.meta["sweep"]["finalize_threads"] == 1 and torch.get_num_threads() == before
+    assert "(1 thread)" in card.to_markdown()
+    monkeypatch.setenv("LAYERPROF_SOLVE_THREADS", "two")
+    with pytest.raises(ValueError, match="LAYERPROF_SOLVE_THREADS must be a positive int"):
+        solve_threads()
+    monkeypatch.delenv("LAYERPROF_SOLVE_THREADS")
+    monkeypatch.setattr("os.getloadavg", lambda: (64.0, 64.0, 64.0))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert solve_threads() == 1  # busy: one thread
+    monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert solve_threads() == torch.get_num_threads()  # idle: torch's own setting
