@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from .errors import UsageError
 from .cli_parser import build_parser
-from .loading import calibration_batches, check_against_model, load_model
+from .loading import base_names, calibration_batches, check_against_model, load_model
 
 if TYPE_CHECKING:
     from .config import ProfileConfig
@@ -49,11 +49,15 @@ def cmd_card(args) -> int:
     if args.probe_steps and args.model is not None:
         raise UsageError("--probe-steps works on the bundled model for now (it needs held-out eval text); run "
                          "`layerprof study` style studies in Python for other models")
-    model, tokenizer = load_model(args.model, args.dtype)
+    model, tokenizer, family = load_model(args.model, args.dtype)
     check_against_model(model, targets=args.targets, layers=args.layers, seq_len=args.seq_len)
     batches = calibration_batches(args.text, model, tokenizer, batches=args.batches, batch_size=args.batch_size,
-                                  seq_len=args.seq_len)
+                                  seq_len=args.seq_len, family=family)
     card = lp.profile(model, batches, config=profile_config(args))
+    if family == "encoder":
+        # Names relative to the encoder (encoder.layer.N...), so that the config applies to AutoModel
+        # and to every AutoModelFor... of the family, not only to the masked LM profiled here.
+        card = base_names(card, model)
     if args.probe_steps:
         from .study_lora import StudyConfig, probe_layers
         from .tasks import bundled_task
@@ -223,8 +227,9 @@ def cmd_compare(args) -> int:
 def cmd_bench(args) -> int:
     from .benchmark import sweep_vs_plain
 
-    model, tokenizer = load_model(args.model, args.dtype)
+    model, tokenizer, family = load_model(args.model, args.dtype)
     batches = calibration_batches(args.text, model, tokenizer, batches=args.batches, batch_size=args.batch_size,
+                                  family=family,
                                   seq_len=args.seq_len)
     if not args.json:
         print(f"timing plain forward+backward vs the layerprof sweep on {len(batches)} batches, "

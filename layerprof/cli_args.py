@@ -77,7 +77,7 @@ def input_file(flag: str, *, text: bool = False):
 
 
 def model_dir(flag: str):
-    """A local model directory written by ``save_pretrained`` (it holds config.json)."""
+    """A local model directory written by ``save_pretrained`` (config.json), or a PEFT adapter's (adapter_config.json)."""
     def parse(value: str) -> str:
         path = Path(value)
         if not path.exists():
@@ -86,9 +86,9 @@ def model_dir(flag: str):
         if not path.is_dir():
             raise argparse.ArgumentTypeError(f"{flag} {value!r} is a file; pass the model directory that holds "
                                              "config.json")
-        if not (path / "config.json").is_file():
-            raise argparse.ArgumentTypeError(f"{flag} {value!r} has no config.json; pass a directory written by "
-                                             "save_pretrained")
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise argparse.ArgumentTypeError(f"{flag} {value!r} has no config.json (nor a PEFT adapter_config.json); "
+                                             "pass a directory written by save_pretrained")
         return value
     return parse
 
