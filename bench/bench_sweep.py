@@ -6,8 +6,9 @@ machine noise hits both alike; the ratio of medians is the figure. Three passes:
 * plain   — frozen model, loss.backward() with input gradients only (what the sweep's
             backward does: the embedding output requires grad, no parameter does);
 * train   — the same with every parameter trainable (a full fine-tuning step's backward);
-* sweep   — ``layerprof.profile`` over the batches (taps + accumulation, no finalize);
-            finalize is timed separately.
+* sweep   — ``layerprof.profile`` over the batches: the card's sweep time (taps +
+            accumulation), finalize beside it, and the whole profile() call
+            (``layerprof.benchmark.sweep_vs_plain``: the one definition `layerprof bench` uses).
 
 Peak memory is measured per pass in a fresh subprocess: the peak resident set size
 during the pass above the resident size just before it (sampled every ms); on CUDA,
@@ -26,7 +27,9 @@ import sys
 
 import torch
 
-from harness import append, interleaved, machine, plain_backward
+from harness import append, plain_backward
+
+from layerprof.benchmark import sweep_vs_plain, table
 
 from layerprof.memory import PeakMemory
 
@@ -80,44 +83,32 @@ def main() -> None:
 
     from layerprof import ops
 
-    table = ops.backends()
+    status = ops.backends()
     dev = args.device.split(":")[0]
     backends = args.backends or [b for b in ("torch", "cpp", "cuda", "triton")
-                                 if table[b].available and dev in table[b].devices
+                                 if status[b].available and dev in status[b].devices
                                  and not (b == "triton" and dev == "cpu")]
     model, batches = setup(args)
-    rows = sum(int(b["attention_mask"].sum()) for b in batches)
-    fns = {"plain": lambda: run_plain(model, batches, args.device),
-           "train": lambda: run_plain(model, batches, args.device, trainable=True)}
-    finalize = {}
-
-    def sweep(b):
-        def fn():
-            finalize[b] = run_sweep(model, batches, args.device, b)[1]
-        return fn
-
-    fns.update({f"sweep:{b}": sweep(b) for b in backends})
-    med = interleaved(fns, args.reps, args.device)
-    # A sweep's time as reported by the card excludes finalize; the interleaved timing above
-    # includes it, so take finalize out for the sweep-vs-plain ratio and report it alone.
+    # The headline ratio, defined once (layerprof.benchmark.sweep_vs_plain): the card's sweep time
+    # (finalize excluded) over plain; finalize and the whole profile() beside it; a trainable
+    # fwd+bwd ("train") interleaved as a further reference.
+    result = sweep_vs_plain(model, batches, reps=args.reps, backends=tuple(backends),
+                            extra={"train": lambda: run_plain(model, batches, args.device, trainable=True)})
     mem = {}
     for kind in ["plain", "train"] + [f"sweep:{b}" for b in backends]:
         cmd = [sys.executable, __file__, "--memory-of", kind, "--batches", str(args.batches), "--batch-size",
                str(args.batch_size), "--seq-len", str(args.seq_len), "--device", args.device]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         mem[kind] = json.loads(out)["peak_bytes"]
+    print(f"# bundled shakespeare-gpt2, {args.batches} batches × {args.batch_size} × {args.seq_len}")
+    print(table(result, mem))
     rows_out = []
-    print(f"# {machine()}\n# bundled shakespeare-gpt2, {args.batches} batches × {args.batch_size} × {args.seq_len}, "
-          f"{rows:,} tokens, median of {args.reps} interleaved")
-    print(f"{'pass':<14}{'seconds':>9}{'/plain':>8}{'finalize s':>12}{'peak MiB':>10}")
-    for kind, t in med.items():
-        fin = finalize.get(kind.split(":", 1)[1], 0.0) if kind.startswith("sweep") else 0.0
-        sweep_t = t - fin
-        print(f"{kind:<14}{sweep_t:>9.3f}{sweep_t / med['plain']:>8.2f}{fin:>12.3f}{mem[kind] / 2 ** 20:>10.1f}")
-        rows_out.append({"bench": "sweep_vs_plain", "pass": kind, "device": args.device, "rows": rows,
-                         "batches": args.batches, "reps": args.reps, "seconds": round(sweep_t, 4),
-                         "over_plain": round(sweep_t / med["plain"], 3), "finalize_s": round(fin, 4),
-                         "peak_mib": round(mem[kind] / 2 ** 20, 1),
+    for b, p in result["passes"].items():
+        rows_out.append({"bench": "sweep_vs_plain", "pass": f"sweep:{b}", "device": args.device, "rows": result["rows"],
+                         "batches": args.batches, "reps": args.reps, "seconds": round(p["sweep_seconds"], 4),
+                         "over_plain": round(p["ratio"], 3), "finalize_s": round(p["finalize_seconds"], 4),
+                         "profile_over_plain": round(p["profile_ratio"], 3),
+                         "peak_mib": round(mem[f"sweep:{b}"] / 2 ** 20, 1),
                          "model": "bundled shakespeare-gpt2 (8x128, 1.65M params)"})
     append(rows_out)
 

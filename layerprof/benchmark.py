@@ -73,20 +73,68 @@ def plain_backward(model, batches, trainable: bool = False) -> None:
             p.grad = None
 
 
-def sweep_vs_plain(model, batches: list, *, reps: int = 3, backend: str = "auto") -> dict:
-    """Median seconds of plain frozen fwd+bwd and of ``layerprof.profile`` (sweep only), and their ratio."""
+def sweep_vs_plain(model, batches: list, *, reps: int = 3, backend: str = "auto",
+                   backends: tuple[str, ...] | None = None, extra: dict[str, Callable[[], None]] | None = None) -> dict:
+    """The headline ratio, defined once: **sweep ÷ plain**, where sweep is the card's own sweep time
+    (taps + accumulation over the batches, finalize excluded) and plain is a frozen forward+backward
+    of the same model on the same batches. Finalize is its own figure and a share of the whole
+    ``profile()``; the whole ``profile()`` over plain is reported beside it. One ``profile`` per backend
+    in ``backends`` (default: ``backend``), interleaved with the plain pass (and any ``extra`` passes);
+    every figure is the median over ``reps``.
+    """
     from .profiler import profile
 
     device = str(next(model.parameters()).device)
-    sweep_s: list[float] = []
+    backends = tuple(backends or (backend,))
+    runs: dict[str, dict[str, list[float]]] = {b: {"sweep": [], "finalize": []} for b in backends}
+    cards = {}
 
-    def sweep():
-        card = profile(model, batches, progress=False, backend=backend)
-        sweep_s.append(card.meta["sweep"]["seconds"])
-        sweep.card = card
+    def sweep(b):
+        def fn():
+            card = profile(model, batches, progress=False, backend=b)
+            runs[b]["sweep"].append(card.meta["sweep"]["seconds"])
+            runs[b]["finalize"].append(card.meta["sweep"]["finalize_seconds"])
+            cards[b] = card
+        return fn
 
-    med = interleaved({"plain": lambda: plain_backward(model, batches), "sweep": sweep}, reps, device)
-    card = sweep.card
-    return {"plain_seconds": med["plain"], "sweep_seconds": med["sweep"], "ratio": med["sweep"] / med["plain"],
-            "finalize_seconds": card.meta["sweep"]["finalize_seconds"], "backend": card.meta["settings"]["backend"],
-            "rows": card.meta["data"]["rows"], "batches": len(batches), "reps": reps, "machine": machine()}
+    fns = {"plain": lambda: plain_backward(model, batches), **(extra or {})}
+    fns.update({f"profile:{b}": sweep(b) for b in backends})
+    med = interleaved(fns, reps, device)
+    plain = med["plain"]
+    passes = {}
+    for b in backends:
+        s, f = statistics.median(runs[b]["sweep"][-reps:]), statistics.median(runs[b]["finalize"][-reps:])
+        total = med[f"profile:{b}"]
+        passes[b] = {"backend": cards[b].meta["settings"]["backend"], "sweep_seconds": s, "ratio": s / plain,
+                     "finalize_seconds": f, "finalize_share": f / total if total > 0 else None,
+                     "profile_seconds": total, "profile_ratio": total / plain}
+    first = passes[backends[0]]
+    return {"plain_seconds": plain, **first, "passes": passes,
+            "extra": {k: {"seconds": med[k], "ratio": med[k] / plain} for k in (extra or {})},
+            "rows": cards[backends[0]].meta["data"]["rows"], "batches": len(batches), "reps": reps,
+            "machine": machine()}
+
+
+def table(result: dict, memory: dict[str, int] | None = None) -> str:
+    """The benchmark table `layerprof bench` and bench/bench_sweep.py both print (Markdown)."""
+    mem = memory or {}
+    col = " | peak MiB" if mem else ""
+    lines = [f"plain frozen forward+backward: {result['plain_seconds']:.3f} s (median of {result['reps']}); "
+             f"{result['rows']:,} rows in {result['batches']} batches; {result['machine']}", "",
+             "| pass | sweep s | sweep / plain | finalize s | finalize share | profile() s | profile() / plain"
+             + col + " |", "|---|---:|---:|---:|---:|---:|---:" + ("|---:" if mem else "") + "|"]
+
+    def mib(key):
+        return f" | {mem[key] / 2 ** 20:.1f}" if key in mem else (" | –" if mem else "")
+
+    lines.append(f"| plain | {result['plain_seconds']:.3f} | 1.00 | – | – | – | –{mib('plain')} |")
+    for name, x in result.get("extra", {}).items():
+        lines.append(f"| {name} | {x['seconds']:.3f} | {x['ratio']:.2f} | – | – | – | –{mib(name)} |")
+    for b, p in result["passes"].items():
+        share = f"{p['finalize_share']:.0%}" if p["finalize_share"] is not None else "–"
+        lines.append(f"| sweep ({p['backend']}) | {p['sweep_seconds']:.3f} | {p['ratio']:.2f} | "
+                     f"{p['finalize_seconds']:.3f} | {share} | {p['profile_seconds']:.3f} | "
+                     f"{p['profile_ratio']:.2f}{mib('sweep:' + b)} |")
+    lines += ["", "sweep = taps + accumulation (the card's meta.sweep.seconds); finalize = the solves "
+              "(meta.sweep.finalize_seconds); profile() = the whole call, wall clock."]
+    return "\n".join(lines)

@@ -225,7 +225,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .benchmark import sweep_vs_plain
+    from .benchmark import sweep_vs_plain, table
 
     model, tokenizer, family = load_model(args.model, args.dtype)
     batches = calibration_batches(args.text, model, tokenizer, batches=args.batches, batch_size=args.batch_size,
@@ -238,10 +238,7 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"plain frozen forward+backward: {result['plain_seconds']:.3f} s (median)")
-        print(f"layerprof sweep ({result['backend']}): {result['sweep_seconds']:.3f} s -> "
-              f"{result['ratio']:.2f}x the plain pass; finalize {result['finalize_seconds']:.2f} s once per card")
-        print(f"{result['rows']:,} rows; machine: {result['machine']}")
+        print(table(result))
     return 0
 
 

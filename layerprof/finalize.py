@@ -2,7 +2,8 @@
 
 For each module, in float64 (on the GPU when the statistics live there, else the CPU), with Σ = S/N and λ = δ·tr Σ / d_in:
 
-    M       = (Σ + λI)^{-1/2} C                 (eigen-decomposition Σ = V diag(μ) Vᵀ)
+    M       = (Σ + λI)^{-1/2} C                 (computed as L⁻¹C, L the Cholesky factor of Σ + λI:
+                                                 same norm and singular values; see _Solve)
     resnorm = ‖M‖_F,  resnorm_rank = sqrt(Σ_{i≤r} σ_i(M)²),  rank_capture = its share
     energy  = tr Σ,   cond = μ_max / max(μ_min, λ),   erank = exp(H(μ / Σμ))
     noise_amp = (tr Σ / d_in) · mean_i 1/(μ_i + λ)
@@ -12,9 +13,12 @@ For each module, in float64 (on the GPU when the statistics live there, else the
 In sketch mode C is replaced by CΩ (Ω a fixed d_out × k Gaussian with variance 1/k), so
 resnorm² and grad_norm² are unbiased estimates and resnorm_rank a randomized-SVD one.
 
-With δ = 0 the inverse is a pseudo-inverse (eigenvalues below d·ε·μ_max dropped), i.e.
-the exact projection of the residual onto the span of the inputs. Modules whose S is
-identical (they read the same tensor) share one eigen-decomposition.
+The leading σ_i(M)² come from the smaller Gram matrix of L⁻¹C, the eigenvalues μ (cond, erank,
+noise amp) from ``eigvalsh`` alone, nfn from one product W Σ. With δ = 0 the inverse is a
+pseudo-inverse (eigenvalues below d·ε·μ_max dropped), i.e. the exact projection of the
+residual onto the span of the inputs; that case (and λ at or below that floor) takes the
+eigen-decomposition instead of Cholesky. Modules whose S is identical (they read the same
+tensor) share one factorization.
 """
 from __future__ import annotations
 
@@ -41,22 +45,65 @@ def _solve_device(S: torch.Tensor) -> torch.device:
     return S.device if S.device.type == "cuda" else torch.device("cpu")
 
 
-class _EigenCache:
-    """Eigen-decompositions of Σ, shared between modules that read the same input."""
+class _Solve:
+    """One input's Σ = S/N, solved once for every module that reads it.
 
-    def __init__(self):
-        self._entries: list[tuple[torch.Tensor, int, tuple[torch.Tensor, torch.Tensor]]] = []
+    ``whiten(C)`` returns Y with YᵀY = Cᵀ (Σ + λI)⁺ C, so ρ² = ‖Y‖², the singular values of Y
+    are those of M = (Σ + λI)^{-1/2} C, and ⟨Y_a, Y_b⟩ = tr(C_aᵀ (Σ + λI)⁻¹ C_b). With λ above the
+    numerical floor (d·ε·μ_max; always, for the default δ) Y = L⁻¹C by a Cholesky factor L of
+    Σ + λI: no eigenvectors. At or below it (δ = 0: the exact pseudo-inverse) the eigen-
+    decomposition drops the null directions, as docs/method.md defines. Eigenvalues (cond,
+    erank, noise amp) come from ``eigvalsh`` only when a column asks for them.
+    """
 
-    def get(self, S: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __init__(self, S: torch.Tensor, N: int, damping: float):
+        self.sigma = symmetric(S.to(_solve_device(S), torch.float64)) / N
+        self.d = self.sigma.shape[0]
+        self.trace = float(self.sigma.diagonal().sum().clamp_min(0.0))
+        self.lam = ridge(damping, self.trace, self.d)
+        self._mu = None
+        self._eig = None
+        self._chol = None
+        # μ_max ≤ tr Σ (Σ is PSD), so λ above d·ε·tr Σ is above the floor without computing μ.
+        if self.lam > self.d * torch.finfo(torch.float64).eps * self.trace:
+            shifted = self.sigma + self.lam * torch.eye(self.d, dtype=torch.float64, device=self.sigma.device)
+            L, info = torch.linalg.cholesky_ex(shifted)
+            if int(info) == 0:
+                self._chol = L
+
+    @property
+    def mu(self) -> torch.Tensor:
+        """Eigenvalues of Σ, ascending, clamped at 0."""
+        if self._mu is None:
+            self._mu = (self._eig[0] if self._eig is not None else torch.linalg.eigvalsh(self.sigma)).clamp_min(0.0)
+        return self._mu
+
+    def whiten(self, C: torch.Tensor) -> torch.Tensor:
+        C = C.to(self.sigma.device, torch.float64)
+        if self._chol is not None:
+            return torch.linalg.solve_triangular(self._chol, C, upper=False)
+        if self._eig is None:
+            mu, V = torch.linalg.eigh(self.sigma)
+            self._eig = (mu.clamp_min(0.0), V)
+        mu, V = self._eig
+        return _inv_sqrt(mu, self.lam)[:, None] * (V.t() @ C)
+
+
+class _SolveCache:
+    """``_Solve`` per distinct S: modules that read the same tensor (q/k/v, gate/up) share one."""
+
+    def __init__(self, damping: float):
+        self.damping = damping
+        self._entries: list[tuple[torch.Tensor, int, _Solve]] = []
+
+    def get(self, S: torch.Tensor, N: int) -> _Solve:
         S = torch.triu(S)  # the defined part of S (see layerprof.ops.stats)
-        for S_ref, N_ref, eig in self._entries:
+        for S_ref, N_ref, solve in self._entries:
             if N_ref == N and S_ref.shape == S.shape and torch.equal(S_ref, S):
-                return eig
-        sigma = symmetric(S.to(_solve_device(S), torch.float64)) / N
-        mu, V = torch.linalg.eigh(sigma)
-        eig = (mu.clamp_min(0.0), V)
-        self._entries.append((S, N, eig))
-        return eig
+                return solve
+        solve = _Solve(S, N, self.damping)
+        self._entries.append((S, N, solve))
+        return solve
 
 
 def _inv_sqrt(mu: torch.Tensor, lam: float) -> torch.Tensor:
@@ -68,29 +115,30 @@ def _inv_sqrt(mu: torch.Tensor, lam: float) -> torch.Tensor:
     return out
 
 
-def _resnorm2(st: ModuleStats, damping: float, cache: _EigenCache) -> float:
-    mu, V = cache.get(st.S, st.N)
-    lam = ridge(damping, float(mu.sum()), mu.numel())
-    M = _inv_sqrt(mu, lam)[:, None] * (V.t() @ st.C.to(V.device, torch.float64))
-    return float((M * M).sum())
+def _resnorm2(st: ModuleStats, cache: _SolveCache) -> float:
+    Y = cache.get(st.S, st.N).whiten(st.C)
+    return float((Y * Y).sum())
+
+
+def _leading_sv2(Y: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest squared singular values of Y, descending, from the smaller Gram matrix."""
+    gram = Y.t() @ Y if Y.shape[1] <= Y.shape[0] else Y @ Y.t()
+    return torch.linalg.eigvalsh(gram).flip(0)[:k].clamp_min(0.0)
 
 
 def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, damping: float,
-                   cache: _EigenCache | None = None) -> dict:
+                   cache: _SolveCache | None = None) -> dict:
     """Every per-module column of docs/method.md from one module's statistics."""
-    cache = cache or _EigenCache()
+    cache = cache or _SolveCache(damping)
     d_in = st.C.shape[0]  # C may be a sketch CΩ (d_in × k): every column below is then an estimate
     N = st.N
-    mu, V = cache.get(st.S, N)
-    trace = float(mu.sum())
-    lam = ridge(damping, trace, d_in)
-    C = st.C.to(V.device, torch.float64)
-    # M expressed in Σ's eigenbasis: same singular values and norm as (Σ+λI)^{-1/2} C.
-    M = _inv_sqrt(mu, lam)[:, None] * (V.t() @ C)
-    sv2 = torch.linalg.svdvals(M).pow(2)
-    resnorm2 = float(sv2.sum())
-    r = min(rank, sv2.numel())
-    rank2 = float(sv2[:r].sum())
+    solve = cache.get(st.S, N)
+    mu, trace, lam = solve.mu, solve.trace, solve.lam
+    C = st.C.to(solve.sigma.device, torch.float64)
+    Y = solve.whiten(C)  # same singular values and norm as (Σ+λI)^{-1/2} C
+    resnorm2 = float((Y * Y).sum())
+    sv2 = _leading_sv2(Y, max(SPECTRUM_LEN, rank))
+    rank2 = min(float(sv2[:rank].sum()), resnorm2)
     p = mu / trace if trace > 0 else mu
     p = p[p > 0]
     mu_min = float(mu.min())
@@ -98,11 +146,10 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
     inv = mu + lam
     q = float(st.q.double())
     if weight is not None:
-        W = weight.detach().to(V.device, torch.float64)
-        sigma = V * mu[None, :] @ V.t()
-        w_sigma_w = float(((W @ sigma) * W).sum())
+        W = weight.detach().to(solve.sigma.device, torch.float64)
+        w_sigma_w = float(((W @ solve.sigma) * W).sum())  # tr(W Σ Wᵀ): one GEMM on Σ
         w2 = float((W * W).sum())
-        nfn = math.sqrt(w_sigma_w / (w2 * trace / d_in)) if w2 > 0 and trace > 0 else float("nan")
+        nfn = math.sqrt(max(w_sigma_w, 0.0) / (w2 * trace / d_in)) if w2 > 0 and trace > 0 else float("nan")
     else:
         nfn = float("nan")
     return {
@@ -123,7 +170,7 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
 
 
 def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats | None, nb: tuple[int, int], *,
-                       damping: float, cache: _EigenCache) -> dict:
+                       damping: float, cache: "_SolveCache") -> dict:
     """Rule 1: ρ² and ‖C‖² estimated across the split halves, without their noise bias.
 
     With G_h = C_h / nb_h the mean batch gradient of half h (halves hold alternate batches,
@@ -138,13 +185,11 @@ def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats
     """
     if a is None or b is None or a.N == 0 or b.N == 0 or min(nb) < 1:
         return {"resnorm2_x": None, "grad_norm2_x": None}
-    mu, V = cache.get(total.S, total.N)
-    lam = ridge(damping, float(mu.sum()), mu.numel())
+    solve = cache.get(total.S, total.N)
     n = nb[0] + nb[1]
     scale = (n / nb[0]) * (n / nb[1])
-    Ca, Cb = (h.C.to(V.device, torch.float64) for h in (a, b))
-    w = _inv_sqrt(mu, lam)[:, None]
-    Ma, Mb = w * (V.t() @ Ca), w * (V.t() @ Cb)
+    Ca, Cb = (h.C.to(solve.sigma.device, torch.float64) for h in (a, b))
+    Ma, Mb = solve.whiten(Ca), solve.whiten(Cb)
     return {"resnorm2_x": scale * float((Ma * Mb).sum()), "grad_norm2_x": scale * float((Ca * Cb).sum())}
 
 
@@ -166,7 +211,7 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
              rank: int, damping: float, heads: list[dict] = (),
              score: str = "resnorm2") -> tuple[list[dict], list[dict], dict]:
     """Module rows, layer rows and the split-half stability record for a finished sweep."""
-    cache = _EigenCache()
+    cache = _SolveCache(damping)
     modules = []
     nb_halves = acc.batches_per_half()
     for name, t in targets.items():
@@ -184,8 +229,8 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
     # Split halves: resnorm² per module from each half alone (same damping rule).
     half_r2 = []
     for h in range(2):
-        hc = _EigenCache()
-        half_r2.append({m["name"]: _resnorm2(st, damping, hc) for m in modules
+        hc = _SolveCache(damping)
+        half_r2.append({m["name"]: _resnorm2(st, hc) for m in modules
                         if (st := acc.half(h, m["name"])) is not None and st.N > 0})
 
     costs = cost_model(modules, heads)
