@@ -115,27 +115,49 @@ def _inv_sqrt(mu: torch.Tensor, lam: float) -> torch.Tensor:
     return out
 
 
-def _resnorm2(st: ModuleStats, cache: _SolveCache) -> float:
-    Y = cache.get(st.S, st.N).whiten(st.C)
-    return float((Y * Y).sum())
+EXACT_SPECTRUM_MAX = 2048  # Gram matrices up to this size: every σ² exactly; above: block Krylov, checked
+KRYLOV_TOL = 1e-10  # a Krylov estimate is kept only if every leading Ritz value's residual is below this, relative
 
 
 def _leading_sv2(Y: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest squared singular values of Y, descending, from the smaller Gram matrix."""
-    gram = Y.t() @ Y if Y.shape[1] <= Y.shape[0] else Y @ Y.t()
-    return torch.linalg.eigvalsh(gram).flip(0)[:k].clamp_min(0.0)
+    """The k largest squared singular values of Y, descending.
+
+    Up to EXACT_SPECTRUM_MAX: all eigenvalues of the smaller Gram matrix. Larger: a block Krylov
+    subspace of A Aᵀ (A the short side of Y) from a fixed Gaussian block of 2k columns, four
+    blocks deep, then Rayleigh–Ritz, at O(d_in·d_out·k) instead of O(min(d_in, d_out)³). The
+    Ritz values are kept only when each residual ‖A Aᵀu − θu‖ is below KRYLOV_TOL·θ_1 (for a
+    symmetric matrix that bounds the value's error); otherwise the exact Gram path runs."""
+    m = min(Y.shape)
+    A = Y if Y.shape[0] <= Y.shape[1] else Y.t()  # the short side first: A Aᵀ is the smaller Gram
+    if m > max(EXACT_SPECTRUM_MAX, 4 * k):
+        g = torch.Generator(device="cpu").manual_seed(0)
+        block = torch.randn(A.shape[0], 2 * k, generator=g, dtype=torch.float64).to(A.device)
+        basis = []
+        for _ in range(4):
+            block = torch.linalg.qr(block).Q
+            basis.append(block)
+            block = A @ (A.t() @ block)
+        Q = torch.linalg.qr(torch.cat(basis, dim=1)).Q
+        B = A.t() @ Q
+        theta, Z = torch.linalg.eigh(B.t() @ B)
+        theta, U = theta.flip(0)[:k], Q @ Z.flip(1)[:, :k]
+        residual = torch.linalg.vector_norm(A @ (A.t() @ U) - U * theta, dim=0)
+        if float(residual.max()) <= KRYLOV_TOL * float(theta[0].clamp_min(1e-300)):
+            return theta.clamp_min(0.0)
+    return torch.linalg.eigvalsh(A @ A.t()).flip(0)[:k].clamp_min(0.0)
 
 
 def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, damping: float,
-                   cache: _SolveCache | None = None) -> dict:
-    """Every per-module column of docs/method.md from one module's statistics."""
+                   cache: _SolveCache | None = None, whitened: torch.Tensor | None = None) -> dict:
+    """Every per-module column of docs/method.md from one module's statistics (``whitened``: its
+    L⁻¹C when the caller has it already)."""
     cache = cache or _SolveCache(damping)
     d_in = st.C.shape[0]  # C may be a sketch CΩ (d_in × k): every column below is then an estimate
     N = st.N
     solve = cache.get(st.S, N)
     mu, trace, lam = solve.mu, solve.trace, solve.lam
     C = st.C.to(solve.sigma.device, torch.float64)
-    Y = solve.whiten(C)  # same singular values and norm as (Σ+λI)^{-1/2} C
+    Y = whitened if whitened is not None else solve.whiten(C)  # same σ and norm as (Σ+λI)^{-1/2} C
     resnorm2 = float((Y * Y).sum())
     sv2 = _leading_sv2(Y, max(SPECTRUM_LEN, rank))
     rank2 = min(float(sv2[:rank].sum()), resnorm2)
@@ -170,7 +192,7 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
 
 
 def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats | None, nb: tuple[int, int], *,
-                       damping: float, cache: "_SolveCache") -> dict:
+                       damping: float, cache: "_SolveCache", whitened: tuple | None = None) -> dict:
     """Rule 1: ρ² and ‖C‖² estimated across the split halves, without their noise bias.
 
     With G_h = C_h / nb_h the mean batch gradient of half h (halves hold alternate batches,
@@ -182,6 +204,7 @@ def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats
 
     have the signal's expectation and zero for pure noise, so they can be negative.
     noise share = (naive − ×) / naive. Both are None with fewer than two batches.
+    ``whitened``: (L⁻¹C_a, L⁻¹C_b) when the caller has them already.
     """
     if a is None or b is None or a.N == 0 or b.N == 0 or min(nb) < 1:
         return {"resnorm2_x": None, "grad_norm2_x": None}
@@ -189,7 +212,7 @@ def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats
     n = nb[0] + nb[1]
     scale = (n / nb[0]) * (n / nb[1])
     Ca, Cb = (h.C.to(solve.sigma.device, torch.float64) for h in (a, b))
-    Ma, Mb = solve.whiten(Ca), solve.whiten(Cb)
+    Ma, Mb = whitened if whitened is not None else (solve.whiten(Ca), solve.whiten(Cb))
     return {"resnorm2_x": scale * float((Ma * Mb).sum()), "grad_norm2_x": scale * float((Ca * Cb).sum())}
 
 
@@ -214,24 +237,28 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
     cache = _SolveCache(damping)
     modules = []
     nb_halves = acc.batches_per_half()
+    half_r2: list[dict[str, float]] = [{}, {}]
     for name, t in targets.items():
         st = acc.total(name)
         if st is None or st.N == 0:
             continue
         row = {"name": name, "layer": t.layer, "kind": t.kind, "d_in": t.d_in, "d_out": t.d_out}
-        row.update(module_columns(st, weights.get(name), rank=rank, damping=damping, cache=cache))
+        solve = cache.get(st.S, st.N)
+        Y = solve.whiten(st.C)
+        row.update(module_columns(st, weights.get(name), rank=rank, damping=damping, cache=cache, whitened=Y))
         row["lora_params"] = rank * (t.d_in + t.d_out)
         row["calls"] = acc.calls.get(name, 0)
-        row.update(cross_half_columns(st, acc.half(0, name), acc.half(1, name), nb_halves, damping=damping,
-                                      cache=cache))
+        a, b = acc.half(0, name), acc.half(1, name)
+        halves = None
+        if a is not None and b is not None and a.N > 0 and b.N > 0:
+            # Whitening is linear and C = C_a + C_b: one more solve gives both halves.
+            Ya = solve.whiten(a.C)
+            halves = (Ya, Y - Ya)
+            # Split halves: each half's C against the whole sweep's Σ (same damping rule).
+            for h, Yh in enumerate(halves):
+                half_r2[h][name] = float((Yh * Yh).sum())
+        row.update(cross_half_columns(st, a, b, nb_halves, damping=damping, cache=cache, whitened=halves))
         modules.append(row)
-
-    # Split halves: resnorm² per module from each half alone (same damping rule).
-    half_r2 = []
-    for h in range(2):
-        hc = _SolveCache(damping)
-        half_r2.append({m["name"]: _resnorm2(st, hc) for m in modules
-                        if (st := acc.half(h, m["name"])) is not None and st.N > 0})
 
     costs = cost_model(modules, heads)
     layer_ids = sorted({m["layer"] for m in modules if m["layer"] is not None})

@@ -63,10 +63,11 @@ def test_layer_aggregates_and_split_halves():
         assert math.isclose(l.predicted_gain, r2 / 2, rel_tol=1e-12)
         assert math.isclose(l.grad_norm ** 2, sum(m.grad_norm ** 2 for m in ms), rel_tol=1e-12)
         for h, key in ((0, "resnorm_a"), (1, "resnorm_b")):
+            # Each half's C against the whole sweep's Σ (docs/method.md §3: the halves differ in C).
             r2h = 0.0
             for m in ms:
-                s = halves[h][m.name]
-                r2h += reference_columns(s["N"], s["S"], s["C"], s["q"], weight_of(model, m.name), 4, 1e-3)[
+                s, f = halves[h][m.name], full[m.name]
+                r2h += reference_columns(f["N"], f["S"], s["C"], s["q"], weight_of(model, m.name), 4, 1e-3)[
                     "resnorm"] ** 2
             assert math.isclose(getattr(l, key), math.sqrt(r2h), rel_tol=1e-8)
     # Kendall τ of the halves, computed independently with scipy.

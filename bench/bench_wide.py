@@ -1,0 +1,87 @@
+"""Whole ``lp.profile()`` against a plain frozen forward+backward on a wide MLP, side by side.
+
+The case of the speed issue: 4 × Linear(1024, 1024) (tanh between, a small head), 3 batches ×
+4,096 rows, one thread, process CPU time (the steadiest measure on a shared machine), the
+passes interleaved. Prints plain, the card's sweep (taps + accumulation), finalize, and the
+whole profile() — with and without the split-half statistics that finalize also solves.
+
+    python bench/bench_wide.py [--d 1024] [--rows 4096] [--batches 3] [--reps 3] [--backend cpp]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import layerprof as lp
+from layerprof.benchmark import machine
+
+
+class WideMLP(nn.Module):
+    def __init__(self, d: int, layers: int = 4, classes: int = 8):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(d, d) for _ in range(layers)])
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x, y=None):
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return self.head(x)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--backend", default="auto")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = WideMLP(args.d).eval()
+    batches = [{"x": torch.randn(args.rows, args.d), "y": torch.randint(0, 8, (args.rows,))}
+               for _ in range(args.batches)]
+    loss_fn = lambda out, b: nn.functional.cross_entropy(out, b["y"])  # noqa: E731
+    targets = [f"layers.{i}" for i in range(len(model.layers))]
+
+    def plain():
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for b in batches:
+            x = b["x"].clone().requires_grad_(True)  # input gradients through every layer, as the sweep's backward
+            loss_fn(model(x), b).backward()
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    cards = []
+
+    def profile():
+        cards.append(lp.profile(model, batches, loss_fn=loss_fn, targets=targets, progress=False,
+                                backend=args.backend))
+
+    times = {"plain": [], "profile": []}
+    for rep in range(args.reps + 1):
+        for name, fn in (("plain", plain), ("profile", profile)):
+            t = time.process_time()
+            fn()
+            if rep:  # the first round warms up
+                times[name].append(time.process_time() - t)
+    plain_s = statistics.median(times["plain"])
+    total = statistics.median(times["profile"])
+    sweep = statistics.median(c.meta["sweep"]["seconds"] for c in cards[1:])
+    fin = statistics.median(c.meta["sweep"]["finalize_seconds"] for c in cards[1:])
+    print(f"{machine()}\nwide MLP {len(model.layers)} × Linear({args.d}, {args.d}), {args.batches} batches × "
+          f"{args.rows} rows, backend {cards[-1].meta['settings']['backend']}, process CPU time, median of {args.reps}")
+    print("| figure | seconds | / plain |\n|---|---:|---:|")
+    print(f"| plain frozen fwd+bwd | {plain_s:.2f} | 1.00 |")
+    print(f"| sweep (taps + accumulation; card, wall) | {sweep:.2f} | {sweep / plain_s:.2f} |")
+    print(f"| finalize (card, wall) | {fin:.2f} | {fin / plain_s:.2f} (= {fin / sweep:.2f}× the sweep) |")
+    print(f"| whole lp.profile() | {total:.2f} | {total / plain_s:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
