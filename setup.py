@@ -2,8 +2,11 @@
 
 ``get_extensions`` compiles ``csrc/binding.cpp`` and ``csrc/cpu/*.cpp`` (plus ``csrc/cuda/``
 when torch has CUDA and nvcc exists) into ``layerprof._C`` with torch's cpp_extension.
-Set ``LAYERPROF_NO_EXT=1`` to skip it, ``LAYERPROF_NO_CUDA=1`` to build the CPU ops only. Without a compiler or sources, the install is
-pure Python and the ``torch`` backend is used (one clear warning, never an error).
+Set ``LAYERPROF_NO_EXT=1`` to skip it, ``LAYERPROF_NO_CUDA=1`` to build the CPU ops only. The build
+falls back instead of failing: no CUDA headers, or CUDA sources that do not compile, give the CPU
+ops alone; C++ that does not compile gives the pure-Python install with the ``torch`` backend (one
+clear warning each, never an error). CUDA targets come from ``TORCH_CUDA_ARCH_LIST`` (default
+``8.0;9.0+PTX``: PTX for newer GPUs); ``-fopenmp`` only where the compiler takes it.
 Install torch first and build with ``pip install --no-build-isolation``: build
 isolation would download a multi-GB torch.
 """
@@ -12,6 +15,36 @@ import warnings
 from glob import glob
 
 from setuptools import find_packages, setup
+
+
+def _compiler_takes_openmp() -> bool:
+    """Whether the C++ compiler builds an OpenMP program. csrc/cpu/stats.cpp parallelizes its gather
+    with ATen's at::parallel_for, whose OpenMP backend is a header pragma: -fopenmp makes it
+    parallel; a compiler without OpenMP (Apple clang without libomp) builds it serial instead."""
+    import subprocess
+    import tempfile
+
+    cxx = os.environ.get("CXX", "c++")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "omp.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            done = subprocess.run([cxx, "-fopenmp", src, "-o", os.path.join(tmp, "omp")], capture_output=True,
+                                  timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return done.returncode == 0
+
+
+def _cuda_toolchain(cpp_extension) -> str | None:
+    """None when the CUDA part can be built here, else why not (checked before compiling)."""
+    home = cpp_extension.CUDA_HOME
+    if home is None:
+        return "no CUDA toolkit found (CUDA_HOME unset and no nvcc on PATH)"
+    if not os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+        return f"CUDA headers not found under {home}/include (cuda_runtime.h); set CUDA_HOME to the toolkit"
+    return None
 
 
 def get_extensions():
@@ -25,20 +58,60 @@ def get_extensions():
         warnings.warn("torch is not importable at build time: installing layerprof without native kernels")
         return [], {}
     cuda_sources = sorted(glob("csrc/cuda/*.cpp")) + sorted(glob("csrc/cuda/*.cu"))
-    # CUDA kernels join the extension when torch has CUDA and nvcc is there (or when forced);
-    # LAYERPROF_NO_CUDA=1 builds the CPU ops only.
-    use_cuda = (torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
-                and os.environ.get("LAYERPROF_NO_CUDA") != "1") or os.environ.get("LAYERPROF_FORCE_CUDA") == "1"
-    args = {"cxx": ["-O3", "-fopenmp"]}
+    # CUDA kernels join the extension when torch has CUDA and the toolkit (nvcc and headers) is there,
+    # or when forced; LAYERPROF_NO_CUDA=1 builds the CPU ops only.
+    want_cuda = (torch.version.cuda is not None and os.environ.get("LAYERPROF_NO_CUDA") != "1") \
+        or os.environ.get("LAYERPROF_FORCE_CUDA") == "1"
+    use_cuda = False
+    if want_cuda:
+        why = _cuda_toolchain(cpp_extension)
+        if why is None:
+            use_cuda = True
+        else:
+            warnings.warn(f"building layerprof's CPU ops only: {why}")
+    omp = ["-fopenmp"] if _compiler_takes_openmp() else []
+    args = {"cxx": ["-O3", *omp]}
     if use_cuda:
-        args["nvcc"] = ["-O3", "-gencode=arch=compute_80,code=sm_80",
-                        "-gencode=arch=compute_90,code=sm_90"]
+        # torch's cpp_extension turns TORCH_CUDA_ARCH_LIST into -gencode flags; "+PTX" also embeds PTX,
+        # which the driver JIT-compiles for GPUs newer than the list.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+        args["nvcc"] = ["-O3"]
         ext = cpp_extension.CUDAExtension("layerprof._C", cpu_sources + cuda_sources, extra_compile_args=args,
-                                          define_macros=[("WITH_CUDA", None)], extra_link_args=["-fopenmp"])
+                                          define_macros=[("WITH_CUDA", None)], extra_link_args=omp)
     else:
-        ext = cpp_extension.CppExtension("layerprof._C", cpu_sources, extra_compile_args=args,
-                                         extra_link_args=["-fopenmp"])
-    return [ext], {"build_ext": cpp_extension.BuildExtension}
+        ext = cpp_extension.CppExtension("layerprof._C", cpu_sources, extra_compile_args=args, extra_link_args=omp)
+    return [ext], {"build_ext": _fallback_build(cpp_extension.BuildExtension, cpu_sources, omp)}
+
+
+def _fallback_build(base, cpu_sources, omp):
+    """``build_ext`` that falls back instead of failing: a CUDA part that does not compile -> the CPU ops
+    alone (one warning); a C++ part that does not compile -> no extension, the pure-Python install
+    with the torch backend (one warning)."""
+
+    class FallbackBuild(base):
+        def build_extension(self, ext):
+            try:
+                return super().build_extension(ext)
+            except Exception as e:  # noqa: BLE001 - compiler and linker errors come in many types
+                cuda = any(src.endswith(".cu") for src in ext.sources)
+                if cuda:
+                    warnings.warn(f"layerprof's CUDA kernels did not compile ({type(e).__name__}: "
+                                  f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}); building the CPU "
+                                  "ops only (backend 'cpp'; 'torch' on the GPU)")
+                    ext.sources = list(cpu_sources)
+                    ext.define_macros = [m for m in ext.define_macros if m[0] != "WITH_CUDA"]
+                    ext.extra_compile_args = {"cxx": ["-O3", *omp]}
+                    ext.libraries = [lib for lib in ext.libraries if "cuda" not in lib.lower()]
+                    try:
+                        return super().build_extension(ext)
+                    except Exception as e2:  # noqa: BLE001
+                        e = e2
+                warnings.warn(f"layerprof's C++ extension did not compile ({type(e).__name__}); installing "
+                              "without native kernels: the pure PyTorch backend runs everything (`layerprof "
+                              "doctor` says so)")
+                return None
+
+    return FallbackBuild
 
 
 def _version() -> str:
@@ -49,29 +122,30 @@ def _version() -> str:
     return re.search(r'__version__ = "([^"]+)"', text).group(1)
 
 
-ext_modules, cmdclass = get_extensions()
+if __name__ == "__main__":  # pip runs setup.py as __main__; tests import its helpers
+    ext_modules, cmdclass = get_extensions()
 
-setup(
-    name="layerprof",
-    version=_version(),
-    description="Which layers deserve a LoRA adapter: a one-sweep Layer Card profiler that configures PEFT",
-    long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    # Triton kernels live in the top-level kernels/ folder (docs/method.md) and install as layerprof.kernels.
-    packages=find_packages(include=["layerprof", "layerprof.*"]) + ["layerprof.kernels"],
-    package_dir={"layerprof.kernels": "kernels"},
-    package_data={"layerprof.bundled": ["shakespeare-gpt2/*.json", "shakespeare-gpt2/*.safetensors",
-                                        "shakespeare-gpt2-deep/*.json", "shakespeare-gpt2-deep/*.safetensors",
-                                        "heldout_shakespeare.txt"]},
-    # torch is deliberately unpinned: install it first (a CPU or CUDA build); a range the
-    # installed torch satisfies makes pip install nothing more.
-    install_requires=["torch>=2.1", "transformers>=4.45", "peft>=0.13", "numpy", "tqdm", "safetensors", "pyyaml",
-                      "matplotlib", "pydantic>=2"],
-    # triton runs its kernels on the CPU under TRITON_INTERPRET=1 in the tests.
-    extras_require={"test": ["pytest>=7", "scipy", "hypothesis>=6",
-                             "triton; platform_system == \"Linux\" and platform_machine == \"x86_64\""]},
-    entry_points={"console_scripts": ["layerprof=layerprof.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+    setup(
+        name="layerprof",
+        version=_version(),
+        description="Which layers deserve a LoRA adapter: a one-sweep Layer Card profiler that configures PEFT",
+        long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
+        long_description_content_type="text/markdown",
+        python_requires=">=3.10",
+        # Triton kernels live in the top-level kernels/ folder (docs/method.md) and install as layerprof.kernels.
+        packages=find_packages(include=["layerprof", "layerprof.*"]) + ["layerprof.kernels"],
+        package_dir={"layerprof.kernels": "kernels"},
+        package_data={"layerprof.bundled": ["shakespeare-gpt2/*.json", "shakespeare-gpt2/*.safetensors",
+                                            "shakespeare-gpt2-deep/*.json", "shakespeare-gpt2-deep/*.safetensors",
+                                            "heldout_shakespeare.txt"]},
+        # torch is deliberately unpinned: install it first (a CPU or CUDA build); a range the
+        # installed torch satisfies makes pip install nothing more.
+        install_requires=["torch>=2.1", "transformers>=4.45", "peft>=0.13", "numpy", "tqdm", "safetensors", "pyyaml",
+                          "matplotlib", "pydantic>=2"],
+        # triton runs its kernels on the CPU under TRITON_INTERPRET=1 in the tests.
+        extras_require={"test": ["pytest>=7", "scipy", "hypothesis>=6",
+                                 "triton; platform_system == \"Linux\" and platform_machine == \"x86_64\""]},
+        entry_points={"console_scripts": ["layerprof=layerprof.cli:main"]},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+    )

@@ -214,3 +214,10 @@ def test_ops_are_torch_library_ops_that_pass_opcheck(backend, name):
             if a.dim() == 2 and a.shape[0] == a.shape[1]:  # S: only the upper triangle is in the contract
                 a, r = torch.triu(a), torch.triu(r)
             torch.testing.assert_close(a.double(), r, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_never_picks_an_unmeasured_gpu_kernel():
+    """On CUDA, auto is torch's cuBLAS path until bench/gpu_check.sh measures a custom kernel faster."""
+    assert ops.AUTO["cuda"] == ("torch",)
+    assert ops.resolve_backend("auto", "cuda") == "torch"
+    assert ops.resolve_backend("auto", "cpu") in ops.AUTO["cpu"]

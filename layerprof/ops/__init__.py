@@ -1,9 +1,11 @@
 """Accumulation ops and backend dispatch (docs/method.md "accumulate").
 
 Every backend implements the signatures of ``layerprof.ops.stats`` (declared there
-once, with the float64 reference). ``backend="auto"`` picks cuda > triton > cpp > torch
-among those that can run on the tensors' device; asking for an unavailable backend
-falls back to ``torch`` with one warning. Nothing here initializes CUDA at import:
+once, with the float64 reference). ``backend="auto"`` picks from ``AUTO`` for the tensors'
+device: on the CPU the C++ kernels (measured faster than torch's path, bench/RESULTS.md), on
+CUDA torch's own cuBLAS path — the hand-written CUDA and Triton kernels have not yet been
+measured on a GPU (bench/gpu_check.sh), so they are opt-in (``backend="cuda"`` / ``"triton"``)
+until one wins there. Asking for an unavailable backend falls back to ``torch`` with one warning. Nothing here initializes CUDA at import:
 availability is probed lazily, and only ``torch.cuda.is_available()`` is consulted
 (which does not create a context).
 """
@@ -22,7 +24,10 @@ from ..errors import ProfileError
 from .library import _extension
 from .stats import stats_update_reference, stats_update_torch, symmetric
 
-PREFERENCE = ("cuda", "triton", "cpp", "torch")
+PREFERENCE = ("cuda", "triton", "cpp", "torch")  # every backend, fastest first where measured
+# What backend="auto" tries, per device type, in order. A kernel enters here only after
+# bench/gpu_check.sh measured it faster than the entry it would precede.
+AUTO = {"cpu": ("cpp", "torch"), "cuda": ("torch",)}
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,8 @@ def resolve_backend(name: str, device_type: str = "cpu") -> str:
         raise ProfileError(f"unknown backend {name!r}; choose one of {', '.join(('auto',) + PREFERENCE)}")
     table = backends()
     if name == "auto":
-        for candidate in PREFERENCE:
+        for candidate in AUTO.get(device_type, ("torch",)):
             st = table[candidate]
-            # The interpreter is for tests; auto never picks it.
-            if candidate == "triton" and "cpu" in st.devices and device_type == "cpu":
-                continue
             if st.available and device_type in st.devices:
                 return candidate
         return "torch"
