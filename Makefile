@@ -2,7 +2,7 @@
 PY ?= python
 OUT ?= demo_out
 
-.PHONY: torch install install-test demo test fuzz bench train-default
+.PHONY: torch install install-test demo test fuzz bench train-default bench-peers-deps
 
 # torch first (a CPU build from local disk here; an existing torch, e.g. a CUDA build, is kept),
 # then layerprof without build isolation so pip never fetches a second, multi-GB torch.
@@ -35,3 +35,8 @@ bench: install
 
 train-default: install
 	$(PY) -m layerprof.bundled.train
+
+# The peers bench/bench_peers.py compares against (--no-deps: their requirements would replace torch).
+bench-peers-deps:
+	$(PY) -m pip install --no-deps backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1 einops unfoldNd einconv \
+		linear_operator opt_einsum

@@ -227,6 +227,13 @@ def cmd_compare(args) -> int:
 def cmd_bench(args) -> int:
     from .benchmark import sweep_vs_plain, table
 
+    if args.plan:
+        from .profile_cost import plan_from_dir
+
+        cost = plan_from_dir(args.plan, args.tokens, args.device)
+        print(json.dumps(cost.to_dict(), indent=1) if args.json else cost.table())
+        return 0
+
     model, tokenizer, family = load_model(args.model, args.dtype)
     batches = calibration_batches(args.text, model, tokenizer, batches=args.batches, batch_size=args.batch_size,
                                   family=family,

@@ -40,6 +40,7 @@ EXAMPLES = {
     "bench": """examples:
   layerprof bench                                  # bundled model, 24 batches, 3 interleaved repetitions
   layerprof bench --model ./my-hf-model --batches 8 --reps 5 --json
+  layerprof bench --plan ./Qwen3-8B --tokens 131072 --device h200   # modelled cost, before anything runs
 """,
     "doctor": """examples:
   layerprof doctor          # versions, backends, devices
@@ -178,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reps", type=A.integer("--reps", 1, 1000), default=3, help="interleaved repetitions; medians (default: %(default)s)")
     b.add_argument("--backend", default="auto", choices=BACKENDS, help="accumulation backend (default: %(default)s)")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--plan", type=A.model_dir("--plan"), metavar="MODEL_DIR",
+                   help="print the modelled FLOPs, time and memory of profiling MODEL_DIR (built from its config on "
+                        "the meta device, no weights read) and exit without timing anything")
+    b.add_argument("--tokens", type=A.integer("--tokens", 1, 10 ** 12), default=131072,
+                   help="calibration tokens for --plan (default: %(default)s)")
+    b.add_argument("--device", choices=["h200", "cpu"], default="h200", help="device whose rates --plan uses")
     b.add_argument("--json", action="store_true")
     d = command("doctor", help="versions, devices and available accumulation backends")
     d.add_argument("--json", action="store_true")

@@ -167,8 +167,8 @@ class Profiler:
         self._mask = mask
         # Rows of this batch: its non-padding positions (or all positions of input_ids);
         # None when the inputs do not say, and the staged statistics are asked instead.
-        self._batch_rows = mask.rows if mask is not None else (
-            ids.numel() if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None)
+        token_ids = isinstance(ids, torch.Tensor) and ids.dim() == 2 and not ids.is_floating_point()
+        self._batch_rows = mask.rows if mask is not None else (ids.numel() if token_ids else None)
         if isinstance(ids, torch.Tensor):
             self._data_hash.update(ids.detach().cpu().contiguous().numpy().tobytes())
             if mask is not None:

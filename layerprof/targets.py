@@ -102,13 +102,20 @@ def output_head_names(model: nn.Module) -> set[str]:
     heads = set()
     out_emb = _embeddings(model, "get_output_embeddings")
     in_emb = _embeddings(model, "get_input_embeddings")
-    tied_ptr = in_emb.weight.data_ptr() if isinstance(in_emb, nn.Embedding) else None
+    tied = in_emb.weight if isinstance(in_emb, nn.Embedding) else None
+
+    def tied_to_embeddings(weight) -> bool:
+        # The same Parameter (how transformers ties), or the same storage; meta tensors (a model built
+        # without weights) all report data_ptr 0, so only identity counts for them.
+        if tied is None or weight is None:
+            return False
+        return weight is tied or (not weight.is_meta and weight.data_ptr() == tied.data_ptr())
+
     for name, module in model.named_modules():
         if linear_kind(module) is None:
             continue
         last = name.rsplit(".", 1)[-1]
-        if module is out_emb or last in HEAD_NAMES or (
-                tied_ptr is not None and module.weight.data_ptr() == tied_ptr):
+        if module is out_emb or last in HEAD_NAMES or tied_to_embeddings(getattr(module, "weight", None)):
             heads.add(name)
     return heads
 

@@ -26,7 +26,7 @@ STAGES = [
     ("finalize", {"finalize", "coupling", "simulate", "warmup"}),
     ("placement", {"placement_search", "placement", "export"}),
     ("reports", {"report", "report_html", "plots", "compare", "outputs"}),
-    ("orchestrator pieces", {"memory_plan", "config", "batches", "progress", "claim", "peft_models", "build", "merge",
+    ("orchestrator pieces", {"memory_plan", "profile_cost", "config", "batches", "progress", "claim", "peft_models", "build", "merge",
                              "predict", "session"}),
     ("orchestrator", {"profiler"}),
     ("study", {"bundled", "tasks", "study_lora", "study", "study_report", "benchmark"}),

@@ -180,3 +180,21 @@ def test_card_with_a_memory_budget_runs_several_sweeps(tmp_path, capsys):
     assert len(card.layers) == 8
     assert main(["card", "--sketch", "lots"]) == 2
     assert "--sketch takes auto, none or a positive int" in capsys.readouterr().err
+
+
+def test_bench_plan_models_the_cost_before_anything_runs(tmp_path, capsys):
+    """`bench --plan DIR`: FLOPs of the plain pass, the sweep and finalize from the config alone (meta device)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    assert main(["bench", "--plan", str(tmp_path / "m"), "--tokens", "1000", "--device", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    h, i, kv = 32, 64, 2 * 32 // 4  # k/v project to num_key_value_heads × head_dim
+    per_layer = 2 * (h * h + 2 * h * kv + h * h + 2 * h * i + i * h)  # q, k, v, o, gate, up, down
+    assert r["modules"] == 14 and r["distinct_inputs"] == 2 * 4  # q/k/v share, gate/up share; o, down alone
+    assert r["plain_flops"] == 1000 * 2 * (2 * per_layer + 2 * h * 300)  # fwd + input-grad bwd, with the head
+    assert r["sweep_seconds"] > r["plain_seconds"] > 0 and r["finalize_share_of_sweep"] > 0
+    assert main(["bench", "--plan", str(tmp_path / "m"), "--tokens", "1000"]) == 0
+    assert "finalize =" in capsys.readouterr().out

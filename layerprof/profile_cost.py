@@ -1,0 +1,156 @@
+"""What profiling a model will cost, before anything runs: FLOPs, time on a named device, memory.
+
+`layerprof bench --plan MODEL_DIR` builds the model on the meta device (no weights are read),
+finds the target modules as ``profile`` would, and models:
+
+* the plain frozen forward + backward: 2·d_in·d_out FLOPs per token and module forward, the
+  same again backward (input gradients only), plus the output head; attention's T×T work is
+  left out (the model is of the linear layers);
+* the sweep's accumulation on top: S += XᵀX for each distinct input (upper triangle: d_in² per
+  token) and C += XᵀG (2·d_in·d_out per token), fp32 GEMMs;
+* finalize, float64, per distinct input: eigenvalues of Σ (≈ 4/3·d³, a tridiagonal reduction,
+  memory-bound) and one Cholesky factor (d³/3); per module: two triangular solves (2·d_in²·d_out),
+  the leading spectrum (the smaller Gram matrix and its eigenvalues, or block Krylov above 2048)
+  and tr(WΣWᵀ) for nfn (2·d_out·d_in²);
+* memory: the statistics (``layerprof.memory_plan``) and the tap inputs of one batch.
+
+Times come from a device's peak rates times an efficiency per kind of work (``DEVICES``): a
+model, to be replaced by measurements (`bench/gpu_check.sh` on a GPU, `bench/bench_wide.py` here).
+Modules that share an input (q/k/v, gate/up) are grouped by name when the model cannot be run
+(meta tensors): same block and parent, same d_in, and not an output projection.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# name -> (fp32 GEMM FLOP/s as used by the accumulation (TF32 on tensor cores where torch allows it),
+#          bf16 GEMM FLOP/s of the model's passes, fp64 GEMM FLOP/s, fp64 eigen/Cholesky efficiency)
+# Peak dense rates from the vendors' data sheets; the efficiencies are assumptions until measured.
+DEVICES = {
+    "h200": {"fp32_gemm": 0.6 * 494e12, "bf16_gemm": 0.6 * 989e12, "fp64_gemm": 0.6 * 67e12, "fp64_eigen": 0.1 * 67e12,
+             "memory": 141e9,
+             "label": "NVIDIA H200 SXM (dense peaks 494 TF32 / 989 BF16 / 67 FP64 TFLOP/s; 60% GEMM, 10% eigen)"},
+    "cpu": {"fp32_gemm": 40e9, "bf16_gemm": 40e9, "fp64_gemm": 20e9, "fp64_eigen": 8e9, "memory": 24 * 2 ** 30,
+            "label": "one core of the 2-core AMD EPYC VM (measured: ~40 GF/s fp32 GEMM, ~20 fp64, eigen ~8)"},
+}
+OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "down_proj", "c_proj", "dense", "fc2", "wo", "w2")
+EXACT_SPECTRUM_MAX = 2048
+
+
+@dataclass
+class ProfileCost:
+    model: str
+    tokens: int
+    modules: int
+    distinct_inputs: int
+    plain_flops: float
+    sweep_extra_flops: float
+    finalize_flops: dict
+    device: str
+    plain_seconds: float
+    sweep_seconds: float
+    finalize_seconds: float
+    statistics_bytes: int
+    tap_input_bytes_per_batch: int
+    sweeps: int = 1
+
+    @property
+    def finalize_share_of_sweep(self) -> float:
+        return self.finalize_seconds / self.sweep_seconds if self.sweep_seconds else float("nan")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "finalize_share_of_sweep": self.finalize_share_of_sweep}
+
+    def table(self) -> str:
+        from .memory import human_bytes
+
+        fin = " + ".join(f"{k} {v / 1e12:.1f}" for k, v in self.finalize_flops.items())
+        return "\n".join([
+            f"{self.model}: {self.modules} target modules, {self.distinct_inputs} distinct inputs; "
+            f"{self.tokens:,} tokens; {self.device}",
+            "",
+            "| part | TFLOP | modelled seconds | / plain |",
+            "|---|---:|---:|---:|",
+            f"| plain frozen fwd+bwd (bf16) | {self.plain_flops / 1e12:.1f} | {self.plain_seconds:.1f} | 1.00 |",
+            f"| sweep = {self.sweeps} × plain + accumulation (fp32) | "
+            f"{(self.sweeps * self.plain_flops + self.sweep_extra_flops) / 1e12:.1f} | "
+            f"{self.sweep_seconds:.1f} | {self.sweep_seconds / self.plain_seconds:.2f} |",
+            f"| finalize (fp64: {fin}) | {sum(self.finalize_flops.values()) / 1e12:.1f} | "
+            f"{self.finalize_seconds:.1f} | {self.finalize_seconds / self.plain_seconds:.2f} |",
+            "",
+            f"finalize = {self.finalize_share_of_sweep:.0%} of the sweep; statistics "
+            f"{human_bytes(self.statistics_bytes)} (fp32, two halves and a staged batch), tap inputs "
+            f"{human_bytes(self.tap_input_bytes_per_batch)} per batch, dense in {self.sweeps} sweep(s) on this "
+            "device. A model: attention's T×T work is not "
+            "counted; rates are peaks × assumed efficiencies (layerprof.profile_cost.DEVICES).",
+        ])
+
+
+def _group_inputs(targets) -> dict[str, str]:
+    """target name -> a key for the input it reads (shared by q/k/v, by gate/up; by name only)."""
+    keys = {}
+    for name, t in targets.items():
+        parent, _, leaf = name.rpartition(".")
+        output = any(leaf == p or leaf.endswith(p) for p in OUTPUT_PROJECTIONS)
+        keys[name] = name if output else f"{t.layer}|{parent}|{t.d_in}"
+    return keys
+
+
+def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 4096, name: str = "") -> ProfileCost:
+    """The cost model for a model (real or on the meta device) and ``tokens`` calibration tokens."""
+    from .memory_plan import plan_memory
+    from .targets import find_targets, linear_kind, modules_by_name, output_head_names
+
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    rates = DEVICES[device]
+    targets = find_targets(model, None)
+    keys = _group_inputs(targets)
+    inputs = {}
+    for n, t in targets.items():
+        inputs.setdefault(keys[n], t.d_in)
+    heads = modules_by_name(model, output_head_names(model))
+    head_flops = sum(2.0 * a * b for a, b in (linear_kind(m).dims(m) for m in heads.values()))
+    linear = sum(2.0 * t.d_in * t.d_out for t in targets.values()) + head_flops
+    plain = tokens * 2 * linear  # forward + input-gradient backward
+    accumulate = tokens * (sum(d * d for d in inputs.values()) + sum(2.0 * t.d_in * t.d_out for t in targets.values()))
+    eigen = sum(4.0 / 3.0 * d ** 3 for d in inputs.values())
+    cholesky = sum(d ** 3 / 3.0 for d in inputs.values())
+    solves = sum(2.0 * t.d_in ** 2 * t.d_out for t in targets.values())
+    spectrum = 0.0
+    for t in targets.values():
+        small, large = sorted((t.d_in, t.d_out))
+        spectrum += (2.0 * small * small * large + 4.0 / 3.0 * small ** 3) if small <= EXACT_SPECTRUM_MAX \
+            else 4 * 2 * 2.0 * small * large * 128 + 2.0 * large * small * 512
+    nfn = sum(2.0 * t.d_out * t.d_in ** 2 for t in targets.values())
+    flops = {"eigvalsh": eigen, "Cholesky": cholesky, "solves": solves, "spectrum": spectrum, "nfn": nfn}
+    fin_s = (eigen + cholesky) / rates["fp64_eigen"] + (solves + spectrum + nfn) / rates["fp64_gemm"]
+    plain_s = plain / rates["bf16_gemm"]
+    import torch
+
+    # Dense statistics in as many sweeps as the device's memory needs (the model's weights, bf16, stay).
+    weights = sum(p.numel() for p in model.parameters()) * 2
+    budget = int(0.8 * rates["memory"]) - weights
+    try:
+        mem = plan_memory(targets, acc_bytes=4, input_bytes=2, rows_per_batch=batch_tokens,
+                          device=torch.device("cpu"), sketch=None, max_memory=max(budget, 1), shared=keys)
+    except MemoryError:
+        mem = plan_memory(targets, acc_bytes=4, input_bytes=2, rows_per_batch=batch_tokens,
+                          device=torch.device("cpu"), sketch=None, max_memory=1 << 62, shared=keys)
+    return ProfileCost(model=name or type(model).__name__, tokens=tokens, modules=len(targets),
+                       distinct_inputs=len(inputs), plain_flops=plain, sweep_extra_flops=accumulate,
+                       finalize_flops=flops, device=rates["label"], plain_seconds=plain_s,
+                       sweep_seconds=mem.sweeps * plain_s + accumulate / rates["fp32_gemm"], finalize_seconds=fin_s,
+                       statistics_bytes=mem.dense_bytes, tap_input_bytes_per_batch=mem.activation_bytes,
+                       sweeps=mem.sweeps)
+
+
+def plan_from_dir(path: str, tokens: int, device: str = "h200") -> ProfileCost:
+    """``model_cost`` of a local model directory, built from its config on the meta device (no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return model_cost(model, tokens, device, name=f"{type(model).__name__} ({path})")
