@@ -4,6 +4,11 @@
 // One launch covers both products: blockIdx.x enumerates the S tiles (ti <= tj) and then
 // the C tiles; blockIdx.y splits the rows, and each block atomically adds its fp32 tile
 // into the accumulator (split-K over rows keeps the device full at small d).
+// Reduction order: with the row split, the order of the atomic adds (and of q's per-warp
+// adds) varies from run to run, so results vary in the last bits. Under
+// torch.use_deterministic_algorithms(True) the launcher uses one block per tile (every
+// element of S and C has one writer, its rows summed in order) and q comes from torch's own
+// reduction: bitwise reproducible (args.deterministic, stats_cuda.h).
 //
 //   FLOPs   rows·d_in·(d_in + 64) (triangle incl. diagonal tiles) + 2·rows·d_in·d_out
 //   traffic each block streams rows × 128 inputs per 64×64 tile through shared memory;
@@ -118,7 +123,8 @@ __device__ __forceinline__ void load_operands(T* sa, T* sb, const T* x, int64_t 
 }
 
 __device__ void add_q(float sq, float* q) {
-  // Warp reduction then one atomic per warp.
+  // Warp reduction then one atomic per warp (q == null: the caller sums ‖G‖² itself, deterministically).
+  if (q == nullptr) return;
   for (int off = 16; off > 0; off >>= 1) sq += __shfl_down_sync(0xffffffffu, sq, off);
   if ((threadIdx.x & 31) == 0 && sq != 0.f) atomicAdd(q, sq);
 }
@@ -229,7 +235,7 @@ extern "C" int layerprof_stats_cuda(const LayerprofStatsArgs* a) {
   int64_t want = (4LL * a->sms + tiles - 1) / tiles;
   int64_t max_splits = (a->rows + 4 * KSTEP - 1) / (4 * KSTEP);
   int64_t splits = want < 1 ? 1 : (want > max_splits ? max_splits : want);
-  if (splits < 1) splits = 1;
+  if (splits < 1 || a->deterministic) splits = 1;  // deterministic: each output element has one writer
   int64_t per = (a->rows + splits - 1) / splits;
   per = (per + KSTEP - 1) / KSTEP * KSTEP;
   splits = (a->rows + per - 1) / per;

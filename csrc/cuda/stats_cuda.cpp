@@ -54,7 +54,11 @@ void launch(at::Tensor* S, at::Tensor* C, at::Tensor* q, const at::Tensor& x_in,
   a.lds = S ? S->stride(0) : 0;
   a.C = C ? C->data_ptr<float>() : nullptr;
   a.ldc = C ? C->stride(0) : 0;
-  a.q = q ? q->data_ptr<float>() : nullptr;
+  // Under torch.use_deterministic_algorithms(True): one block per tile, and ‖G‖² by torch's own
+  // (deterministic) reduction below instead of the kernel's atomics.
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
+  a.deterministic = deterministic ? 1 : 0;
+  a.q = (q && !deterministic) ? q->data_ptr<float>() : nullptr;
   a.rows = x.size(0);
   a.d_in = static_cast<int>(x.size(1));
   a.d_out = g.defined() ? static_cast<int>(g.size(1)) : 0;
@@ -67,6 +71,10 @@ void launch(at::Tensor* S, at::Tensor* C, at::Tensor* q, const at::Tensor& x_in,
   a.stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   int err = layerprof_stats_cuda(&a);
   TORCH_CHECK(err == 0, "layerprof stats kernel launch failed: ", cudaGetErrorString(static_cast<cudaError_t>(err)));
+  if (deterministic && q != nullptr && g.defined()) {
+    at::Tensor rows = m.defined() ? g.index({m.view(at::kBool)}) : g;
+    q->add_(rows.to(at::kFloat).pow(2).sum());
+  }
 }
 
 }  // namespace

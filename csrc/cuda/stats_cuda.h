@@ -27,6 +27,9 @@ typedef struct {
   int with_s;
   int with_c;
   int sms;             // multiprocessor count, for the row split
+  int deterministic;   // 1: one block per tile (no split over rows) and q left to the caller: every sum in a
+                       // fixed order, bitwise reproducible; 0: split-K over rows with float atomics (faster
+                       // at small d; the order of the atomic adds varies from run to run)
   void* stream;        // cudaStream_t
 } LayerprofStatsArgs;
 
