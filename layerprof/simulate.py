@@ -78,14 +78,25 @@ def simulate_module(a: ModuleStats, b: ModuleStats, nb: tuple[int, int], kappa: 
                            seed=seed)["m"]
 
 
+DRIFTS = ("half", "shrunk")
+
+
 def simulated_gains(halves: Mapping[str, tuple[ModuleStats, ModuleStats]], nb: tuple[int, int],
                     kappa: Mapping[str, float], budget: TrainingBudget, *, calib_rows_per_batch: float,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, drift: str = "half") -> dict:
     """Name -> predicted held-out gain, for every module with both halves.
 
     Modules of one shape run as one batch (both directions of each: fit a score b, fit b
     score a), so the cost is a few batched products per step, not a Python loop per module.
+
+    ``drift`` is the persistent gradient the simulated run follows: ``"half"`` (the card's
+    sim_gain) the fitted half's G_a, calibration noise included; ``"shrunk"`` (an exploratory
+    round-3 candidate, docs/RESULTS.md) s·G_a with s = clamp(⟨G_a, G_b⟩ / ‖G_a‖², 0, 1), the
+    least-squares scalar estimate of the signal in G_a (⟨G_a, G_b⟩ is unbiased for ‖signal‖²):
+    a real run sees fresh batches, so the calibration's own noise should not drive it.
     """
+    if drift not in DRIFTS:
+        raise ValueError(f"drift must be one of {DRIFTS}, got {drift!r}")
     groups: dict[tuple[int, int], list[str]] = {}
     for name, (a, _) in halves.items():
         groups.setdefault(tuple(a.C.shape), []).append(name)
@@ -96,7 +107,11 @@ def simulated_gains(halves: Mapping[str, tuple[ModuleStats, ModuleStats]], nb: t
             (Ga, Sa), (Gb, Sb), v = _halves(*halves[name], nb)
             if budget.batch_rows is not None:
                 v *= calib_rows_per_batch / budget.batch_rows  # the noise of a mean over rows falls as 1/rows
-            fit_G += [Ga, Gb]
+            if drift == "shrunk":
+                shared = float((Ga * Gb).sum())
+                fit_G += [Ga * _shrink(shared, Ga), Gb * _shrink(shared, Gb)]
+            else:
+                fit_G += [Ga, Gb]
             fit_S += [Sa, Sb]
             eval_G += [Gb, Ga]
             eval_S += [Sb, Sa]
@@ -110,6 +125,11 @@ def simulated_gains(halves: Mapping[str, tuple[ModuleStats, ModuleStats]], nb: t
         for i, name in enumerate(names):
             out[name] = float(-0.5 * (loss[2 * i] + loss[2 * i + 1]))
     return out
+
+
+def _shrink(shared: float, G: torch.Tensor) -> float:
+    energy = float((G * G).sum())
+    return min(max(shared / energy, 0.0), 1.0) if energy > 0 else 0.0
 
 
 def _local_loss(AB: tuple[torch.Tensor, torch.Tensor], G: torch.Tensor, sigma: torch.Tensor, kappa,

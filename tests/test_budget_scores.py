@@ -269,3 +269,24 @@ def test_warmup_adapters_train_exactly_like_peft_lora():
     assert out["loss_first"] == pytest.approx(losses[0], rel=1e-5)
     assert out["loss_last"] == pytest.approx(losses[-1], rel=1e-5)
     assert losses[-1] != losses[0]  # the warm-up did train
+
+
+def test_shrunk_drift_follows_only_the_signal_the_halves_share():
+    """drift="shrunk": s·G_a with s = clamp(⟨G_a, G_b⟩/‖G_a‖², 0, 1). Agreeing halves: s = 1, the card's
+    simulation exactly; opposite halves (pure noise): s = 0, no drift, so no fitted noise to lose on."""
+    from layerprof.simulate import simulated_gains
+
+    torch.manual_seed(2)
+    d_in, d_out, N = 6, 4, 200
+    X = torch.randn(N, d_in, dtype=torch.float64)
+    S = X.t() @ X
+    G = torch.randn(d_in, d_out, dtype=torch.float64)
+    budget = TrainingBudget(steps=50, lr=5e-2, r=4, lora_alpha=8)
+    kw = dict(nb=(1, 1), kappa={"m": 1.5}, budget=budget, calib_rows_per_batch=N)
+    same = {"m": (_half(G, S, N), _half(G, S, N))}
+    assert simulated_gains(same, drift="shrunk", **kw) == simulated_gains(same, drift="half", **kw)
+    opposite = {"m": (_half(G, S, N), _half(-G, S, N))}
+    half, shrunk = simulated_gains(opposite, drift="half", **kw)["m"], simulated_gains(opposite, drift="shrunk", **kw)["m"]
+    assert half < 0 and shrunk > half  # the card's drift fits the noise and is penalized for it
+    with pytest.raises(ValueError, match="drift must be one of"):
+        simulated_gains(same, drift="both", **kw)

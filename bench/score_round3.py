@@ -1,0 +1,74 @@
+"""Exploratory (not a rule): the simulated gain with a shrunk drift, against the measured probes of tasks 1–8.
+
+Every task of docs/study is profiled again on its own calibration batches (the sweep only); the
+simulation runs with the card's κ per layer and the card's budget, once with the drift the card
+uses (``drift="half"``: must reproduce the card's sim_gain up to the simulation's noise draw) and
+once with ``drift="shrunk"`` (``layerprof.simulate.simulated_gains``). Printed: Spearman of each
+with the measured single-layer gains (mean of 3 seeds), beside the card's sim_gain and energy.
+Every task here has already been seen, so this can only propose a round-3 candidate; a default
+changes only after a rule written beforehand is confirmed on tasks not yet run.
+
+    OMP_NUM_THREADS=1 python bench/score_round3.py [--tasks bundled code ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import layerprof as lp
+from layerprof.batches import frozen_eval
+from layerprof.budget import TrainingBudget
+from layerprof.rankcorr import spearman
+from layerprof.simulate import simulated_gains
+from layerprof.tasks import TASKS
+
+ROOT = Path(__file__).resolve().parent.parent / "docs" / "study"
+
+
+def variants(task, card) -> dict[str, list[float]]:
+    model = task.model()
+    names = [m.name for m in card.modules if m.layer is not None]
+    prof = lp.Profiler(model, targets=names, rank=card.rank)
+    with frozen_eval(model), prof:
+        for b in task.calibration:
+            model(**b).loss.backward()
+    budget = TrainingBudget(**{k: v for k, v in card.meta["budget"].items() if k in TrainingBudget.__dataclass_fields__})
+    kappa = {m.name: card.layer(m.layer).kappa for m in card.modules if m.layer is not None}
+    halves = {n: (prof.acc.half(0, n), prof.acc.half(1, n)) for n in names}
+    rows = prof.rows / max(prof.acc.batches, 1)
+    out = {}
+    for drift in ("half", "shrunk"):
+        gains = simulated_gains(halves, prof.acc.batches_per_half(), kappa, budget, calib_rows_per_batch=rows,
+                                drift=drift)
+        out[drift] = [sum(gains[m.name] for m in card.modules if m.layer == l.layer) for l in card.layers]
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=sorted(p.name for p in ROOT.iterdir() if p.is_dir()))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    print("| task | steps | separable | card sim_gain | re-run, drift half | drift shrunk | energy |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for name in args.tasks:
+        study = json.loads((ROOT / name / "study.json").read_text())
+        task = TASKS[name]()
+        for steps, entry in study["budgets"].items():
+            probe = entry.get("probe") or {}
+            if not probe.get("mean_gain"):
+                continue
+            card = lp.LayerCard.load(ROOT / name / f"card_{steps}steps.json")
+            measured = [probe["mean_gain"][str(l.layer)] for l in card.layers]
+            v = variants(task, card)
+            cols = [spearman([l.sim_gain for l in card.layers], measured), spearman(v["half"], measured),
+                    spearman(v["shrunk"], measured), spearman([l.energy for l in card.layers], measured)]
+            print(f"| {name} | {steps} | {probe.get('separable')} | " + " | ".join(
+                "–" if c is None else f"{c:+.2f}" for c in cols) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
