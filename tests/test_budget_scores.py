@@ -130,12 +130,15 @@ def _half(C, S, N):
     return ModuleStats(N, S, C, torch.zeros((), dtype=torch.float64))
 
 
-def test_simulated_gain_is_bounded_by_the_quadratic_optimum_and_ranks_signal():
+def _local_problem(d_in=6, d_out=4, N=200):
+    """A module's statistics with a known answer: S of N Gaussian rows, a Gaussian gradient G."""
     torch.manual_seed(2)
-    d_in, d_out, N = 6, 4, 200
     X = torch.randn(N, d_in, dtype=torch.float64)
-    S = X.t() @ X
-    G = torch.randn(d_in, d_out, dtype=torch.float64)
+    return X.t() @ X, torch.randn(d_in, d_out, dtype=torch.float64), N
+
+
+def test_simulated_gain_is_bounded_by_the_quadratic_optimum_and_ranks_signal():
+    S, G, N = _local_problem()
     budget = TrainingBudget(steps=200, lr=5e-2, r=4, lora_alpha=8)
     kappa = 1.5
     gain = simulate_module(_half(G, S, N), _half(G, S, N), (1, 1), kappa, budget, calib_rows_per_batch=N)
@@ -276,11 +279,7 @@ def test_shrunk_drift_follows_only_the_signal_the_halves_share():
     simulation exactly; opposite halves (pure noise): s = 0, no drift, so no fitted noise to lose on."""
     from layerprof.simulate import simulated_gains
 
-    torch.manual_seed(2)
-    d_in, d_out, N = 6, 4, 200
-    X = torch.randn(N, d_in, dtype=torch.float64)
-    S = X.t() @ X
-    G = torch.randn(d_in, d_out, dtype=torch.float64)
+    S, G, N = _local_problem()
     budget = TrainingBudget(steps=50, lr=5e-2, r=4, lora_alpha=8)
     kw = dict(nb=(1, 1), kappa={"m": 1.5}, budget=budget, calib_rows_per_batch=N)
     same = {"m": (_half(G, S, N), _half(G, S, N))}
