@@ -34,6 +34,10 @@ class Profiler:
     keyword) excludes padding rows. Call ``card()`` after the block (or inside it).
     The statistics for module m are N_m, S_m = Σ x xᵀ, C_m = Σ x gᵀ, q_m = Σ ‖g‖²
     with g = ∂L/∂y over every backward pass run while profiling.
+
+    Settings: a ``ProfileConfig`` and/or its fields as keywords (``Profiler(model, rank=4)``). A
+    Profiler uses rank, damping, backend, dtype, targets, sketch and score; ``sketch="auto"``
+    means dense here (only ``profile`` plans memory), and budget-aware scores need ``profile``.
     """
 
     def __init__(self, model: nn.Module, config: ProfileConfig | None = None, *, _owner: object | None = None,
