@@ -179,7 +179,8 @@ COMMAND_FLAGS = {
              "--max-tokens", "--layers", "--backend", "--sketch", "--max-memory", "--probe-steps", "--score",
              "--targets", "--text", "--model", "--out", "--dtype"],
     "study": ["--task", "--k", "--budgets", "--rank", "--lr", "--seeds", "--random-draws", "--out"],
-    "bench": ["--batches", "--batch-size", "--seq-len", "--reps", "--backend", "--dtype", "--text", "--model"],
+    "bench": ["--batches", "--batch-size", "--seq-len", "--reps", "--backend", "--dtype", "--text", "--model",
+              "--plan", "--tokens", "--device"],
     "place": ["--layers", "--budget", "--params", "--target-gain", "--rank", "--rank-target", "--alpha",
               "--dropout", "--by", "--export"],
 }
