@@ -9,6 +9,7 @@ Every task here has already been seen, so this can only propose a round-3 candid
 changes only after a rule written beforehand is confirmed on tasks not yet run.
 
     OMP_NUM_THREADS=1 python bench/score_round3.py [--tasks bundled code ...]
+    python bench/score_round3.py --mix     # from the cards alone: sim_gain mixed with energy by noise share
 """
 from __future__ import annotations
 
@@ -47,10 +48,42 @@ def variants(task, card) -> dict[str, list[float]]:
     return out
 
 
+def mix(tasks) -> None:
+    """Rank of sim_gain and rank of energy, weighted by 1 − the card's mean noise share and by ½ each."""
+    import statistics
+
+    from layerprof.rankcorr import average_ranks
+
+    print("| task | steps | mean noise share | sim_gain | energy | mixed by noise share | mean of ranks |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    cols = []
+    for name in tasks:
+        study = json.loads((ROOT / name / "study.json").read_text())
+        for steps, entry in study["budgets"].items():
+            probe = entry.get("probe") or {}
+            if not probe.get("mean_gain"):
+                continue
+            card = lp.LayerCard.load(ROOT / name / f"card_{steps}steps.json")
+            measured = [probe["mean_gain"][str(l.layer)] for l in card.layers]
+            shares = [l.noise_share for l in card.layers if l.noise_share is not None]
+            w = 1.0 - (min(max(statistics.mean(shares), 0.0), 1.0) if shares else 0.5)
+            rs, re = average_ranks([l.sim_gain for l in card.layers]), average_ranks([l.energy for l in card.layers])
+            row = [spearman(list(rs), measured), spearman(list(re), measured),
+                   spearman([w * a + (1 - w) * b for a, b in zip(rs, re)], measured),
+                   spearman([(a + b) / 2 for a, b in zip(rs, re)], measured)]
+            cols.append(row)
+            print(f"| {name} | {steps} | {1 - w:.2f} | " + " | ".join(f"{c:+.2f}" for c in row) + " |")
+    print("| mean | | | " + " | ".join(f"{statistics.mean(c[i] for c in cols):+.3f}" for i in range(4)) + " |")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=sorted(p.name for p in ROOT.iterdir() if p.is_dir()))
+    ap.add_argument("--mix", action="store_true", help="only the card-based mixtures (no profiling)")
     args = ap.parse_args(argv)
+    if args.mix:
+        mix(args.tasks)
+        return
     torch.set_num_threads(1)
     print("| task | steps | separable | card sim_gain | re-run, drift half | drift shrunk | energy |")
     print("|---|---:|---|---:|---:|---:|---:|")
