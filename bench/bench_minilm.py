@@ -9,13 +9,12 @@ passes interleaved; profile() without a budget (the sweep's columns), finalize i
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import layerprof as lp
-from layerprof.benchmark import machine
+from harness import print_profile_table, profile_vs_plain
+from layerprof.benchmark import machine, plain_backward
 from layerprof.tasks import minilm_task
 
 
@@ -28,38 +27,11 @@ def main(argv=None) -> None:
     model = task.model().eval()
     batches = task.calibration
 
-    def plain():
-        flags = [p.requires_grad for p in model.parameters()]
-        for p in model.parameters():
-            p.requires_grad_(False)
-        emb = model.encoder.get_input_embeddings()
-        h = emb.register_forward_hook(lambda m, i, o: o.requires_grad_(True))
-        try:
-            for b in batches:
-                model(**b).loss.backward()
-        finally:
-            h.remove()
-            for p, f in zip(model.parameters(), flags):
-                p.requires_grad_(f)
-
-    cards = []
-    times = {"plain": [], "profile": []}
-    for rep in range(args.reps + 1):
-        for name, fn in (("plain", plain), ("profile", lambda: cards.append(lp.profile(model, batches, progress=False)))):
-            t = time.process_time()
-            fn()
-            if rep:
-                times[name].append(time.process_time() - t)
-    p, total = statistics.median(times["plain"]), statistics.median(times["profile"])
-    sweep = statistics.median(c.meta["sweep"]["seconds"] for c in cards[1:])
-    fin = statistics.median(c.meta["sweep"]["finalize_seconds"] for c in cards[1:])
+    r = profile_vs_plain(lambda: plain_backward(model, batches), lambda: lp.profile(model, batches, progress=False),
+                         args.reps)
     print(f"{machine()}\nall-MiniLM-L6-v2 + probe, {len(batches)} batches × 32 × 64 tokens, process CPU time, "
           f"median of {args.reps}\n")
-    print("| figure | seconds | / plain |\n|---|---:|---:|")
-    print(f"| plain frozen fwd+bwd | {p:.1f} | 1.00 |")
-    print(f"| sweep (card, wall) | {sweep:.1f} | {sweep / p:.2f} |")
-    print(f"| finalize (card, wall) | {fin:.1f} | {fin / p:.2f} |")
-    print(f"| whole lp.profile() | {total:.1f} | {total / p:.2f} |")
+    print_profile_table(r, digits=1)
 
 
 if __name__ == "__main__":

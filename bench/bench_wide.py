@@ -10,13 +10,12 @@ whole profile() — with and without the split-half statistics that finalize als
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch import nn
 
 import layerprof as lp
+from harness import print_profile_table, profile_vs_plain
 from layerprof.benchmark import machine
 
 
@@ -57,31 +56,13 @@ def main(argv=None) -> None:
         for p in model.parameters():
             p.requires_grad_(True)
 
-    cards = []
-
     def profile():
-        cards.append(lp.profile(model, batches, loss_fn=loss_fn, targets=targets, progress=False,
-                                backend=args.backend))
+        return lp.profile(model, batches, loss_fn=loss_fn, targets=targets, progress=False, backend=args.backend)
 
-    times = {"plain": [], "profile": []}
-    for rep in range(args.reps + 1):
-        for name, fn in (("plain", plain), ("profile", profile)):
-            t = time.process_time()
-            fn()
-            if rep:  # the first round warms up
-                times[name].append(time.process_time() - t)
-    plain_s = statistics.median(times["plain"])
-    total = statistics.median(times["profile"])
-    sweep = statistics.median(c.meta["sweep"]["seconds"] for c in cards[1:])
-    fin = statistics.median(c.meta["sweep"]["finalize_seconds"] for c in cards[1:])
+    r = profile_vs_plain(plain, profile, args.reps)
     print(f"{machine()}\nwide MLP {len(model.layers)} × Linear({args.d}, {args.d}), {args.batches} batches × "
-          f"{args.rows} rows, backend {cards[-1].meta['settings']['backend']}, process CPU time, median of {args.reps}")
-    print("| figure | seconds | / plain |\n|---|---:|---:|")
-    print(f"| plain frozen fwd+bwd | {plain_s:.2f} | 1.00 |")
-    print(f"| sweep (taps + accumulation; card, wall) | {sweep:.2f} | {sweep / plain_s:.2f} |")
-    print(f"| finalize (card, wall) | {fin:.2f} | {fin / plain_s:.2f} (= {fin / sweep:.2f}× the sweep) |")
-    print(f"| whole lp.profile() | {total:.2f} | {total / plain_s:.2f} |")
-
+          f"{args.rows} rows, backend {r['card'].meta['settings']['backend']}, process CPU time, median of {args.reps}")
+    print_profile_table(r)
 
 if __name__ == "__main__":
     main()

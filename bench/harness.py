@@ -32,3 +32,31 @@ def append(rows: list[dict], path: Path = RESULTS) -> None:
             w.writerow(r)
         for r in rows:
             w.writerow({**stamp, **r})
+
+
+def profile_vs_plain(plain, profile, reps: int) -> dict:
+    """``plain()`` and ``profile()`` (returning a card) interleaved, process CPU time, a warm-up round first:
+    medians of plain, of the whole profile() call, and of the cards' own sweep and finalize seconds."""
+    import statistics
+
+    times, cards = {"plain": [], "profile": []}, []
+    for rep in range(reps + 1):
+        for name, fn in (("plain", plain), ("profile", lambda: cards.append(profile()))):
+            t = time.process_time()
+            fn()
+            if rep:  # the first round warms up
+                times[name].append(time.process_time() - t)
+    return {"plain": statistics.median(times["plain"]), "profile": statistics.median(times["profile"]),
+            "sweep": statistics.median(c.meta["sweep"]["seconds"] for c in cards[1:]),
+            "finalize": statistics.median(c.meta["sweep"]["finalize_seconds"] for c in cards[1:]), "card": cards[-1]}
+
+
+def print_profile_table(r: dict, digits: int = 2) -> None:
+    """The table bench_wide.py and bench_minilm.py print from ``profile_vs_plain``."""
+    p = r["plain"]
+    print("| figure | seconds | / plain |\n|---|---:|---:|")
+    print(f"| plain frozen fwd+bwd | {p:.{digits}f} | 1.00 |")
+    print(f"| sweep (taps + accumulation; card, wall) | {r['sweep']:.{digits}f} | {r['sweep'] / p:.2f} |")
+    print(f"| finalize (card, wall) | {r['finalize']:.{digits}f} | {r['finalize'] / p:.2f} "
+          f"(= {r['finalize'] / r['sweep']:.2f}× the sweep) |")
+    print(f"| whole lp.profile() | {r['profile']:.{digits}f} | {r['profile'] / p:.2f} |")

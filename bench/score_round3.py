@@ -29,6 +29,18 @@ from layerprof.tasks import TASKS
 ROOT = Path(__file__).resolve().parent.parent / "docs" / "study"
 
 
+def probed_cards(tasks):
+    """(task name, steps, card, measured mean gain per layer) for every budget with probes."""
+    for name in tasks:
+        study = json.loads((ROOT / name / "study.json").read_text())
+        for steps, entry in study["budgets"].items():
+            probe = entry.get("probe") or {}
+            if not probe.get("mean_gain"):
+                continue
+            card = lp.LayerCard.load(ROOT / name / f"card_{steps}steps.json")
+            yield name, steps, card, [probe["mean_gain"][str(l.layer)] for l in card.layers], probe
+
+
 def variants(task, card) -> dict[str, list[float]]:
     model = task.model()
     names = [m.name for m in card.modules if m.layer is not None]
@@ -57,22 +69,15 @@ def mix(tasks) -> None:
     print("| task | steps | mean noise share | sim_gain | energy | mixed by noise share | mean of ranks |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     cols = []
-    for name in tasks:
-        study = json.loads((ROOT / name / "study.json").read_text())
-        for steps, entry in study["budgets"].items():
-            probe = entry.get("probe") or {}
-            if not probe.get("mean_gain"):
-                continue
-            card = lp.LayerCard.load(ROOT / name / f"card_{steps}steps.json")
-            measured = [probe["mean_gain"][str(l.layer)] for l in card.layers]
-            shares = [l.noise_share for l in card.layers if l.noise_share is not None]
-            w = 1.0 - (min(max(statistics.mean(shares), 0.0), 1.0) if shares else 0.5)
-            rs, re = average_ranks([l.sim_gain for l in card.layers]), average_ranks([l.energy for l in card.layers])
-            row = [spearman(list(rs), measured), spearman(list(re), measured),
-                   spearman([w * a + (1 - w) * b for a, b in zip(rs, re)], measured),
-                   spearman([(a + b) / 2 for a, b in zip(rs, re)], measured)]
-            cols.append(row)
-            print(f"| {name} | {steps} | {1 - w:.2f} | " + " | ".join(f"{c:+.2f}" for c in row) + " |")
+    for name, steps, card, measured, _ in probed_cards(tasks):
+        shares = [l.noise_share for l in card.layers if l.noise_share is not None]
+        w = 1.0 - (min(max(statistics.mean(shares), 0.0), 1.0) if shares else 0.5)
+        rs, re = average_ranks([l.sim_gain for l in card.layers]), average_ranks([l.energy for l in card.layers])
+        row = [spearman(list(rs), measured), spearman(list(re), measured),
+               spearman([w * a + (1 - w) * b for a, b in zip(rs, re)], measured),
+               spearman([(a + b) / 2 for a, b in zip(rs, re)], measured)]
+        cols.append(row)
+        print(f"| {name} | {steps} | {1 - w:.2f} | " + " | ".join(f"{c:+.2f}" for c in row) + " |")
     print("| mean | | | " + " | ".join(f"{statistics.mean(c[i] for c in cols):+.3f}" for i in range(4)) + " |")
 
 
@@ -87,20 +92,14 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     print("| task | steps | separable | card sim_gain | re-run, drift half | drift shrunk | energy |")
     print("|---|---:|---|---:|---:|---:|---:|")
-    for name in args.tasks:
-        study = json.loads((ROOT / name / "study.json").read_text())
-        task = TASKS[name]()
-        for steps, entry in study["budgets"].items():
-            probe = entry.get("probe") or {}
-            if not probe.get("mean_gain"):
-                continue
-            card = lp.LayerCard.load(ROOT / name / f"card_{steps}steps.json")
-            measured = [probe["mean_gain"][str(l.layer)] for l in card.layers]
-            v = variants(task, card)
-            cols = [spearman([l.sim_gain for l in card.layers], measured), spearman(v["half"], measured),
-                    spearman(v["shrunk"], measured), spearman([l.energy for l in card.layers], measured)]
-            print(f"| {name} | {steps} | {probe.get('separable')} | " + " | ".join(
-                "–" if c is None else f"{c:+.2f}" for c in cols) + " |", flush=True)
+    tasks = {}
+    for name, steps, card, measured, probe in probed_cards(args.tasks):
+        task = tasks.setdefault(name, TASKS[name]())
+        v = variants(task, card)
+        cols = [spearman([l.sim_gain for l in card.layers], measured), spearman(v["half"], measured),
+                spearman(v["shrunk"], measured), spearman([l.energy for l in card.layers], measured)]
+        print(f"| {name} | {steps} | {probe.get('separable')} | " + " | ".join(
+            "–" if c is None else f"{c:+.2f}" for c in cols) + " |", flush=True)
 
 
 if __name__ == "__main__":
