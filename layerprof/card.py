@@ -188,6 +188,17 @@ class LayerCard:
 
         return place(self, **kwargs)
 
+    def renamed(self, name_of, **meta) -> "LayerCard":
+        """A copy with every module name mapped by ``name_of``, in the rows and in the metadata keyed by
+        module name (calls, unfired, unmasked, weights_changed); ``meta`` entries are added."""
+        new = {**self.meta, **meta}
+        for key in ("unfired", "unmasked", "weights_changed"):
+            if isinstance(new.get(key), list):
+                new[key] = [name_of(n) for n in new[key]]
+        if isinstance(new.get("calls"), dict):
+            new["calls"] = {name_of(n): c for n, c in new["calls"].items()}
+        return LayerCard([dataclasses.replace(m, name=name_of(m.name)) for m in self.modules], self.layers, new)
+
     def with_probe(self, probe: dict) -> "LayerCard":
         """A copy of this card carrying single-layer probe results (see ``layerprof.study_lora``)."""
         gains = probe["measured_gain"]

@@ -269,16 +269,12 @@ def cmd_doctor(args) -> int:
 
 
 
-class _Commands:
-    """``layerprof <command>`` -> its ``cmd_<name>`` here, looked up when called (aliases: validate = study)."""
-
-    ALIASES = {"validate": "study"}
-
-    def __getitem__(self, name: str):
-        return globals()[f"cmd_{self.ALIASES.get(name, name)}"]
+ALIASES = {"validate": "study"}  # old command names that still work
 
 
-COMMANDS = _Commands()
+def _command(name: str):
+    """``layerprof <name>`` -> its ``cmd_<name>``, looked up when called (so tests may replace it)."""
+    return globals()[f"cmd_{ALIASES.get(name, name)}"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     try:
-        return COMMANDS[args.command](args)
+        return _command(args.command)(args)
     except (LayerprofError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         # One line, no traceback: every LayerprofError message names its fix.
         print(f"layerprof: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -109,25 +109,10 @@ def base_names(card, model):
     """The card with module names relative to the base model (``bert.encoder…`` -> ``encoder…``), so that
     the written config applies to ``AutoModel`` and to every ``AutoModelFor…`` of the family: PEFT
     matches a name as the whole module name or as its suffix."""
-    import dataclasses
-
     prefix = getattr(model, "base_model_prefix", "") or ""
     if not prefix or not all(m.name.startswith(prefix + ".") for m in card.modules if m.layer is not None):
         return card
-    from .card import LayerCard
-
-    def strip(name: str) -> str:
-        return name[len(prefix) + 1:] if name.startswith(prefix + ".") else name
-
-    modules = [dataclasses.replace(m, name=strip(m.name)) for m in card.modules]
-    meta = dict(card.meta)
-    for key in ("calls",):
-        if isinstance(meta.get(key), dict):
-            meta[key] = {strip(k): v for k, v in meta[key].items()}
-    for key in ("unfired", "unmasked"):
-        if isinstance(meta.get(key), list):
-            meta[key] = [strip(k) for k in meta[key]]
-    return LayerCard(modules, [dataclasses.asdict(l) for l in card.layers], meta)
+    return card.renamed(lambda name: name[len(prefix) + 1:] if name.startswith(prefix + ".") else name)
 
 
 def calibration_batches(text_path: str | None, model, tokenizer, *, batches: int, batch_size: int, seq_len: int,

@@ -10,8 +10,6 @@ and name the card's modules as the base model does, so that the plan configures 
 """
 from __future__ import annotations
 
-import dataclasses
-
 BASE_LAYER = ".base_layer"
 PREFIX = "base_model.model."  # PeftModel → LoraModel → the transformers model
 
@@ -36,11 +34,4 @@ def base_name(name: str) -> str:
 
 def strip_base_layer(card):
     """The card with its modules named as in the base model (PEFT's prefix and '.base_layer' dropped)."""
-    from .card import LayerCard
-
-    modules = [dataclasses.replace(m, name=base_name(m.name)) for m in card.modules]
-    meta = {**card.meta, **{k: [base_name(n) for n in card.meta.get(k, [])] for k in ("unfired", "unmasked")}}
-    if isinstance(card.meta.get("calls"), dict):
-        meta["calls"] = {base_name(n): c for n, c in card.meta["calls"].items()}
-    meta["peft_wrapped"] = True
-    return LayerCard(modules, card.layers, meta)
+    return card.renamed(base_name, peft_wrapped=True)

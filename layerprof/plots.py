@@ -135,10 +135,10 @@ def coupling(card: "LayerCard") -> "Figure | None":
 
 def selector_ranks(card: "LayerCard") -> "Figure":
     """Each selector's rank of every layer (1 = its first pick), the card's score on top."""
-    from .scores import SCORE_LABELS
+    from .scores import score_label
 
     score = card.meta.get("settings", {}).get("score", "resnorm2")
-    rows = [(f"card score ({SCORE_LABELS.get(score, score)})" if key == "score" else label,
+    rows = [(f"card score ({score_label(score)})" if key == "score" else label,
              [getattr(l, key) for l in card.layers]) for key, label in BASELINES
             if all(getattr(l, key, None) is not None for l in card.layers)]
     x = _layers(card)

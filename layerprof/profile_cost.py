@@ -34,7 +34,6 @@ DEVICES = {
             "label": "one core of the 2-core AMD EPYC VM (measured: ~40 GF/s fp32 GEMM, ~20 fp64, eigen ~8)"},
 }
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "down_proj", "c_proj", "dense", "fc2", "wo", "w2")
-EXACT_SPECTRUM_MAX = 2048
 
 
 @dataclass
@@ -98,6 +97,7 @@ def _group_inputs(targets) -> dict[str, str]:
 
 def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 4096, name: str = "") -> ProfileCost:
     """The cost model for a model (real or on the meta device) and ``tokens`` calibration tokens."""
+    from .finalize import EXACT_SPECTRUM_MAX
     from .memory_plan import plan_memory
     from .targets import find_targets, linear_kind, modules_by_name, output_head_names
 

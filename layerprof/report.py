@@ -115,9 +115,9 @@ def markdown(card: "LayerCard", plan: "Plan | None" = None) -> str:
     meta = card.meta
     model, data, settings, sweep = meta["model"], meta["data"], meta["settings"], meta["sweep"]
     stab = meta.get("stability", {})
-    from .scores import SCORE_LABELS
+    from .scores import score_label
 
-    score = SCORE_LABELS.get(settings.get("score", "resnorm2"), settings.get("score"))
+    score = score_label(settings.get("score", "resnorm2"))
     lines = [f"# Layer Card — {model['class']}" + (f" ({model['name_or_path']})" if model.get("name_or_path") else ""),
              "",
              f"- model: {model['parameters']:,} parameters, dtype {model.get('dtype')}, config {model['config_hash']}",

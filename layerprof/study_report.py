@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .scores import SCORE_LABELS
+from .scores import score_label
 
 BASELINES = ("random-k", "first-k", "last-k", "uniform-k", "middle-k", "grad-norm top-k", "act-norm top-k",
              "nfn top-k")
@@ -33,7 +33,7 @@ def markdown(task: str, summary: dict, cards: dict, proto) -> str:
         probe = entry.get("probe")
         if probe:
             lines += ["### Single-layer probes", "",
-                      "| layer | measured gain | " + " | ".join(SCORE_LABELS.get(n, n) for n in
+                      "| layer | measured gain | " + " | ".join(score_label(n) for n in
                                                               ("resnorm2", "resnorm2_x", "sim_gain", "lca_gain")) + " |",
                       "|---:|---:|---:|---:|---:|---:|"]
             for l in card.layers:
@@ -45,7 +45,7 @@ def markdown(task: str, summary: dict, cards: dict, proto) -> str:
                       f"{'>' if probe['separable'] else '≤'} 3 × seed std).", "",
                       "| score | Spearman with measured | 95% bootstrap interval (seeds) |", "|---|---:|---|"]
             for name, s in sorted(probe["spearman"].items(), key=lambda kv: -(kv[1]["rho"] or -9)):
-                lines.append(f"| {SCORE_LABELS.get(name, name)} | {_s(s['rho'])} | {_interval(s)} |")
+                lines.append(f"| {score_label(name)} | {_s(s['rho'])} | {_interval(s)} |")
             lines.append("")
         rows = entry.get("placements") or {}
         if rows:
@@ -141,7 +141,7 @@ def plots(summary: dict, cards: dict, out: Path) -> dict[str, Path]:
                 for l, x, y in zip(card.layers, xs, ys):
                     ax.annotate(str(l.layer), (x, y), fontsize=7)
                 rho = probe["spearman"].get(key, {}).get("rho")
-                ax.set_title(f"{SCORE_LABELS.get(key, key)}: Spearman {_s(rho)}", fontsize=9)
+                ax.set_title(f"{score_label(key)}: Spearman {_s(rho)}", fontsize=9)
                 ax.set_ylabel("measured single-layer gain" if i == 0 else "")
             paths[f"probes_{steps}"] = out / f"probes_{steps}steps.png"
             fig.savefig(paths[f"probes_{steps}"], dpi=120)
