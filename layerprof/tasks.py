@@ -13,6 +13,8 @@
   docstrings (the second study round's confirmation tasks).
 * ``minilm_code_task``: all-MiniLM-L6-v2 telling which of the 10 largest standard-library
   modules a chunk of source code comes from (a second task for the real pretrained encoder).
+* ``comment_task`` / ``deep_comment_task``: both decoders adapted to the standard library's
+  ``#`` comments (the third study round's confirmation tasks).
 """
 from __future__ import annotations
 
@@ -95,6 +97,38 @@ def _stdlib_task(texts_of, what: str, *, batch_size: int, seq_len: int, eval_fra
     return Task(f"{name} → {what}", model or load_default_model, train, evals, train[:calibration_batches])
 
 
+def comment_task(*, batch_size: int = 8, seq_len: int = 128, eval_fraction: float = 0.2,
+                 calibration_batches: int = 16, train_batches: int = 200, model=None,
+                 name: str = "bundled shakespeare-gpt2") -> Task:
+    """Domain shift to code comments: every ``#`` comment of the standard library, one per line.
+
+    Terse English mixed with identifiers, TODOs and commented-out code: neither the prose of
+    ``bundled_task`` nor the code of ``code_task``. Split by file like ``code_task``.
+    """
+    return _stdlib_task(_comments, "Python comments", batch_size=batch_size, seq_len=seq_len,
+                        eval_fraction=eval_fraction, calibration_batches=calibration_batches,
+                        train_batches=train_batches, model=model, name=name)
+
+
+def _comments(path) -> list[str]:
+    """The ``#`` comments of one source file, in source order, each without its ``#`` (files that
+    do not tokenize give what was read before the error)."""
+    import io
+    import tokenize
+
+    out = []
+    source = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                text = tok.string.lstrip("#").strip()
+                if text:
+                    out.append(text)
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return ["\n".join(out)] if out else []
+
+
 def _docstrings(path) -> list[str]:
     """The docstrings of one source file, in source order (files that do not parse give none)."""
     import ast
@@ -130,6 +164,13 @@ def deep_code_task(**kw) -> Task:
     from .bundled import load_deep_model
 
     return code_task(model=load_deep_model, name="deep shakespeare-gpt2 (16 blocks)", **kw)
+
+
+def deep_comment_task(**kw) -> Task:
+    """The 16-block study decoder adapted to the standard library's comments."""
+    from .bundled import load_deep_model
+
+    return comment_task(model=load_deep_model, name="deep shakespeare-gpt2 (16 blocks)", **kw)
 
 
 def deep_docstring_task(**kw) -> Task:
@@ -289,7 +330,9 @@ def _minilm():
 
 # The study's tasks (docs/RESULTS.md). Round 1: the first three decided the default score by a
 # pre-registered rule, the next three were run without retuning. Round 2: a rule written on those
-# six, confirmed on the two docstring tasks.
+# six, confirmed on the two docstring tasks. Round 3: a placement rule written on the twelve
+# placement rows of rounds 1-2, confirmed on the two comment tasks.
 TASKS = {"bundled": bundled_task, "code": code_task, "minilm": minilm_task,
          "deep": deep_task, "deep-code": deep_code_task, "minilm-code": minilm_code_task,
-         "docstrings": docstring_task, "deep-docstrings": deep_docstring_task}
+         "docstrings": docstring_task, "deep-docstrings": deep_docstring_task,
+         "comments": comment_task, "deep-comments": deep_comment_task}

@@ -106,3 +106,22 @@ def test_docstring_task_reads_docstrings_and_holds_out_whole_files(tmp_path):
     assert len(task.train) == 4 and len(task.eval) == 12 and len(task.calibration) == 2
     rows = lambda bs: {decode(r[m.bool()].tolist()) for b in bs for r, m in zip(b["input_ids"], b["attention_mask"])}  # noqa: E731
     assert not (rows(task.train) & rows(task.eval) - {"\n"})
+
+
+def test_comment_task_reads_comments_only_and_holds_out_whole_files(tmp_path):
+    from layerprof.bundled import decode
+    from layerprof.tasks import _comments, comment_task
+
+    src = tmp_path / "m.py"
+    src.write_text('# first\nx = "# not a comment"  # second\n#\n#   third  \n', encoding="utf-8")
+    assert _comments(src) == ["first\nsecond\nthird"]
+    (tmp_path / "empty.py").write_text("x = 1\n", encoding="utf-8")
+    assert _comments(tmp_path / "empty.py") == []
+    (tmp_path / "bad.py").write_text("# kept\ndef f(:\n    (\n", encoding="utf-8")
+    assert _comments(tmp_path / "bad.py") == ["kept"]
+
+    task = comment_task(train_batches=4, calibration_batches=2)
+    assert "comments" in task.name
+    assert len(task.train) == 4 and len(task.eval) == 12 and len(task.calibration) == 2
+    rows = lambda bs: {decode(r[m.bool()].tolist()) for b in bs for r, m in zip(b["input_ids"], b["attention_mask"])}  # noqa: E731
+    assert not (rows(task.train) & rows(task.eval) - {"\n"})
