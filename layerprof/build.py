@@ -22,6 +22,7 @@ from .config import ProfileConfig
 from .errors import ProfileError
 from .finalize import finalize
 from .memory import peak_kind, process_peak, solve_threads, threads
+from .scores import DEFAULT_SCORE, DEFAULT_SCORE_WITHOUT_HALVES, apply_score, default_score
 from .targets import Target, linear_kind, modules_by_name, output_head_names
 
 
@@ -46,7 +47,8 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
     modules = modules_by_name(model, fired)
     weights = {n: linear_kind(m).weight(modules[n]) for n, m in modules.items()}
     heads = output_heads(model)
-    score = config.chosen_score
+    # The default score follows what the card will have: the coupling matrix or not (layerprof.scores).
+    score = config.score or default_score(bool(coupling))
     t_fin = time.perf_counter()
     # The float64 solves run on the CPU unless the statistics live on a GPU; on a busy CPU one thread.
     n_threads = solve_threads() if device.type == "cpu" else torch.get_num_threads()
@@ -56,13 +58,17 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
             weights, rank=config.rank, damping=config.damping,
             heads=heads, score=score)
     finalize_s = time.perf_counter() - t_fin
+    if config.score is None and score == DEFAULT_SCORE and any(l["resnorm2_x"] is None for l in layer_rows):
+        score = DEFAULT_SCORE_WITHOUT_HALVES  # one batch: no halves to cross
+        apply_score(layer_rows, score)
     meta = {
         "model": model_identity(model),
         "data": {"rows": rows, "batches": acc.batches, "hash": data_hash, "world_size": world()[1]},
         "settings": {"rank": config.rank, "damping": config.damping, "backend": backend,
                      "backend_requested": config.backend,
                      "dtype": str(config.dtype).replace("torch.", ""),
-                     "targets": config.targets, "score": score, "sketch": config.sketch,
+                     "targets": config.targets, "score": score, "score_default": config.score is None,
+                     "sketch": config.sketch,
                      "sketched_modules": sum(acc.sketched(n) for n in fired)},
         "versions": versions(),
         "sweep": {"seconds": sweep_seconds, "finalize_seconds": finalize_s, "finalize_threads": n_threads,

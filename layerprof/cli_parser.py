@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_args as A
     from .scores import SCORES
     from .ops import backends
-    from .scores import DEFAULT_SCORE, DEFAULT_SWEEP_SCORE
+    from .scores import DEFAULT_SCORE, DEFAULT_UNCOUPLED_SCORE
     from .schema import MAX_RANK
 
     BACKENDS = ["auto", *backends()]
@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), default=D.rank, help=H["rank"] + " (default: %(default)s)")
     c.add_argument("--damping", type=A.number("--damping", 0.0, 1e3), default=D.damping, help=H["damping"] + " (default: %(default)s)")
     c.add_argument("--score", choices=list(SCORES),
-                   help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE}, or {DEFAULT_SWEEP_SCORE} with "
-                        "--no-predict: the placement study's choice, docs/RESULTS.md)")
+                   help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE} placed by the coupled greedy, or "
+                        f"{DEFAULT_UNCOUPLED_SCORE} placed top-k with --no-coupling: the placement study's choice, "
+                        "docs/RESULTS.md)")
     c.add_argument("--steps", type=A.integer("--steps", 1, 10 ** 7), default=B.steps,
                    help="steps of the LoRA fine-tune you will run: the budget-aware scores predict it "
                         "(default: %(default)s)")
@@ -117,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "sweeps if needed), or k (sketch C as CΩ with k columns) (default: %(default)s)")
     c.add_argument("--max-memory", type=A.number("--max-memory", 0.0, 2.0 ** 20, lo_open=True), help="memory budget for the statistics in GiB (default: 80%% of "
                    "the free memory of the model's device)")
-    c.add_argument("--coupling", action="store_true", help="also measure the layer coupling matrix (dense only)")
+    c.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure the layer coupling matrix the default placement needs (default: whenever the "
+                        "statistics are dense in one sweep; --no-coupling saves two forwards per layer and places "
+                        "top-k on activation energy)")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (statistics are always fp32)")
     c.add_argument("--probe-steps", type=A.integer("--probe-steps", 0, 10 ** 6), default=0,

@@ -21,7 +21,7 @@ import torch
 from .budget import TrainingBudget, as_budget
 from .damping import MAX_DAMPING
 from .errors import ProfileError
-from .scores import BUDGET_SCORES, PREDICTORS, SCORES, default_score
+from .scores import BUDGET_SCORES, PREDICTORS, SCORES
 
 
 @dataclass
@@ -36,7 +36,8 @@ class ProfileConfig:
         "help": f"relative damping δ: λ = δ·tr Σ / d_in (0 = exact pseudo-inverse; at most {MAX_DAMPING:g})"})
     score: str | None = field(default=None, metadata={
         "help": "per-layer score placement maximizes (layerprof.scores.SCORES); None = the placement study's "
-                "default: sim_gain with a budget, energy without"})
+                "default: the cross-half ρ² (resnorm2_x) placed by the coupled greedy when the card has the "
+                "coupling matrix, activation energy placed top-k when it does not"})
     backend: str = field(default="auto", metadata={
         "help": "statistics backend: auto, torch, cpp, cuda or triton (`layerprof doctor` lists what runs here)"})
     dtype: torch.dtype = field(default=torch.float32, metadata={
@@ -44,9 +45,14 @@ class ProfileConfig:
     max_tokens: int | None = field(default=None, metadata={
         "help": "stop after this many non-padding tokens (rows); None = every batch"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
-    coupling: bool = field(default=False, metadata={
-        "help": "also measure the layer coupling matrix (two extra forwards per layer; needs dense statistics)"})
+    coupling: bool | None = field(default=None, metadata={
+        "help": "measure the layer coupling matrix, which the default placement needs (two extra forwards per "
+                "layer on coupling_batches batches); None = whenever the statistics are dense in one sweep, "
+                "True = always (refused where they are not), False = never"})
     coupling_batches: int = field(default=2, metadata={"help": "batches the coupling matrix is measured on"})
+    coupling_tokens: int | None = field(default=2048, metadata={
+        "help": "at most this many non-padding tokens of those batches (whole sequences; rows for feature "
+                "inputs); None = all. 2048 holds the placement study's two calibration batches whole"})
     sketch: int | str | None = field(default="auto", metadata={
         "help": "'auto' = dense unless it does not fit max_memory; None = always dense; k = keep CΩ with k "
                 "Gaussian columns instead of C (memory O(d_in·k) per module)"})
@@ -74,9 +80,15 @@ class ProfileConfig:
         if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int)
                                             or self.max_tokens <= 0):
             raise ProfileError(f"max_tokens must be a positive int or None, got {self.max_tokens!r}")
+        if self.coupling is not None and not isinstance(self.coupling, bool):
+            raise ProfileError(f"coupling must be True, False or None (auto), got {self.coupling!r}")
         if isinstance(self.coupling_batches, bool) or not isinstance(self.coupling_batches, int) \
                 or self.coupling_batches < 1:
             raise ProfileError(f"coupling_batches must be a positive int, got {self.coupling_batches!r}")
+        if self.coupling_tokens is not None and (isinstance(self.coupling_tokens, bool)
+                                                 or not isinstance(self.coupling_tokens, int)
+                                                 or self.coupling_tokens < 1):
+            raise ProfileError(f"coupling_tokens must be a positive int or None, got {self.coupling_tokens!r}")
         if self.sketch != "auto" and self.sketch is not None and (
                 isinstance(self.sketch, bool) or not isinstance(self.sketch, int) or self.sketch < 1):
             raise ProfileError(f"sketch must be 'auto', None or a positive int, got {self.sketch!r}")
@@ -101,11 +113,6 @@ class ProfileConfig:
             raise ProfileError(f"score={self.score!r} is a budget-aware prediction: pass budget=TrainingBudget("
                                f"steps=..., lr=..., r=..., lora_alpha=...) (and keep {self.score!r}'s predictor in "
                                "predict=)")
-
-    @property
-    def chosen_score(self) -> str:
-        """The score placement will maximize: ``score``, or the default for the predictors that run."""
-        return self.score or default_score(self.predict)
 
     @classmethod
     def build(cls, config: "ProfileConfig | None" = None, overrides: Mapping[str, Any] | None = None

@@ -26,14 +26,28 @@ from .ops import symmetric
 
 
 def corrections(stats: Mapping[str, "object"], damping: float) -> dict[str, torch.Tensor]:
-    """ΔW_m = −C_mᵀ (Σ_m + λ_m I)⁻¹ per module, float64 on the CPU, shape d_out × d_in."""
+    """ΔW_m = −C_mᵀ (Σ_m + λ_m I)⁻¹ per module, float64 on the CPU, shape d_out × d_in.
+
+    By a Cholesky factor of Σ + λI, one per distinct S (q/k/v, gate/up share theirs); where it does
+    not exist (δ = 0 on a singular Σ) the least-squares solution, as before.
+    """
     out = {}
+    factors: list[tuple[torch.Tensor, int, torch.Tensor | None]] = []
     for name, st in stats.items():
+        S = torch.triu(st.S)
+        L = next((f for S_ref, N_ref, f in factors
+                  if N_ref == st.N and S_ref.shape == S.shape and torch.equal(S_ref, S)), "new")
         sigma = symmetric(st.S.double().cpu()) / st.N
         d = sigma.shape[0]
         lam = ridge(damping, float(torch.trace(sigma)), d)
         A = sigma + lam * torch.eye(d, dtype=torch.float64)
-        out[name] = -torch.linalg.lstsq(A, st.C.double().cpu()).solution.t()
+        if isinstance(L, str):
+            L, info = torch.linalg.cholesky_ex(A)
+            L = L if int(info) == 0 and lam > 0 else None
+            factors.append((S, st.N, L))
+        C = st.C.double().cpu()
+        solution = torch.cholesky_solve(C, L) if L is not None else torch.linalg.lstsq(A, C).solution
+        out[name] = -solution.t()
     return out
 
 
@@ -93,14 +107,39 @@ def central_difference(model: nn.Module, names: list[str], deltas: Mapping[str, 
     return out[0], out[1]
 
 
-def coupling_matrix(dirs: Mapping[int, torch.Tensor]) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """Layers, K (inner products of output directions) and ρ (their cosines)."""
-    layers = sorted(dirs)
-    F = torch.stack([dirs[l] for l in layers]).double()
-    K = (F @ F.t()).numpy()
+def coupling_gram(model: nn.Module, batches: list[dict], layer_modules: Mapping[int, list[str]],
+                  deltas: Mapping[str, torch.Tensor], weight_of, reduce=None) -> tuple:
+    """``coupling_matrix`` of the output directions over ``batches``, one batch at a time (K is a sum over
+    rows, so only one batch's directions, layers × its outputs, are held at once), and the outputs counted."""
+    K = None
+    layers: list[int] = []
+    outputs = 0
+    for batch in batches:
+        dirs = output_directions(model, [batch], layer_modules, deltas, weight_of)
+        layers = sorted(dirs)
+        F = torch.stack([dirs[l] for l in layers]).double()
+        K = F @ F.t() if K is None else K + F @ F.t()
+        outputs += F.shape[1]
+        del dirs, F
+    if K is None:
+        return [], np.zeros((0, 0)), np.zeros((0, 0)), 0
+    return (*_cosines(layers, reduce(K) if reduce is not None else K), outputs)
+
+
+def _cosines(layers: list[int], K: torch.Tensor) -> tuple[list[int], np.ndarray, np.ndarray]:
+    K = K.cpu().numpy()
     norms = np.sqrt(np.clip(np.diag(K), 1e-300, None))
     rho = K / norms[:, None] / norms[None, :]
     return layers, K, np.clip(rho, -1.0, 1.0)
+
+
+def coupling_matrix(dirs: Mapping[int, torch.Tensor], reduce=None) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Layers, K (inner products of output directions) and ρ (their cosines). ``reduce`` (e.g. a sum over
+    ranks, each holding its own rows of the directions) is applied to K before the cosines."""
+    layers = sorted(dirs)
+    F = torch.stack([dirs[l] for l in layers]).double()
+    K = F @ F.t()
+    return _cosines(layers, reduce(K) if reduce is not None else K)
 
 
 def joint_gain(b: Iterable[float], rho: np.ndarray) -> float:

@@ -86,7 +86,8 @@ def module_ranks(card: "LayerCard", rank: int | None = None, rank_target: float 
 
 def place(card: "LayerCard", *, layers: int | None = None, budget: float | None = None, params: int | None = None,
           objective: str = "gain", target_gain: float | None = None, by: str = "score", rank: int | None = None,
-          rank_target: float | None = None, exact_max_layers: int = EXACT_MAX_LAYERS, coupled: bool = False) -> Plan:
+          rank_target: float | None = None, exact_max_layers: int = EXACT_MAX_LAYERS,
+          coupled: bool | None = None) -> Plan:
     """Choose the layers to adapt.
 
     ``objective="gain"`` maximizes Σ score_ℓ under exactly one budget: ``layers`` (count),
@@ -94,8 +95,11 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     parameters). ``objective="cost"`` minimizes the modelled cost subject to reaching
     ``target_gain`` (a fraction of the all-layer score). ``by`` names the layer column to
     maximize (default the card's score; baselines such as ``grad_norm`` for comparison).
-    ``coupled=True`` (with ``layers=k``, on a card profiled with ``coupling=True``) picks the
-    layers greedily by the coupled joint gain of ``layerprof.coupling`` instead of the sum.
+    ``coupled=True`` (with ``layers=k``, on a card with the coupling matrix) picks the layers
+    greedily by the coupled joint gain of ``layerprof.coupling`` instead of the sum; ``False`` takes
+    the top-k. The default (None) is the placement study's round-3 choice: the coupled greedy
+    whenever it applies (``layers=k`` on the card's score, a card with the coupling matrix), else
+    the additive placement.
     """
     if not card.layers:
         raise PlacementError("the card has no per-layer rows (no module name carried a block index such as "
@@ -127,6 +131,8 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     family = Family(col, adapter, params_l, backward, model.forward, full, total, exact)
 
     constraint: dict
+    if coupled is None:
+        coupled = bool(card.meta.get("coupling")) and objective == "gain" and layers is not None and by == "score"
     if coupled and (objective != "gain" or layers is None):
         raise PlacementError("coupled=True supports objective='gain' with layers=k only")
     extra = None  # the top-k set of a count budget, which the candidate family need not contain

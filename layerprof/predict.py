@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import ops
-from .batches import LossFn, as_kwargs, check_loss, default_loss, forward_kwargs, frozen_eval
+from .batches import LossFn, as_kwargs, check_loss, default_loss, forward_kwargs, frozen_eval, leading_tokens
 from .errors import ProfileError
 from .targets import linear_kind, modules_by_name
 
@@ -26,28 +26,75 @@ if TYPE_CHECKING:
 KAPPA_BATCHES = 1  # batches the simulation's curvature κ is measured on (2 forwards per layer each)
 
 
-def measure_coupling(prof: "Profiler", batches: list[dict]) -> dict | None:
-    """Layer coupling on ``batches`` (see ``layerprof.coupling``); the model is left bitwise as it was."""
-    from .coupling import corrections, coupling_matrix, output_directions
+COUPLING_MEMORY_FRACTION = 0.25  # of the free memory after the sweep: one chunk's output directions
+
+
+def coupling_unsupported(model, targets) -> str | None:
+    """Why the coupling matrix cannot be measured on this model, or None. Its central differences move
+    weights by 1e-3 of their scale, below the resolution of 16-bit floats (bfloat16 keeps 8 bits)."""
+    low = sorted({str(linear_kind(m).weight(m).dtype).replace("torch.", "")
+                  for m in modules_by_name(model, list(targets)).values()
+                  if linear_kind(m).weight(m).dtype not in (torch.float32, torch.float64)})
+    if low:
+        return (f"the target weights are {', '.join(low)}: the coupling's finite differences (1e-3 of the weight "
+                "scale) are below their resolution; profile a float32 copy of the model to get it")
+    return None
+
+
+def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | None = None,
+                     max_bytes: int | None = None) -> dict | None:
+    """Layer coupling on the first ``max_tokens`` tokens of ``batches`` (whole sequences; see
+    ``layerprof.coupling``); the model is left bitwise as it was.
+
+    The output directions of every layer are held for one chunk of sequences at a time, the chunk
+    sized so that they fit ``max_bytes`` (default: a quarter of the free memory); K, a sum over
+    rows, is accumulated across chunks. Raises ``ProfileError`` when not even one sequence fits.
+    """
+    from .coupling import _outputs, corrections, coupling_gram
+    from .memory_plan import free_memory
+    from .reduce import all_reduce_sum
 
     if prof.sketch is not None:
         raise ProfileError("coupling needs the dense C (the optimal corrections); profile without sketch=")
     fired = [n for n in prof.targets if prof.acc.total(n) is not None and prof.targets[n].layer is not None]
     if not fired or not batches:
         return None
-    deltas = corrections({n: prof.acc.total(n) for n in fired}, prof.damping)
     layer_modules: dict[int, list[str]] = {}
     for n in fired:
         layer_modules.setdefault(prof.targets[n].layer, []).append(n)
     t0 = time.perf_counter()
-    dirs = output_directions(prof.model, [forward_kwargs(prof.model, as_kwargs(b, prof.device)) for b in batches],
-                             layer_modules, deltas,
-                             lambda m: linear_kind(m).weight(m))
-    layers, K, rho = coupling_matrix(dirs)
+    used, tokens = leading_tokens([as_kwargs(b, prof.device) for b in batches], max_tokens)
+    used = [forward_kwargs(prof.model, kw) for kw in used]
+    # One sequence's outputs (unmasked: an upper bound) size the chunks.
+    was = prof.model.training
+    prof.model.eval()
+    try:
+        per_sequence = int(_outputs(prof.model, [leading_tokens(used[:1], 1)[0][0]]).numel())
+    finally:
+        prof.model.train(was)
+    limit = max_bytes if max_bytes is not None else int(COUPLING_MEMORY_FRACTION * free_memory(prof.device))
+    per_chunk = limit // max(1, 8 * 3 * len(layer_modules) * per_sequence)  # directions + the ± outputs
+    if per_chunk < 1:
+        from .memory import human_bytes
+
+        raise ProfileError(f"the coupling matrix needs {len(layer_modules)} layers × {per_sequence:,} outputs of one "
+                           f"sequence in float64 ({human_bytes(8 * 3 * len(layer_modules) * per_sequence)}), more than "
+                           f"{human_bytes(limit)}; profile with coupling=False, or shorter sequences")
+    chunks = [{k: v[i:i + per_chunk] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v
+               for k, v in kw.items()}
+              for kw in used for n in [_leading_size(kw)] for i in range(0, n, per_chunk)]
+    deltas = corrections({n: prof.acc.total(n) for n in fired}, prof.damping)
+    # Under torch.distributed every rank holds its own rows of the directions: K is their sum over ranks.
+    layers, K, rho, outputs = coupling_gram(prof.model, chunks, layer_modules, deltas,
+                                            lambda m: linear_kind(m).weight(m), reduce=all_reduce_sum)
     prof.mark_weights_restored()  # the differences moved and restored the weights (bitwise)
-    return {"layers": layers, "rho": rho.tolist(), "K": K.tolist(), "batches": len(batches),
-            "outputs": int(next(iter(dirs.values())).numel()), "seconds": time.perf_counter() - t0,
+    return {"layers": layers, "rho": rho.tolist(), "K": K.tolist(), "batches": len(used), "tokens": tokens,
+            "chunks": len(chunks), "outputs": outputs, "seconds": time.perf_counter() - t0,
             "method": "central finite difference of logits, ε = 1e-3 of the weight scale"}
+
+
+def _leading_size(kw: dict) -> int:
+    return next(v.shape[0] for v in kw.values() if isinstance(v, torch.Tensor) and v.dim() >= 1)
 
 
 def simulate(prof: "Profiler", batches: list, budget, loss_fn: "LossFn | None" = None) -> dict:

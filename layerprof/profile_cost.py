@@ -12,6 +12,10 @@ finds the target modules as ``profile`` would, and models:
   memory-bound) and one Cholesky factor (d³/3); per module: two triangular solves (2·d_in²·d_out),
   the leading spectrum (the smaller Gram matrix and its eigenvalues, or block Krylov above 2048)
   and tr(WΣWᵀ) for nfn (2·d_out·d_in²);
+* the coupling matrix the default placement needs (``layerprof.coupling``): two forwards per layer
+  over at most ``coupling_tokens`` tokens (bf16), and one corrections solve per module (float64:
+  a Cholesky factor per distinct input, d³/3, and 2·d_in²·d_out for its solve), when the
+  statistics are dense in one sweep (else the profile skips it);
 * memory: the statistics (``layerprof.memory_plan``) and the tap inputs of one batch.
 
 Times come from a device's peak rates times an efficiency per kind of work (``DEVICES``): a
@@ -52,6 +56,8 @@ class ProfileCost:
     statistics_bytes: int
     tap_input_bytes_per_batch: int
     sweeps: int = 1
+    coupling_flops: float = 0.0
+    coupling_seconds: float = 0.0
 
     @property
     def finalize_share_of_sweep(self) -> float:
@@ -76,6 +82,9 @@ class ProfileCost:
             f"{self.sweep_seconds:.1f} | {self.sweep_seconds / self.plain_seconds:.2f} |",
             f"| finalize (fp64: {fin}) | {sum(self.finalize_flops.values()) / 1e12:.1f} | "
             f"{self.finalize_seconds:.1f} | {self.finalize_seconds / self.plain_seconds:.2f} |",
+            (f"| coupling (2 forwards per layer, bf16; corrections, fp64) | {self.coupling_flops / 1e12:.1f} | "
+             f"{self.coupling_seconds:.1f} | {self.coupling_seconds / self.plain_seconds:.2f} |"
+             if self.coupling_flops else "| coupling | – | skipped: the statistics are not dense in one sweep | – |"),
             "",
             f"finalize = {self.finalize_share_of_sweep:.0%} of the sweep; statistics "
             f"{human_bytes(self.statistics_bytes)} (fp32, two halves and a staged batch), tap inputs "
@@ -95,7 +104,8 @@ def _group_inputs(targets) -> dict[str, str]:
     return keys
 
 
-def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 4096, name: str = "") -> ProfileCost:
+def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 4096, name: str = "",
+               coupling_tokens: int | None = 2048) -> ProfileCost:
     """The cost model for a model (real or on the meta device) and ``tokens`` calibration tokens."""
     from .finalize import EXACT_SPECTRUM_MAX
     from .memory_plan import plan_memory
@@ -137,12 +147,21 @@ def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 409
     except MemoryError:
         mem = plan_memory(targets, acc_bytes=4, input_bytes=2, rows_per_batch=batch_tokens,
                           device=torch.device("cpu"), sketch=None, max_memory=1 << 62, shared=keys)
+    # Coupling: forwards only (half of plain's per-token work), two per layer; corrections in fp64.
+    dense_one_sweep = mem.sketch is None and mem.sweeps == 1
+    layers = len({t.layer for t in targets.values() if t.layer is not None})
+    c_tokens = min(tokens, coupling_tokens) if coupling_tokens is not None else tokens
+    couple_fwd = 2 * layers * c_tokens * linear
+    couple_solve = cholesky + solves / 2  # one solve with C per module (finalize does two: the halves)
+    coupling_flops = couple_fwd + couple_solve if dense_one_sweep else 0.0
+    coupling_s = (couple_fwd / rates["bf16_gemm"] + cholesky / rates["fp64_eigen"]
+                  + (solves / 2) / rates["fp64_gemm"]) if dense_one_sweep else 0.0
     return ProfileCost(model=name or type(model).__name__, tokens=tokens, modules=len(targets),
                        distinct_inputs=len(inputs), plain_flops=plain, sweep_extra_flops=accumulate,
                        finalize_flops=flops, device=rates["label"], plain_seconds=plain_s,
                        sweep_seconds=mem.sweeps * plain_s + accumulate / rates["fp32_gemm"], finalize_seconds=fin_s,
                        statistics_bytes=mem.dense_bytes, tap_input_bytes_per_batch=mem.activation_bytes,
-                       sweeps=mem.sweeps)
+                       sweeps=mem.sweeps, coupling_flops=coupling_flops, coupling_seconds=coupling_s)
 
 
 def plan_from_dir(path: str, tokens: int, device: str = "h200") -> ProfileCost:

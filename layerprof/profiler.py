@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import sys
 import time
+import warnings
 from dataclasses import replace
 from typing import Any, Iterable
 
@@ -47,11 +48,13 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     memory of the model's device; ``layerprof.memory_plan``); ``sketch=None`` forces dense. When
     even that does not fit, the targets are profiled in several sweeps over the same batches,
     one group of whole layers each (``batches`` must then be re-iterable, e.g. a list), and
-    merged into one card. ``coupling=True`` also measures the layer coupling matrix on the
-    first ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``).
+    merged into one card. ``coupling`` measures the layer coupling matrix on the first
+    ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``): by default
+    whenever the statistics are dense in one sweep, because the default placement needs it.
     ``score`` names the per-layer score placement maximizes (``layerprof.scores.SCORES``;
-    default: the placement study's choice, ``scores.DEFAULT_SCORE`` with a budget, ``DEFAULT_SWEEP_SCORE``
-    without): ``"resnorm2"`` (ρ²), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
+    default: the placement study's round-3 choice, the cross-half ρ² ``scores.DEFAULT_SCORE`` placed
+    by the coupled greedy when the card has the coupling matrix, ``DEFAULT_UNCOUPLED_SCORE`` (energy)
+    placed top-k when it does not): ``"resnorm2"`` (ρ²), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
     ``"resnorm2_rank_over_noise"``, ``"energy"``, the cross-half ``"resnorm2_x"``, ``"grad_norm2_x"``,
     and the budget-aware ``"sim_gain"``, ``"lca_gain"`` (docs/RESULTS.md compares them).
     ``budget`` (a ``TrainingBudget`` or a dict of its fields: steps, lr, r, lora_alpha, ...) is the
@@ -79,7 +82,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
 def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn, cfg: ProfileConfig, targets, owner: object):
     """The body of ``profile`` (the model is claimed by ``owner``; ``targets``: the modules to find)."""
     from .merge import merge_group_cards
-    from .predict import KAPPA_BATCHES, measure_coupling, simulate, with_predictions
+    from .predict import KAPPA_BATCHES, coupling_unsupported, measure_coupling, simulate, with_predictions
 
     iterator = iter(batches) if batches is not None else iter(())
     first = next(iterator, None)
@@ -88,6 +91,18 @@ def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn, cfg: ProfileC
                            "e.g. {'input_ids': ..., 'attention_mask': ..., 'labels': ...})")
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     plan = _memory_plan(model, first, cfg, targets)
+    auto_coupling = cfg.coupling is None
+    if auto_coupling:  # wherever it can run: dense statistics in one sweep, 32/64-bit weights
+        why_not = coupling_unsupported(model, find_targets(model, targets))
+        if why_not is None and (plan.sketch is not None or plan.groups):
+            why_not = f"the statistics are not dense in one sweep ({plan.describe()})"
+        if why_not is not None:
+            _no_coupling(why_not)
+        cfg = replace(cfg, coupling=why_not is None)
+    elif cfg.coupling:
+        why_not = coupling_unsupported(model, find_targets(model, targets))
+        if why_not is not None:
+            raise ProfileError(f"coupling=True: {why_not}")
     if plan.groups and iter(batches) is batches:
         raise ProfileError(f"the statistics fit only in {plan.sweeps} sweeps over the same batches, but batches "
                            "is a one-shot iterator; pass a list (or any re-iterable) of batches, or raise "
@@ -99,7 +114,7 @@ def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn, cfg: ProfileC
                budget.warmup_steps + 1 if "warmup" in predict else 0)
     # The sweep's own settings: the planned sketch, and ρ² until the predictions exist to re-score by.
     sweep_cfg = replace(cfg, sketch=plan.sketch, budget=None, predict=None,
-                        score="resnorm2" if cfg.chosen_score in BUDGET_SCORES else cfg.chosen_score)
+                        score="resnorm2" if cfg.score in BUDGET_SCORES else cfg.score)
     parts = []
     sim = {"module_gain": {}, "kappa": {}, "kappa_median_layers": [], "forwards": 0.0, "seconds": 0.0}
     kept: list = []
@@ -121,8 +136,14 @@ def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn, cfg: ProfileC
                         if cfg.max_tokens is not None and prof.rows >= cfg.max_tokens:
                             break
                 sweep_seconds = time.perf_counter() - t0
+                prof.reduce()  # under torch.distributed: the global sums, before anything reads them
                 if cfg.coupling:
-                    coupling_record = measure_coupling(prof, kept[:cfg.coupling_batches])
+                    try:
+                        coupling_record = measure_coupling(prof, kept[:cfg.coupling_batches], cfg.coupling_tokens)
+                    except ProfileError as e:
+                        if not auto_coupling:
+                            raise
+                        _no_coupling(str(e))
                 parts.append(prof.card(sweep_seconds=sweep_seconds, coupling=coupling_record))
                 if "simulate" in predict:
                     # After card(): under torch.distributed the statistics are then the global sums.
@@ -135,8 +156,14 @@ def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn, cfg: ProfileC
     card = parts[0] if len(parts) == 1 else merge_group_cards(parts)
     card.meta["memory_plan"] = plan.to_dict()
     if budget is not None:
-        card = with_predictions(card, model, kept, loss_fn, budget, predict, sim, cfg.chosen_score)
+        card = with_predictions(card, model, kept, loss_fn, budget, predict, sim,
+                                cfg.score or card.meta["settings"]["score"])
     return card
+
+
+def _no_coupling(why: str) -> None:
+    warnings.warn(f"layerprof: no coupling matrix ({why}); the card places top-k by activation energy instead of "
+                  "the coupled greedy (docs/method.md §6)", stacklevel=4)
 
 
 def _memory_plan(model: nn.Module, first: Any, cfg: ProfileConfig, targets):

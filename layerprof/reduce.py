@@ -109,3 +109,14 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
         buf = buf.cuda()
     dist.all_reduce(buf)
     return {k: float(v) / size for k, v in zip(keys, buf.cpu().tolist())}
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of a float64 CPU tensor of the same shape on every rank; ``t`` itself without a
+    process group."""
+    if world()[1] == 1:
+        return t
+    dist = torch.distributed
+    buf = t.clone().cuda() if dist.get_backend() == "nccl" else t.clone()
+    dist.all_reduce(buf)
+    return buf.cpu()

@@ -34,22 +34,25 @@ SCORE_LABELS = {"resnorm2": "ρ²", "resnorm2_rank": "ρ(r)²", "resnorm2_over_n
 BUDGET_SCORES = {"sim_gain": "simulate", "lca_gain": "warmup"}  # score -> the predictor that fills it
 PREDICTORS = ("simulate", "warmup")
 
-# The default, chosen by the placement study's pre-registered round-2 rule (docs/RESULTS.md):
-# DEFAULT_SCORE when the card knows the fine-tune's budget, DEFAULT_SWEEP_SCORE (the best score
-# the sweep alone gives) when it does not.
-DEFAULT_SCORE = "sim_gain"
-DEFAULT_SWEEP_SCORE = "energy"
+# The default placement, chosen by the placement study's round-3 rule (docs/RESULTS.md): the
+# coupled greedy (layerprof.coupling) on the cross-half ρ² when the card has the coupling matrix;
+# top-k on activation energy, the best placement without it, when it does not. The budget-aware
+# columns (sim_gain, lca_gain) stay on the card as diagnostics: their top-k lost to the baselines.
+DEFAULT_SCORE = "resnorm2_x"
+DEFAULT_UNCOUPLED_SCORE = "energy"
+# The cross-half ρ² needs two halves (≥ 2 batches); with one batch the default is the naive ρ²
+# (meta.settings.score says which the card used).
+DEFAULT_SCORE_WITHOUT_HALVES = "resnorm2"
 
 
 def _or_nan(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-def default_score(predict: tuple[str, ...]) -> str:
-    """The default score given the predictors that will run (none without a budget)."""
-    if DEFAULT_SCORE in BUDGET_SCORES and BUDGET_SCORES[DEFAULT_SCORE] not in predict:
-        return DEFAULT_SWEEP_SCORE
-    return DEFAULT_SCORE
+def default_score(coupling: bool) -> str:
+    """The default score: DEFAULT_SCORE (placed by the coupled greedy) when the card will have the
+    coupling matrix, else DEFAULT_UNCOUPLED_SCORE (placed top-k)."""
+    return DEFAULT_SCORE if coupling else DEFAULT_UNCOUPLED_SCORE
 
 
 def score_label(score: str) -> str:

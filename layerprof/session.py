@@ -53,7 +53,6 @@ class Profiler:
         if cfg.sketch == "auto":
             cfg = replace(cfg, sketch=None)
         self.config = cfg
-        self.score = cfg.chosen_score
         from .peft_models import base_layer_targets, is_peft_model
 
         self.model = model
@@ -227,22 +226,28 @@ class Profiler:
         return self._rows_total
 
     # ------------------------------------------------------------------ card
-    def card(self, *, sweep_seconds: float | None = None, coupling: dict | None = None):
-        """Finalize the statistics into a ``LayerCard`` (``layerprof.build.build_card``)."""
+    def reduce(self) -> None:
+        """Under torch.distributed, add up every rank's sums (once); what runs on the statistics after
+        the sweep (coupling, the simulation, card()) then sees the global ones. Nothing in one process."""
         from .reduce import all_reduce_meta, all_reduce_stats, world
 
+        if self._reduced is None and world()[1] > 1:
+            if self._active:
+                self.end_batch()
+            all_reduce_stats(self.acc, list(self.targets))
+            self._reduced = all_reduce_meta(self.rows, self._data_hash.hexdigest()[:16], self.skipped)
+
+    def card(self, *, sweep_seconds: float | None = None, coupling: dict | None = None):
+        """Finalize the statistics into a ``LayerCard`` (``layerprof.build.build_card``)."""
         if self._active:
             self.end_batch()
         elapsed = self._elapsed + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
         # Under torch.distributed every rank holds its shard's sums: add them up first, so
         # that every rank finalizes the same global card. Once only: the sums are then global,
         # and a second card() must not add them up again.
+        self.reduce()
         if self._reduced is not None:
             rows, data_hash, skipped = self._reduced
-        elif world()[1] > 1:
-            all_reduce_stats(self.acc, list(self.targets))
-            self._reduced = rows, data_hash, skipped = all_reduce_meta(self.rows, self._data_hash.hexdigest()[:16],
-                                                                       self.skipped)
         else:  # one process: nothing to combine, and the Profiler may go on sweeping after this card
             rows, data_hash, skipped = self.rows, self._data_hash.hexdigest()[:16], list(self.skipped)
         card = build_card(self.acc, self.targets, self.model, self.config, backend=self.backend,

@@ -117,7 +117,7 @@ def placement_sets(card, k: int, random_draws: int, scores: dict[str, str]) -> d
         rescored = _rescored(card, score, apply_score)
         if rescored is None:
             continue
-        out[f"{label} top-k"] = rescored.place(layers=k).layers
+        out[f"{label} top-k"] = rescored.place(layers=k, coupled=False).layers
         # The card's cost-aware recommendation: the best predicted gain within 60% of full LoRA's modelled cost.
         out[f"{label} cost ≤ {COST_BUDGET}"] = rescored.place(budget=COST_BUDGET).layers
         if card.meta.get("coupling"):

@@ -72,10 +72,11 @@ def test_callback_writes_card_and_placement_and_leaves_training_unchanged(tmp_pa
     assert budget["betas"] == [0.9, 0.999] and budget["weight_decay"] == 0.0
     assert all(l.sim_gain is not None and l.lca_gain is not None for l in cb.card.layers)
     out = tmp_path / "a" / "layerprof"
-    # With a budget the default score is the simulated gain (docs/RESULTS.md, round 2), and the
-    # saved card is the card the callback holds.
-    assert cb.card.meta["settings"]["score"] == "sim_gain"
-    assert cb.card.ranking() == [l.layer for l in sorted(cb.card.layers, key=lambda l: -l.sim_gain)]
+    # The default placement (docs/RESULTS.md, round 3) is the coupled greedy on the cross-half ρ², with or
+    # without a budget (the budget's predictions are diagnostics beside it); the saved card is the
+    # card the callback holds.
+    assert cb.card.meta["settings"]["score"] == "resnorm2_x" and cb.card.meta["coupling"]
+    assert cb.card.ranking() == [l.layer for l in sorted(cb.card.layers, key=lambda l: -l.resnorm2_x)]
     assert lp.LayerCard.load(out / "card.json").ranking() == cb.card.ranking()
     assert (out / "card.md").read_text().startswith("# Layer Card")
     assert "<svg" in (out / "card.html").read_text()

@@ -17,6 +17,7 @@ from layerprof.config import ProfileConfig
     ("dtype", torch.float16, "statistics dtype"),
     ("max_tokens", 0, "max_tokens must be a positive int"),
     ("coupling_batches", 0, "coupling_batches must be a positive int"),
+    ("coupling_tokens", 0, "coupling_tokens must be a positive int or None"),
     ("sketch", "dense", "sketch must be 'auto', None or a positive int"),
     ("sketch", 2, "smaller than rank"),
     ("max_memory", 0, "max_memory is bytes"),
@@ -34,8 +35,10 @@ def test_every_field_has_help_and_the_defaults_round_trip():
     assert set(help_) == {f.name for f in dataclasses.fields(ProfileConfig)} and all(help_.values())
     cfg = ProfileConfig(budget={"steps": 30, "lr": 1e-3}, targets=("c_attn",))
     assert cfg.budget == lp.TrainingBudget(steps=30, lr=1e-3) and cfg.targets == ["c_attn"]
-    assert cfg.predict == ("simulate", "warmup") and cfg.chosen_score == "sim_gain"
-    assert ProfileConfig().chosen_score == "energy" and ProfileConfig().predict == ()
+    assert cfg.predict == ("simulate", "warmup") and cfg.score is None
+    assert ProfileConfig().predict == () and ProfileConfig().coupling is None  # None: coupling wherever it can run
+    with pytest.raises(lp.ProfileError, match="coupling must be True, False or None"):
+        ProfileConfig(coupling="yes")
     assert cfg.to_dict()["budget"]["steps"] == 30 and cfg.to_dict()["dtype"] == "float32"
 
 

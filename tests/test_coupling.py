@@ -82,6 +82,111 @@ def test_profile_with_coupling_records_a_valid_matrix_and_leaves_the_model():
     assert len(plan.layers) == 2
     with pytest.raises(lp.PlacementError, match="layers=k only"):
         card.place(budget=0.9, coupled=True)
-    plain = lp.profile(model, make_batches(n=3), progress=False, rank=4)
+    plain = lp.profile(model, make_batches(n=3), progress=False, rank=4, coupling=False)
     with pytest.raises(lp.PlacementError, match="coupling=True"):
         plain.place(layers=2, coupled=True)
+
+
+def test_default_placement_is_the_coupled_greedy_on_cross_half_rho2_and_energy_top_k_without_coupling():
+    """Round 3's default (docs/RESULTS.md): coupling on wherever the statistics are dense, the cross-half ρ²
+    as the score, the coupled greedy for layers=k; energy top-k when the card has no coupling matrix."""
+    from layerprof.coupling import coupled_greedy
+
+    model = make_model("gpt2")
+    card = lp.profile(model, make_batches(n=4), progress=False, rank=4)
+    assert card.meta["coupling"] and card.meta["settings"]["score"] == "resnorm2_x"
+    scores = [l.resnorm2_x for l in card.layers]
+    assert [l.score for l in card.layers] == scores
+    c = card.meta["coupling"]
+    ids = [l.layer for l in card.layers]
+    expected = coupled_greedy({l: max(v, 0.0) for l, v in zip(ids, scores)}, ids, np.asarray(c["rho"]), 2)
+    assert card.place(layers=2).layers == expected == card.place(layers=2, coupled=True).layers
+    top = sorted(np.argsort(-np.asarray(scores), kind="stable")[:2].tolist())
+    assert card.place(layers=2, coupled=False).layers == [ids[i] for i in top]
+    # Budget and parameter constraints keep the additive placement (the greedy is for a count).
+    assert card.place(budget=0.9).layers == card.place(budget=0.9, coupled=False).layers
+    # Baseline columns are never coupled.
+    by = card.place(layers=2, by="grad_norm").layers
+    assert by == sorted(np.argsort([-l.grad_norm for l in card.layers], kind="stable")[:2].tolist())
+
+    uncoupled = lp.profile(model, make_batches(n=4), progress=False, rank=4, coupling=False)
+    assert "coupling" not in uncoupled.meta or not uncoupled.meta["coupling"]
+    assert uncoupled.meta["settings"]["score"] == "energy"
+    assert [l.score for l in uncoupled.layers] == [l.energy for l in uncoupled.layers]
+    # Sketched statistics cannot feed the coupling: auto turns it off, the default score follows.
+    sketched = lp.profile(model, make_batches(n=4), progress=False, rank=4, sketch=8)
+    assert not sketched.meta.get("coupling") and sketched.meta["settings"]["score"] == "energy"
+    # One batch has no split halves: the naive ρ² stands in for the cross-half one.
+    single = lp.profile(model, make_batches(n=1), progress=False, rank=4)
+    assert single.meta["settings"]["score"] == "resnorm2"
+    assert [l.score for l in single.layers] == [l.resnorm ** 2 for l in single.layers]
+
+
+def test_coupling_reads_whole_sequences_up_to_its_token_cap():
+    from layerprof.batches import leading_tokens
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    b1 = {"input_ids": torch.arange(12).reshape(3, 4), "attention_mask": mask, "labels": torch.arange(12).reshape(3, 4),
+          "flag": True}
+    b2 = {"input_ids": torch.ones(2, 4, dtype=torch.long)}  # no mask: 4 tokens a sequence
+    used, tokens = leading_tokens([b1, b2], 6)
+    assert tokens == 5 and len(used) == 1 and used[0]["flag"] is True
+    assert torch.equal(used[0]["input_ids"], b1["input_ids"][:2]) and torch.equal(used[0]["labels"], b1["labels"][:2])
+    used, tokens = leading_tokens([b1, b2], 13)
+    assert tokens == 13 and [u["input_ids"].shape[0] for u in used] == [3, 1]
+    used, tokens = leading_tokens([b1, b2], None)
+    assert tokens == 17 and [u["input_ids"].shape[0] for u in used] == [3, 2]
+    used, tokens = leading_tokens([b1], 2)  # shorter than one sequence: that one sequence
+    assert tokens == 3 and used[0]["input_ids"].shape[0] == 1
+    used, tokens = leading_tokens([{"x": torch.zeros(10, 3), "y": torch.zeros(10)}], 4)  # feature rows
+    assert tokens == 4 and used[0]["x"].shape == (4, 3) and used[0]["y"].shape == (4,)
+
+
+def test_coupling_token_cap_is_recorded_and_a_cap_above_the_batches_changes_nothing():
+    model = make_model("gpt2")
+    batches = make_batches(n=3)
+    full = lp.profile(model, batches, progress=False, rank=4, coupling_tokens=None)
+    capped = lp.profile(model, batches, progress=False, rank=4, coupling_tokens=10 ** 6)
+    assert full.meta["coupling"]["rho"] == capped.meta["coupling"]["rho"]
+    small = lp.profile(model, batches, progress=False, rank=4, coupling_tokens=8)
+    c = small.meta["coupling"]
+    assert c["batches"] == 1 and 1 <= c["tokens"] <= full.meta["coupling"]["tokens"]
+    assert c["tokens"] <= 8 or c["tokens"] == int(batches[0]["attention_mask"][0].sum())
+
+
+def test_coupling_in_chunks_equals_one_pass_and_too_little_memory_falls_back(monkeypatch):
+    """K is a sum over rows: chunks of sequences sized to the memory give the same matrix; when not even one
+    sequence's directions fit, the default profile warns and places by energy, coupling=True refuses."""
+    import layerprof.predict as predict
+    from layerprof.memory_plan import free_memory
+
+    model = make_model("gpt2")
+    batches = make_batches(n=3)
+    whole = lp.profile(model, batches, progress=False, rank=4)
+    assert whole.meta["coupling"]["chunks"] == 2  # the two coupling batches, each whole
+    logits_per_sequence = int(model(**{k: v[:1] for k, v in batches[0].items()}).logits.numel())
+    layers = len(whole.layers)
+    # Room for one sequence per chunk, not two (the directions and the ± outputs in float64).
+    one = 8 * 3 * layers * logits_per_sequence
+    monkeypatch.setattr(predict, "COUPLING_MEMORY_FRACTION", 1.5 * one / free_memory(torch.device("cpu")))
+    chunked = lp.profile(model, batches, progress=False, rank=4)
+    c = chunked.meta["coupling"]
+    assert c["chunks"] == sum(b["input_ids"].shape[0] for b in batches[:2])
+    # Equal up to the float32 forward's rounding, which depends on the batch shape (~1e-8 here).
+    np.testing.assert_allclose(c["K"], whole.meta["coupling"]["K"], rtol=1e-6, atol=1e-300)
+    assert chunked.place(layers=2).layers == whole.place(layers=2).layers
+    monkeypatch.setattr(predict, "COUPLING_MEMORY_FRACTION", 0.5 * one / free_memory(torch.device("cpu")))
+    with pytest.warns(UserWarning, match="no coupling matrix .*more than"):
+        fallback = lp.profile(model, batches, progress=False, rank=4)
+    assert not fallback.meta.get("coupling") and fallback.meta["settings"]["score"] == "energy"
+    with pytest.raises(lp.ProfileError, match="coupling=False"):
+        lp.profile(model, batches, progress=False, rank=4, coupling=True)
+
+
+def test_coupling_is_skipped_on_16_bit_weights_and_refused_when_forced():
+    model = make_model("llama").to(torch.bfloat16)
+    with pytest.warns(UserWarning, match="bfloat16"):
+        card = lp.profile(model, make_batches(n=2), progress=False, rank=4)
+    assert not card.meta.get("coupling") and card.meta["settings"]["score"] == "energy"
+    with pytest.raises(lp.ProfileError, match="coupling=True: the target weights are bfloat16"):
+        lp.profile(model, make_batches(n=2), progress=False, rank=4, coupling=True)

@@ -33,6 +33,9 @@ def test_two_rank_card_equals_one_process_card(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     cards = [lp.LayerCard.from_dict(json.loads(Path(f"{out}.rank{r}").read_text())) for r in (0, 1)]
     assert cards[0].modules == cards[1].modules and cards[0].layers == cards[1].layers  # every rank, same card
+    # The coupling matrix too (corrections from the global sums, K summed over the ranks' rows), and so the plan.
+    assert cards[0].meta["coupling"]["K"] == cards[1].meta["coupling"]["K"]
+    assert cards[0].place(layers=2).layers == cards[1].place(layers=2).layers
     with_budget = [lp.LayerCard.from_dict(json.loads(Path(f"{out}.budget{r}").read_text())) for r in (0, 1)]
     assert with_budget[0].layers == with_budget[1].layers and with_budget[0].modules == with_budget[1].modules
     assert all(l.sim_gain is not None and l.lca_gain is not None for l in with_budget[0].layers)
@@ -41,7 +44,8 @@ def test_two_rank_card_equals_one_process_card(tmp_path):
         first, second = (lp.LayerCard.from_dict(d) for d in json.loads(Path(f"{out}.twice{r}").read_text()))
         assert first.modules == second.modules and first.meta["data"] == second.meta["data"]
         assert first.meta["data"]["rows"] == cards[0].meta["data"]["rows"]
-    ref = lp.profile(make_model("llama").double(), make_batches(n=4), rank=4, dtype=torch.float64, progress=False)
+    ref = lp.profile(make_model("llama").double(), make_batches(n=4), rank=4, dtype=torch.float64, progress=False,
+                     score="resnorm2")
     card = cards[0]
     assert card.meta["data"]["rows"] == ref.meta["data"]["rows"] and card.meta["data"]["batches"] == 4
     assert card.meta["data"]["world_size"] == 2

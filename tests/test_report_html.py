@@ -51,7 +51,7 @@ def test_every_figure_is_on_the_page(page):
 
 
 def test_no_coupling_figure_without_coupling(tmp_path):
-    card = lp.profile(make_model("llama"), make_batches(n=2), rank=4, progress=False)
+    card = lp.profile(make_model("llama"), make_batches(n=2), rank=4, progress=False, coupling=False)
     text = card.to_html()
     assert "fig-coupling" not in text and "fig-share" in text
 

@@ -13,7 +13,7 @@ from conftest import make_batches, make_model
 def setup():
     model = make_model("llama").double()
     batches = make_batches(n=4)
-    dense = lp.profile(model, batches, rank=4, dtype=torch.float64, progress=False)
+    dense = lp.profile(model, batches, rank=4, dtype=torch.float64, progress=False, score="resnorm2")
     return model, batches, dense
 
 
@@ -36,7 +36,7 @@ def test_error_shrinks_as_k_grows_and_ranking_settles(setup):
     model, batches, dense = setup
 
     def err(k):
-        card = lp.profile(model, batches, rank=4, dtype=torch.float64, progress=False, sketch=k)
+        card = lp.profile(model, batches, rank=4, dtype=torch.float64, progress=False, sketch=k, score="resnorm2")
         return statistics.mean(abs(s.resnorm ** 2 - d.resnorm ** 2) / d.resnorm ** 2
                                for s, d in zip(card.modules, dense.modules) if d.d_out > k), card
 
