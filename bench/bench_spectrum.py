@@ -1,0 +1,89 @@
+"""Is an exact finalize's floor beatable? The two float64 spectra per module, exact vs iterative, side by side.
+
+Finalize's remaining cost on the wide MLP (bench_wide.py) is two dense eigenvalue problems per
+module: Σ's spectrum (cond, erank, noise amp) and the Gram matrix of L⁻¹C (the leading σ²). This
+times, on the wide MLP's own statistics (4 × Linear(d, d), one batch of rows, one thread, process
+CPU time, median of reps), each exact call against the iterative route that would replace it:
+
+* ``eigvalsh(Σ)`` against ``torch.lobpcg`` for μ_max (k = 1) — cond would also need μ_min, and
+  erank the whole spectrum, so this is a lower bound on what replacing it costs;
+* the Gram route (``Y Yᵀ`` and ``eigvalsh``) against finalize's block Krylov (``_leading_sv2`` with
+  the exact-size limit set to 0), reporting whether its residual check certified the result (when
+  it does not, finalize falls back to the exact route and pays both).
+
+    OMP_NUM_THREADS=1 python bench/bench_spectrum.py [--d 1024] [--rows 4096] [--reps 3]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import layerprof.finalize as fin
+from harness import machine
+
+
+def layer_statistics(d: int, rows: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(Σ, C) of each layer of the wide MLP of bench_wide.py on one batch, float64."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(d, d) for _ in range(4)]
+    head = nn.Linear(d, 8)
+    h = torch.randn(rows, d)
+    inputs, outputs = [], []
+    for layer in layers:
+        inputs.append(h.detach())
+        z = layer(h)
+        z.retain_grad()
+        outputs.append(z)
+        h = torch.tanh(z)
+    nn.functional.cross_entropy(head(h), torch.randint(0, 8, (rows,))).backward()
+    return [((x.double().t() @ x.double()) / rows, x.double().t() @ z.grad.double()) for x, z in zip(inputs, outputs)]
+
+
+def timed(fn, reps: int) -> tuple[float, object]:
+    out, times = None, []
+    for _ in range(reps):
+        t = time.process_time()
+        out = fn()
+        times.append(time.process_time() - t)
+    return statistics.median(times), out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    print(f"{machine()}\nwide MLP statistics, d = {args.d}, {args.rows} rows, process CPU time, median of {args.reps}\n")
+    print("| layer | eigvalsh(Σ) s | lobpcg μ_max s | μ_max rel. diff | Gram + eigvalsh s | block Krylov s | certified |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
+    for i, (sigma, C) in enumerate(layer_statistics(args.d, args.rows)):
+        solve = fin._Solve(sigma * args.rows, args.rows, 1e-3)
+        Y = solve.whiten(C)
+        k = fin.SPECTRUM_LEN
+        t_eig, mu = timed(lambda: torch.linalg.eigvalsh(solve.sigma), args.reps)
+        g = torch.Generator().manual_seed(0)
+        x0 = torch.randn(args.d, 1, generator=g, dtype=torch.float64)
+        t_lob, (top, _) = timed(lambda: torch.lobpcg(solve.sigma, k=1, X=x0.clone(), largest=True, tol=1e-12,
+                                                     niter=200), args.reps)
+        t_gram, exact = timed(lambda: torch.linalg.eigvalsh(Y @ Y.t()).flip(0)[:k], args.reps)
+        limit = fin.EXACT_SPECTRUM_MAX
+        fin.EXACT_SPECTRUM_MAX = 0  # force the Krylov route (it still falls back when uncertified)
+        try:
+            t_kry, approx = timed(lambda: fin._leading_sv2(Y, k), args.reps)
+        finally:
+            fin.EXACT_SPECTRUM_MAX = limit
+        # Certified means the Krylov result was kept; the fallback returns the exact values bit for bit.
+        certified = not torch.equal(approx, exact)
+        rel = abs(float(top[0]) - float(mu[-1])) / float(mu[-1])
+        print(f"| {i} | {t_eig:.3f} | {t_lob:.3f} | {rel:.1e} | {t_gram:.3f} | {t_kry:.3f} | "
+              f"{'yes' if certified else 'no (exact fallback)'} |")
+
+
+if __name__ == "__main__":
+    main()
