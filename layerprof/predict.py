@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from . import ops
-from .batches import LossFn, as_kwargs, check_loss, default_loss, forward_kwargs, frozen_eval, leading_tokens
+from .batches import (LossFn, as_kwargs, check_loss, default_loss, first_line, forward_kwargs, frozen_eval,
+                      leading_tokens)
 from .errors import ProfileError
 from .targets import linear_kind, modules_by_name
 
@@ -29,16 +30,11 @@ KAPPA_BATCHES = 1  # batches the simulation's curvature κ is measured on (2 for
 COUPLING_MEMORY_FRACTION = 0.25  # of the free memory after the sweep: one chunk's output directions
 
 
-def coupling_unsupported(model, targets) -> str | None:
-    """Why the coupling matrix cannot be measured on this model, or None. Its central differences move
-    weights by 1e-3 of their scale, below the resolution of 16-bit floats (bfloat16 keeps 8 bits)."""
-    low = sorted({str(linear_kind(m).weight(m).dtype).replace("torch.", "")
-                  for m in modules_by_name(model, list(targets)).values()
-                  if linear_kind(m).weight(m).dtype not in (torch.float32, torch.float64)})
-    if low:
-        return (f"the target weights are {', '.join(low)}: the coupling's finite differences (1e-3 of the weight "
-                "scale) are below their resolution; profile a float32 copy of the model to get it")
-    return None
+def low_precision_weights(model, targets) -> list[str]:
+    """The dtypes of the target weights too coarse for the coupling's finite differences (16-bit floats)."""
+    return sorted({str(linear_kind(m).weight(m).dtype).replace("torch.", "")
+                   for m in modules_by_name(model, list(targets)).values()
+                   if linear_kind(m).weight(m).dtype not in (torch.float32, torch.float64)})
 
 
 def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | None = None,
@@ -85,12 +81,24 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
               for kw in used for n in [_leading_size(kw)] for i in range(0, n, per_chunk)]
     deltas = corrections({n: prof.acc.total(n) for n in fired}, prof.damping)
     # Under torch.distributed every rank holds its own rows of the directions: K is their sum over ranks.
-    layers, K, rho, outputs = coupling_gram(prof.model, chunks, layer_modules, deltas,
-                                            lambda m: linear_kind(m).weight(m), reduce=all_reduce_sum)
-    prof.mark_weights_restored()  # the differences moved and restored the weights (bitwise)
+    # 16-bit weights cannot hold the finite differences' 1e-3 steps: forward-mode AD instead (the study's
+    # cards, float32, used the differences; the two agree to ~1e-5 there).
+    exact = bool(low_precision_weights(prof.model, fired))
+    try:
+        layers, K, rho, outputs = coupling_gram(prof.model, chunks, layer_modules, deltas,
+                                                lambda m: linear_kind(m).weight(m), reduce=all_reduce_sum,
+                                                exact=exact)
+    except (NotImplementedError, RuntimeError) as e:
+        if not exact:
+            raise
+        raise ProfileError(f"the coupling matrix by forward-mode AD failed on this model ({first_line(e)}); "
+                           "profile with coupling=False, or a float32 copy of the model") from e
+    if not exact:
+        prof.mark_weights_restored()  # the differences moved and restored the weights (bitwise)
+    method = ("forward-mode AD (torch.func.jvp) of logits, in the weights' dtype" if exact
+              else "central finite difference of logits, ε = 1e-3 of the weight scale")
     return {"layers": layers, "rho": rho.tolist(), "K": K.tolist(), "batches": len(used), "tokens": tokens,
-            "chunks": len(chunks), "outputs": outputs, "seconds": time.perf_counter() - t0,
-            "method": "central finite difference of logits, ε = 1e-3 of the weight scale"}
+            "chunks": len(chunks), "outputs": outputs, "seconds": time.perf_counter() - t0, "method": method}
 
 
 def _leading_size(kw: dict) -> int:

@@ -82,7 +82,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
 def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn, cfg: ProfileConfig, targets, owner: object):
     """The body of ``profile`` (the model is claimed by ``owner``; ``targets``: the modules to find)."""
     from .merge import merge_group_cards
-    from .predict import KAPPA_BATCHES, coupling_unsupported, measure_coupling, simulate, with_predictions
+    from .predict import KAPPA_BATCHES, measure_coupling, simulate, with_predictions
 
     iterator = iter(batches) if batches is not None else iter(())
     first = next(iterator, None)
@@ -92,17 +92,10 @@ def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn, cfg: ProfileC
     total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
     plan = _memory_plan(model, first, cfg, targets)
     auto_coupling = cfg.coupling is None
-    if auto_coupling:  # wherever it can run: dense statistics in one sweep, 32/64-bit weights
-        why_not = coupling_unsupported(model, find_targets(model, targets))
-        if why_not is None and (plan.sketch is not None or plan.groups):
-            why_not = f"the statistics are not dense in one sweep ({plan.describe()})"
-        if why_not is not None:
-            _no_coupling(why_not)
-        cfg = replace(cfg, coupling=why_not is None)
-    elif cfg.coupling:
-        why_not = coupling_unsupported(model, find_targets(model, targets))
-        if why_not is not None:
-            raise ProfileError(f"coupling=True: {why_not}")
+    if auto_coupling:  # wherever it can run: dense statistics in one sweep
+        if plan.sketch is not None or plan.groups:
+            _no_coupling(f"the statistics are not dense in one sweep ({plan.describe()})")
+        cfg = replace(cfg, coupling=plan.sketch is None and not plan.groups)
     if plan.groups and iter(batches) is batches:
         raise ProfileError(f"the statistics fit only in {plan.sweeps} sweeps over the same batches, but batches "
                            "is a one-shot iterator; pass a list (or any re-iterable) of batches, or raise "

@@ -183,10 +183,36 @@ def test_coupling_in_chunks_equals_one_pass_and_too_little_memory_falls_back(mon
         lp.profile(model, batches, progress=False, rank=4, coupling=True)
 
 
-def test_coupling_is_skipped_on_16_bit_weights_and_refused_when_forced():
-    model = make_model("llama").to(torch.bfloat16)
-    with pytest.warns(UserWarning, match="bfloat16"):
-        card = lp.profile(model, make_batches(n=2), progress=False, rank=4)
-    assert not card.meta.get("coupling") and card.meta["settings"]["score"] == "energy"
-    with pytest.raises(lp.ProfileError, match="coupling=True: the target weights are bfloat16"):
-        lp.profile(model, make_batches(n=2), progress=False, rank=4, coupling=True)
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_coupling_of_16_bit_weights_by_forward_mode_ad(arch):
+    """bfloat16 cannot hold the finite differences' 1e-3 steps: the coupling is then measured by forward-mode
+    AD. Its directions equal central differences on the float32 model for the same corrections (to float32's
+    differences, ~1e-7) and, in bfloat16, to bfloat16 accuracy; the profile measures it and leaves the model."""
+    from layerprof.coupling import jvp_directions
+    from layerprof.targets import find_targets, linear_kind
+
+    torch.manual_seed(0)
+    model = make_model(arch).eval()
+    batches = make_batches(n=1)
+    layer_modules: dict = {}
+    targets = find_targets(model)
+    for n, t in targets.items():
+        layer_modules.setdefault(t.layer, []).append(n)
+    deltas = {n: 0.01 * torch.randn(t.d_out, t.d_in, dtype=torch.float64) for n, t in targets.items()}
+    fd = output_directions(model, batches, layer_modules, deltas, lambda m: linear_kind(m).weight(m))
+    ad = jvp_directions(model, batches, layer_modules, deltas)
+    low = make_model(arch).to(torch.bfloat16)
+    low.load_state_dict({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
+    ad16 = jvp_directions(low, batches, layer_modules, deltas)
+    cos = lambda a, b: float((a * b).sum() / (a.norm() * b.norm()))  # noqa: E731
+    for layer in fd:
+        assert cos(fd[layer], ad[layer]) > 1 - 1e-6 and cos(fd[layer], ad16[layer]) > 1 - 1e-3
+
+    snap = snapshot(low)
+    card = lp.profile(low, make_batches(n=3), progress=False, rank=4)
+    assert_untouched(low, snap)
+    c = card.meta["coupling"]
+    rho = np.asarray(c["rho"])
+    assert c["method"].startswith("forward-mode AD") and np.allclose(rho, rho.T) and np.allclose(np.diag(rho), 1.0)
+    assert card.meta["settings"]["score"] == "resnorm2_x"
+    assert lp.profile(model, make_batches(n=3), progress=False, rank=4).meta["coupling"]["method"].startswith("central")
