@@ -161,6 +161,19 @@ def check_batch(model: nn.Module, kwargs: Mapping, index: int) -> None:
                              f"({ids.shape[0]},) or one per token {tuple(ids.shape)}")
 
 
+def batch_size(kw: Mapping) -> int:
+    """The leading dimension of a kwargs batch (its first tensor's)."""
+    return next(v.shape[0] for v in kw.values() if isinstance(v, torch.Tensor) and v.dim() >= 1)
+
+
+def split_rows(kw: Mapping, size: int) -> list[dict]:
+    """``kw`` cut into chunks of at most ``size`` sequences: every tensor whose leading dimension is the
+    batch size is sliced, everything else kept as it is."""
+    n = batch_size(kw)
+    return [{k: v[i:i + size] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v
+             for k, v in kw.items()} for i in range(0, n, size)]
+
+
 def leading_tokens(batches: list[dict], max_tokens: int | None) -> tuple[list[dict], int]:
     """The first whole sequences of ``batches`` (kwargs dicts) holding at most ``max_tokens``
     non-padding tokens (at least one sequence), and the tokens they hold.
@@ -188,8 +201,7 @@ def leading_tokens(batches: list[dict], max_tokens: int | None) -> tuple[list[di
             keep = 1  # at least one sequence, whatever its length
         if keep == 0:
             break
-        out.append({k: v[:keep] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v
-                    for k, v in kw.items()})
+        out.append(split_rows(kw, keep)[0])
         total = int(cum[keep - 1])
         if keep < n:
             break

