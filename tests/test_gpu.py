@@ -104,3 +104,29 @@ def test_gpu_cuda_kernel_is_bitwise_reproducible_under_deterministic_algorithms(
         torch.use_deterministic_algorithms(before)
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_gpu_bf16_coupling_by_forward_mode_ad_matches_cpu_float32():
+    """The default placement's coupling on a bfloat16 model on the GPU (forward-mode AD, math attention):
+    its output directions match the float32 model's central differences on the CPU for the same corrections."""
+    from layerprof.coupling import jvp_directions, output_directions
+    from layerprof.targets import find_targets, linear_kind
+
+    torch.manual_seed(0)
+    model = make_model("llama").eval()
+    batches = make_batches(n=1)
+    layer_modules: dict = {}
+    targets = find_targets(model)
+    for n, t in targets.items():
+        layer_modules.setdefault(t.layer, []).append(n)
+    deltas = {n: 0.01 * torch.randn(t.d_out, t.d_in, dtype=torch.float64) for n, t in targets.items()}
+    ref = output_directions(model, batches, layer_modules, deltas, lambda m: linear_kind(m).weight(m))
+    gpu = make_model("llama").to("cuda", torch.bfloat16)
+    gpu.load_state_dict({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
+    got = jvp_directions(gpu, [{k: v.cuda() for k, v in b.items()} for b in batches], layer_modules, deltas)
+    for layer in ref:
+        a, b = ref[layer], got[layer].cpu()
+        assert float((a * b).sum() / (a.norm() * b.norm())) > 0.999, layer
+    card = lp.profile(gpu, [{k: v.cuda() for k, v in b.items()} for b in make_batches(n=3)], rank=4, progress=False)
+    assert card.meta["coupling"]["method"].startswith("forward-mode AD")
