@@ -15,6 +15,7 @@ Costs two forwards per layer on the subset of rows; weights are restored bitwise
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -51,18 +52,30 @@ def corrections(stats: Mapping[str, "object"], damping: float) -> dict[str, torc
     return out
 
 
-def _outputs(model: nn.Module, batches: list[dict]) -> torch.Tensor:
-    chunks = []
+def _logits(out, batch: Mapping) -> torch.Tensor:
+    """A forward's logits on the batch's non-padding rows, flattened (the output space of the directions)."""
+    logits = out.logits if hasattr(out, "logits") else out[0]
+    mask = batch.get("attention_mask")
+    if mask is not None and tuple(mask.shape) == tuple(logits.shape[:2]):
+        logits = logits[mask.bool()]
+    return logits.reshape(-1)
+
+
+@contextlib.contextmanager
+def _in_eval(model: nn.Module):
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def output_logits(model: nn.Module, batches: list[dict]) -> torch.Tensor:
+    """The model's logits on the batches' non-padding rows, flattened, float64 (no gradients)."""
     with torch.no_grad():
-        for b in batches:
-            out = model(**{k: v for k, v in b.items() if k != "labels"})
-            logits = out.logits if hasattr(out, "logits") else out[0]
-            mask = b.get("attention_mask")
-            logits = logits.double()
-            if mask is not None and tuple(mask.shape) == tuple(logits.shape[:2]):
-                logits = logits[mask.bool()]
-            chunks.append(logits.reshape(-1))
-    return torch.cat(chunks)
+        return torch.cat([_logits(model(**{k: v for k, v in b.items() if k != "labels"}), b).double()
+                          for b in batches])
 
 
 def output_directions(model: nn.Module, batches: list[dict], layer_modules: Mapping[int, list[str]],
@@ -70,17 +83,13 @@ def output_directions(model: nn.Module, batches: list[dict], layer_modules: Mapp
     """δf_a for each layer a by central finite differences; weights restored bitwise."""
     modules = dict(model.named_modules())
     dirs = {}
-    was = model.training
-    model.eval()
-    try:
+    with _in_eval(model):
         for layer, names in layer_modules.items():
             ws = {n: weight_of(modules[n]) for n in names}
             scale = max(float(ws[n].detach().abs().max()) / max(float(deltas[n].abs().max()), 1e-30) for n in names)
             eps = 1e-3 * scale
-            plus, minus = central_difference(model, names, deltas, eps, weight_of, lambda: _outputs(model, batches))
+            plus, minus = central_difference(model, names, deltas, eps, weight_of, lambda: output_logits(model, batches))
             dirs[layer] = (plus - minus) / (2 * eps)
-    finally:
-        model.train(was)
     return dirs
 
 
@@ -102,9 +111,7 @@ def jvp_directions(model: nn.Module, batches: list[dict], layer_modules: Mapping
 
     modules = dict(model.named_modules())
     dirs = {}
-    was = model.training
-    model.eval()
-    try:
+    with _in_eval(model):
         for layer, names in layer_modules.items():
             params = [f"{n}.weight" for n in names]
             primals = tuple(modules[n].weight.detach() for n in names)
@@ -115,21 +122,12 @@ def jvp_directions(model: nn.Module, batches: list[dict], layer_modules: Mapping
             chunks = []
             for b in batches:
                 kwargs = {k: v for k, v in b.items() if k != "labels"}
-                mask = b.get("attention_mask")
-
-                def outputs(*ws):
-                    out = functional_call(model, dict(zip(params, ws)), args=(), kwargs=kwargs)
-                    logits = out.logits if hasattr(out, "logits") else out[0]
-                    if mask is not None and tuple(mask.shape) == tuple(logits.shape[:2]):
-                        logits = logits[mask.bool()]
-                    return logits
-
+                outputs = lambda *ws: _logits(functional_call(model, dict(zip(params, ws)), args=(),  # noqa: E731
+                                                              kwargs=kwargs), b)  # noqa: B023
                 with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
                     _, tangent = jvp(outputs, primals, tangents)
-                chunks.append(tangent.double().reshape(-1))
+                chunks.append(tangent.double())
             dirs[layer] = torch.cat(chunks)
-    finally:
-        model.train(was)
     return dirs
 
 

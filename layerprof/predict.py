@@ -46,7 +46,7 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
     sized so that they fit ``max_bytes`` (default: a quarter of the free memory); K, a sum over
     rows, is accumulated across chunks. Raises ``ProfileError`` when not even one sequence fits.
     """
-    from .coupling import _outputs, corrections, coupling_gram
+    from .coupling import corrections, coupling_gram, output_logits
     from .memory_plan import free_memory
     from .reduce import all_reduce_sum
 
@@ -61,13 +61,12 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
     t0 = time.perf_counter()
     used, tokens = leading_tokens([as_kwargs(b, prof.device) for b in batches], max_tokens)
     used = [forward_kwargs(prof.model, kw) for kw in used]
-    # One sequence's outputs (unmasked: an upper bound) size the chunks.
-    was = prof.model.training
-    prof.model.eval()
-    try:
-        per_sequence = int(_outputs(prof.model, [leading_tokens(used[:1], 1)[0][0]]).numel())
-    finally:
-        prof.model.train(was)
+    # One sequence's outputs with every position counted (an upper bound for any sequence) size the chunks.
+    probe = dict(leading_tokens(used[:1], 1)[0][0])
+    if isinstance(probe.get("attention_mask"), torch.Tensor):
+        probe["attention_mask"] = torch.ones_like(probe["attention_mask"])
+    with frozen_eval(prof.model):
+        per_sequence = int(output_logits(prof.model, [probe]).numel())
     limit = max_bytes if max_bytes is not None else int(COUPLING_MEMORY_FRACTION * free_memory(prof.device))
     per_chunk = limit // max(1, 8 * 3 * len(layer_modules) * per_sequence)  # directions + the ± outputs
     if per_chunk < 1:

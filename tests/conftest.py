@@ -74,6 +74,20 @@ def make_batches(n: int = 3, batch: int = 3, seq: int = 11, seed: int = 1, pad_t
     return out
 
 
+def random_corrections(model, scale: float = 0.01, seed: int = 0):
+    """Every default target grouped by layer, and a random d_out × d_in float64 correction for each (the
+    coupling's directions for given corrections)."""
+    from layerprof.targets import find_targets
+
+    g = torch.Generator().manual_seed(seed)
+    layer_modules: dict = {}
+    deltas = {}
+    for n, t in find_targets(model).items():
+        layer_modules.setdefault(t.layer, []).append(n)
+        deltas[n] = scale * torch.randn(t.d_out, t.d_in, generator=g, dtype=torch.float64)
+    return layer_modules, deltas
+
+
 def snapshot(model):
     """Everything profiling must leave exactly as it was."""
     return {

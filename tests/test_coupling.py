@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import layerprof as lp
-from conftest import assert_untouched, make_batches, make_model, snapshot
+from conftest import assert_untouched, make_batches, make_model, random_corrections, snapshot
 from layerprof.coupling import coupled_greedy, coupling_matrix, joint_gain, output_directions
 
 
@@ -189,16 +189,11 @@ def test_coupling_of_16_bit_weights_by_forward_mode_ad(arch):
     AD. Its directions equal central differences on the float32 model for the same corrections (to float32's
     differences, ~1e-7) and, in bfloat16, to bfloat16 accuracy; the profile measures it and leaves the model."""
     from layerprof.coupling import jvp_directions
-    from layerprof.targets import find_targets, linear_kind
+    from layerprof.targets import linear_kind
 
-    torch.manual_seed(0)
     model = make_model(arch).eval()
     batches = make_batches(n=1)
-    layer_modules: dict = {}
-    targets = find_targets(model)
-    for n, t in targets.items():
-        layer_modules.setdefault(t.layer, []).append(n)
-    deltas = {n: 0.01 * torch.randn(t.d_out, t.d_in, dtype=torch.float64) for n, t in targets.items()}
+    layer_modules, deltas = random_corrections(model)
     fd = output_directions(model, batches, layer_modules, deltas, lambda m: linear_kind(m).weight(m))
     ad = jvp_directions(model, batches, layer_modules, deltas)
     low = make_model(arch).to(torch.bfloat16)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import layerprof as lp
-from conftest import make_batches, make_model
+from conftest import make_batches, make_model, random_corrections
 from layerprof import ops
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -111,16 +111,11 @@ def test_gpu_bf16_coupling_by_forward_mode_ad_matches_cpu_float32():
     """The default placement's coupling on a bfloat16 model on the GPU (forward-mode AD, math attention):
     its output directions match the float32 model's central differences on the CPU for the same corrections."""
     from layerprof.coupling import jvp_directions, output_directions
-    from layerprof.targets import find_targets, linear_kind
+    from layerprof.targets import linear_kind
 
-    torch.manual_seed(0)
     model = make_model("llama").eval()
     batches = make_batches(n=1)
-    layer_modules: dict = {}
-    targets = find_targets(model)
-    for n, t in targets.items():
-        layer_modules.setdefault(t.layer, []).append(n)
-    deltas = {n: 0.01 * torch.randn(t.d_out, t.d_in, dtype=torch.float64) for n, t in targets.items()}
+    layer_modules, deltas = random_corrections(model)
     ref = output_directions(model, batches, layer_modules, deltas, lambda m: linear_kind(m).weight(m))
     gpu = make_model("llama").to("cuda", torch.bfloat16)
     gpu.load_state_dict({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()})
