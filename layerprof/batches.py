@@ -184,10 +184,9 @@ def leading_tokens(batches: list[dict], max_tokens: int | None) -> tuple[list[di
     """
     out, total = [], 0
     for kw in batches:
-        tensors = [v for v in kw.values() if isinstance(v, torch.Tensor) and v.dim() >= 1]
-        if not tensors:
+        if not any(isinstance(v, torch.Tensor) and v.dim() >= 1 for v in kw.values()):
             continue
-        n = tensors[0].shape[0]
+        n = batch_size(kw)
         mask, ids = kw.get("attention_mask"), kw.get("input_ids")
         if isinstance(mask, torch.Tensor) and mask.dim() >= 1 and mask.shape[0] == n:
             per = mask.reshape(n, -1).sum(1)

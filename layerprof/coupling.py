@@ -33,16 +33,17 @@ def corrections(stats: Mapping[str, "object"], damping: float) -> dict[str, torc
     not exist (δ = 0 on a singular Σ) the least-squares solution, as before.
     """
     out = {}
-    factors: list[tuple[torch.Tensor, int, torch.Tensor | None]] = []
+    factors: list[tuple[torch.Tensor, int, torch.Tensor | None]] = []  # (upper S, N, factor or None)
     for name, st in stats.items():
         S = torch.triu(st.S)
-        L = next((f for S_ref, N_ref, f in factors
-                  if N_ref == st.N and S_ref.shape == S.shape and torch.equal(S_ref, S)), "new")
         sigma = symmetric(st.S.double().cpu()) / st.N
         d = sigma.shape[0]
         lam = ridge(damping, float(torch.trace(sigma)), d)
         A = sigma + lam * torch.eye(d, dtype=torch.float64)
-        if isinstance(L, str):
+        shared = [f for S_ref, N_ref, f in factors if N_ref == st.N and S_ref.shape == S.shape and torch.equal(S_ref, S)]
+        if shared:
+            L = shared[0]
+        else:
             L, info = torch.linalg.cholesky_ex(A)
             L = L if int(info) == 0 and lam > 0 else None
             factors.append((S, st.N, L))
