@@ -1,0 +1,88 @@
+"""The CPU allocator's share of the sweep: GPT-2-small shape, glibc's default malloc against one that keeps its pages.
+
+On the GPT-2-small shape (12 × 768, T = 512) the sweep's element-wise model ops ran several times
+slower per call than in the plain pass: with the statistics' large buffers live, glibc keeps
+returning freed pages to the OS, and every new activation tensor page-faults on first touch. This
+runs the same measurement in two child processes, one with glibc's defaults and one with
+``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` set so that freed memory is
+kept (what jemalloc or tcmalloc via ``LD_PRELOAD`` also give). Each child times, interleaved, process
+CPU time, one thread: plain frozen forward+backward, and ``lp.profile`` up to the end of the sweep
+(finalize is stubbed out: it is the same in both and timed elsewhere), coupling off.
+
+    OMP_NUM_THREADS=1 python bench/bench_allocator.py [--reps 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+KEEP_PAGES = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000",
+              "MALLOC_TOP_PAD_": "1000000000"}
+
+
+def child(reps: int) -> dict:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import layerprof as lp
+    import layerprof.build as build
+    from layerprof.benchmark import plain_backward
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=512, vocab_size=8192,
+                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    ids = [torch.randint(0, 8192, (2, 512)) for _ in range(2)]
+    batches = [{"input_ids": b, "attention_mask": torch.ones_like(b), "labels": b} for b in ids]
+
+    class SweepDone(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise SweepDone
+
+    build.finalize = stop  # this process only: time the sweep, not the solves
+
+    def sweep():
+        try:
+            lp.profile(model, batches, progress=False, coupling=False)
+        except SweepDone:
+            pass
+
+    times = {"plain": [], "sweep": []}
+    for rep in range(reps + 1):
+        for name, fn in (("plain", lambda: plain_backward(model, batches)), ("sweep", sweep)):
+            t = time.process_time()
+            fn()
+            if rep:
+                times[name].append(time.process_time() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.reps)))
+        return
+    from harness import machine
+
+    print(f"{machine()}\nGPT-2-small shape, 2 batches × 2 × 512 tokens, process CPU time, median of {args.reps}\n")
+    print("| malloc | plain s | sweep s | sweep / plain |\n|---|---:|---:|---:|")
+    for label, extra in (("glibc defaults", {}), ("keeps freed pages (MALLOC_*_ env)", KEEP_PAGES)):
+        env = {**os.environ, **extra, "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, __file__, "--child", "--reps", str(args.reps)], env=env,
+                             capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        r = json.loads(out)
+        print(f"| {label} | {r['plain']:.2f} | {r['sweep']:.2f} | {r['sweep'] / r['plain']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
