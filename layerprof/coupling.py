@@ -34,21 +34,23 @@ def corrections(stats: Mapping[str, "object"], damping: float) -> dict[str, torc
     """
     out = {}
     factors: list[tuple[torch.Tensor, int, torch.Tensor | None]] = []  # (upper S, N, factor or None)
+    def shifted(st):  # Σ + λI, float64 on the CPU, and λ
+        sigma = symmetric(st.S.double().cpu()) / st.N
+        lam = ridge(damping, float(torch.trace(sigma)), sigma.shape[0])
+        return sigma + lam * torch.eye(sigma.shape[0], dtype=torch.float64), lam
+
     for name, st in stats.items():
         S = torch.triu(st.S)
-        sigma = symmetric(st.S.double().cpu()) / st.N
-        d = sigma.shape[0]
-        lam = ridge(damping, float(torch.trace(sigma)), d)
-        A = sigma + lam * torch.eye(d, dtype=torch.float64)
         shared = [f for S_ref, N_ref, f in factors if N_ref == st.N and S_ref.shape == S.shape and torch.equal(S_ref, S)]
         if shared:
             L = shared[0]
         else:
+            A, lam = shifted(st)
             L, info = torch.linalg.cholesky_ex(A)
             L = L if int(info) == 0 and lam > 0 else None
             factors.append((S, st.N, L))
         C = st.C.double().cpu()
-        solution = torch.cholesky_solve(C, L) if L is not None else torch.linalg.lstsq(A, C).solution
+        solution = torch.cholesky_solve(C, L) if L is not None else torch.linalg.lstsq(shifted(st)[0], C).solution
         out[name] = -solution.t()
     return out
 

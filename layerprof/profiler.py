@@ -93,9 +93,10 @@ def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn, cfg: ProfileC
     plan = _memory_plan(model, first, cfg, targets)
     auto_coupling = cfg.coupling is None
     if auto_coupling:  # wherever it can run: dense statistics in one sweep
-        if plan.sketch is not None or plan.groups:
+        dense_one_sweep = plan.sketch is None and not plan.groups
+        if not dense_one_sweep:
             _no_coupling(f"the statistics are not dense in one sweep ({plan.describe()})")
-        cfg = replace(cfg, coupling=plan.sketch is None and not plan.groups)
+        cfg = replace(cfg, coupling=dense_one_sweep)
     if plan.groups and iter(batches) is batches:
         raise ProfileError(f"the statistics fit only in {plan.sweeps} sweeps over the same batches, but batches "
                            "is a one-shot iterator; pass a list (or any re-iterable) of batches, or raise "

@@ -102,13 +102,9 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     rank, size = world()
     if size == 1 or not values:
         return values
-    dist = torch.distributed
     keys = sorted(values)
-    buf = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        buf = buf.cuda()
-    dist.all_reduce(buf)
-    return {k: float(v) / size for k, v in zip(keys, buf.cpu().tolist())}
+    total = all_reduce_sum(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64))
+    return {k: float(v) / size for k, v in zip(keys, total.tolist())}
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -116,7 +112,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     process group."""
     if world()[1] == 1:
         return t
-    dist = torch.distributed
-    buf = t.clone().cuda() if dist.get_backend() == "nccl" else t.clone()
-    dist.all_reduce(buf)
+    buf = t.to(_device_for_collectives(), copy=True)
+    torch.distributed.all_reduce(buf)
     return buf.cpu()
