@@ -8,6 +8,7 @@ machine). The plan's measured gain share comes from the study (``docs/study/TASK
 
     OMP_NUM_THREADS=1 python bench/bench_step_time.py            # the decoder tasks
     OMP_NUM_THREADS=1 python bench/bench_step_time.py --steps 40 --tasks bundled deep
+    OMP_NUM_THREADS=1 python bench/bench_step_time.py --steps 60 --tasks all   # every study task
 """
 from __future__ import annotations
 
@@ -37,10 +38,12 @@ def _peft(task, modules, kinds, r=8):
 
 def main(argv=None) -> None:
     from layerprof.benchmark import machine
+    from layerprof.study import with_attention
     from layerprof.tasks import TASKS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", nargs="+", default=["bundled", "code", "deep", "deep-code", "docstrings"])
+    ap.add_argument("--tasks", nargs="+", default=["bundled", "code", "deep", "deep-code", "docstrings"],
+                    help="study tasks (any with a card in docs/study/TASK); --tasks all for every one")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--budget", type=float, default=0.6)
     args = ap.parse_args(argv)
@@ -48,11 +51,16 @@ def main(argv=None) -> None:
     print(f"machine: {machine()}\n")
     print("| task | cost-capped layers | modelled cost | measured step time / full LoRA | its gain (share of full, study) |")
     print("|---|---|---:|---:|---:|")
-    for name in args.tasks:
-        card = lp.LayerCard.load(ROOT / "docs" / "study" / name / "card_60steps.json")
+    names = sorted(p.name for p in (ROOT / "docs" / "study").iterdir() if p.name in TASKS) if args.tasks == ["all"] \
+        else args.tasks
+    for name in names:
+        # The short budget's card (the 60-step one; MiniLM's is 40), its attention term filled for older cards.
+        path = sorted((ROOT / "docs" / "study" / name).glob("card_*steps.json"),
+                      key=lambda p: int(p.stem.split("_")[1].removesuffix("steps")))[0]
+        task = TASKS[name]()
+        card = with_attention(lp.LayerCard.load(path), task)
         plan = card.place(budget=args.budget)
         kinds = {m.name: m.kind for m in card.modules}
-        task = TASKS[name]()
         runs = {"full": _peft(task, [m.name for m in card.modules if m.layer is not None], kinds),
                 "plan": _peft(task, plan.modules, kinds)}
         times = {k: [] for k in runs}
@@ -68,7 +76,7 @@ def main(argv=None) -> None:
                     times[k].append(time.process_time() - t)
         ratio = statistics.median(times["plan"]) / statistics.median(times["full"])
         study = json.loads((ROOT / "docs" / "study" / name / "study.json").read_text())
-        placements = study["budgets"]["60"]["placements"]
+        placements = study["budgets"][path.stem.split("_")[1].removesuffix("steps")]["placements"]
         share = next((p["fraction_of_full"] for n, p in placements.items()
                       if n.endswith(f"cost ≤ {args.budget}") and p["layers"] == plan.layers), None)
         print(f"| {name} | {plan.layers} | {plan.cost:.1%} | {ratio:.1%} | "

@@ -74,26 +74,29 @@ def plain_backward(model, batches, trainable: bool = False) -> None:
 
 
 def sweep_vs_plain(model, batches: list, *, reps: int = 3, backend: str = "auto",
-                   backends: tuple[str, ...] | None = None, extra: dict[str, Callable[[], None]] | None = None) -> dict:
+                   backends: tuple[str, ...] | None = None, extra: dict[str, Callable[[], None]] | None = None,
+                   coupling: bool | None = None) -> dict:
     """The headline ratio, defined once: **sweep ÷ plain**, where sweep is the card's own sweep time
     (taps + accumulation over the batches, finalize excluded) and plain is a frozen forward+backward
     of the same model on the same batches. Finalize is its own figure and a share of the whole
     ``profile()``; the whole ``profile()`` over plain is reported beside it. One ``profile`` per backend
     in ``backends`` (default: ``backend``), interleaved with the plain pass (and any ``extra`` passes);
-    every figure is the median over ``reps``.
+    every figure is the median over ``reps``. ``coupling`` is passed to ``profile`` (None: its default,
+    the coupling matrix wherever the statistics are dense); its seconds are their own figure too.
     """
     from .profiler import profile
 
     device = str(next(model.parameters()).device)
     backends = tuple(backends or (backend,))
-    runs: dict[str, dict[str, list[float]]] = {b: {"sweep": [], "finalize": []} for b in backends}
+    runs: dict[str, dict[str, list[float]]] = {b: {"sweep": [], "finalize": [], "coupling": []} for b in backends}
     cards = {}
 
     def sweep(b):
         def fn():
-            card = profile(model, batches, progress=False, backend=b)
+            card = profile(model, batches, progress=False, backend=b, coupling=coupling)
             runs[b]["sweep"].append(card.meta["sweep"]["seconds"])
             runs[b]["finalize"].append(card.meta["sweep"]["finalize_seconds"])
+            runs[b]["coupling"].append((card.meta.get("coupling") or {}).get("seconds", 0.0))
             cards[b] = card
         return fn
 
@@ -105,8 +108,10 @@ def sweep_vs_plain(model, batches: list, *, reps: int = 3, backend: str = "auto"
     for b in backends:
         s, f = statistics.median(runs[b]["sweep"][-reps:]), statistics.median(runs[b]["finalize"][-reps:])
         total = med[f"profile:{b}"]
+        c = statistics.median(runs[b]["coupling"][-reps:]) if cards[b].meta.get("coupling") else None
         passes[b] = {"backend": cards[b].meta["settings"]["backend"], "sweep_seconds": s, "ratio": s / plain,
                      "finalize_seconds": f, "finalize_share": f / total if total > 0 else None,
+                     "coupling_seconds": c,
                      "profile_seconds": total, "profile_ratio": total / plain}
     first = passes[backends[0]]
     return {"plain_seconds": plain, **first, "passes": passes,
@@ -121,20 +126,22 @@ def table(result: dict, memory: dict[str, int] | None = None) -> str:
     col = " | peak MiB" if mem else ""
     lines = [f"plain frozen forward+backward: {result['plain_seconds']:.3f} s (median of {result['reps']}); "
              f"{result['rows']:,} rows in {result['batches']} batches; {result['machine']}", "",
-             "| pass | sweep s | sweep / plain | finalize s | finalize share | profile() s | profile() / plain"
-             + col + " |", "|---|---:|---:|---:|---:|---:|---:" + ("|---:" if mem else "") + "|"]
+             "| pass | sweep s | sweep / plain | finalize s | finalize share | coupling s | profile() s "
+             "| profile() / plain" + col + " |", "|---|---:|---:|---:|---:|---:|---:|---:" + ("|---:" if mem else "") + "|"]
 
     def mib(key):
         return f" | {mem[key] / 2 ** 20:.1f}" if key in mem else (" | –" if mem else "")
 
-    lines.append(f"| plain | {result['plain_seconds']:.3f} | 1.00 | – | – | – | –{mib('plain')} |")
+    lines.append(f"| plain | {result['plain_seconds']:.3f} | 1.00 | – | – | – | – | –{mib('plain')} |")
     for name, x in result.get("extra", {}).items():
-        lines.append(f"| {name} | {x['seconds']:.3f} | {x['ratio']:.2f} | – | – | – | –{mib(name)} |")
+        lines.append(f"| {name} | {x['seconds']:.3f} | {x['ratio']:.2f} | – | – | – | – | –{mib(name)} |")
     for b, p in result["passes"].items():
         share = f"{p['finalize_share']:.0%}" if p["finalize_share"] is not None else "–"
+        coupling = f"{p['coupling_seconds']:.3f}" if p.get("coupling_seconds") is not None else "–"
         lines.append(f"| sweep ({p['backend']}) | {p['sweep_seconds']:.3f} | {p['ratio']:.2f} | "
-                     f"{p['finalize_seconds']:.3f} | {share} | {p['profile_seconds']:.3f} | "
+                     f"{p['finalize_seconds']:.3f} | {share} | {coupling} | {p['profile_seconds']:.3f} | "
                      f"{p['profile_ratio']:.2f}{mib('sweep:' + b)} |")
     lines += ["", "sweep = taps + accumulation (the card's meta.sweep.seconds); finalize = the solves "
-              "(meta.sweep.finalize_seconds); profile() = the whole call, wall clock."]
+              "(meta.sweep.finalize_seconds); coupling = the default placement's coupling matrix "
+              "(meta.coupling.seconds; – when not measured); profile() = the whole call, wall clock."]
     return "\n".join(lines)

@@ -22,13 +22,15 @@ from .config import ProfileConfig
 from .errors import ProfileError
 from .finalize import finalize
 from .memory import peak_kind, process_peak, solve_threads, threads
+from .cost import attention_shape
 from .scores import DEFAULT_SCORE, DEFAULT_SCORE_WITHOUT_HALVES, apply_score, default_score
 from .targets import Target, linear_kind, modules_by_name, output_head_names
 
 
 def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module, config: ProfileConfig, *,
                backend: str, rows: int, data_hash: str, skipped: list[dict], unmasked: list[str],
-               sweep_seconds: float, device: torch.device, coupling: dict | None = None):
+               sweep_seconds: float, device: torch.device, coupling: dict | None = None,
+               seq_len: float | None = None):
     """The ``LayerCard`` of one finished sweep (global sums under torch.distributed)."""
     from .card import LayerCard
     from .reduce import world
@@ -47,6 +49,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
     modules = modules_by_name(model, fired)
     weights = {n: linear_kind(m).weight(modules[n]) for n, m in modules.items()}
     heads = output_heads(model)
+    attention = attention_shape(model, seq_len)
     # The default score follows what the card will have: the coupling matrix or not (layerprof.scores).
     score = config.score or default_score(bool(coupling))
     t_fin = time.perf_counter()
@@ -56,7 +59,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
         modules_rows, layer_rows, stability = finalize(
             acc, {n: targets[n] for n in sorted(fired, key=list(targets).index)},
             weights, rank=config.rank, damping=config.damping,
-            heads=heads, score=score)
+            heads=heads, score=score, attention=attention)
     finalize_s = time.perf_counter() - t_fin
     if config.score is None and score == DEFAULT_SCORE and any(l["resnorm2_x"] is None for l in layer_rows):
         score = DEFAULT_SCORE_WITHOUT_HALVES  # one batch: no halves to cross
@@ -82,6 +85,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
         "unfired": unfired,
         "unmasked": unmasked,
         "heads": heads,
+        "attention": attention,
         "calls": {n: acc.calls.get(n, 0) for n in fired},
     }
     if coupling is not None:

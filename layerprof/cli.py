@@ -241,7 +241,7 @@ def cmd_bench(args) -> int:
     if not args.json:
         print(f"timing plain forward+backward vs the layerprof sweep on {len(batches)} batches, "
               f"{args.reps} interleaved repetitions ...", file=sys.stderr)
-    result = sweep_vs_plain(model, batches, reps=args.reps, backend=args.backend)
+    result = sweep_vs_plain(model, batches, reps=args.reps, backend=args.backend, coupling=args.coupling)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

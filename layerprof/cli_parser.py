@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reps", type=A.integer("--reps", 1, 1000), default=3, help="interleaved repetitions; medians (default: %(default)s)")
     b.add_argument("--backend", default="auto", choices=BACKENDS, help="accumulation backend (default: %(default)s)")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=None,
+                   help="profile with the coupling matrix (default: as `layerprof card`, whenever the statistics "
+                        "are dense in one sweep); its seconds are their own column")
     b.add_argument("--plan", type=A.model_dir("--plan"), metavar="MODEL_DIR",
                    help="print the modelled FLOPs, time and memory of profiling MODEL_DIR (built from its config on "
                         "the meta device, no weights read) and exit without timing anything")

@@ -17,11 +17,18 @@ transformer step:
   (d = 128: γ·2d is ~50% of a module's 2·d² FLOPs) and vanishes for large d (d = 4096:
   ~3%). Fitted on a CPU; a GPU's balance differs (measure with bench/fit_cost.py).
 
+* attention, when the card records the model's attention width w (heads × head dim) and the
+  calibration's sequence length T: the scores QKᵀ and their weighted sum PV cost 4·T·w FLOPs per
+  row and layer forward, and twice that backward (dQ, dK, dV, dP) in layers from ℓ_min up. It is
+  a FLOP count, not fitted: on the 16-block study decoder (d = 64, T = 128) it is a third of the
+  linear maps' work, and leaving it out put mid and bottom placements 5–11 points below their
+  measured step time (bench/RESULTS.md, session 7). Cards without the record (older cards, models
+  without a transformers config) are costed without it.
+
 Memory: trainable parameters P = Σ r·(d_in + d_out), with fp32 weight, gradient and
 two Adam moments = 16·P bytes; saved activations scale with the layers from ℓ_min up
 (reported as a fraction of all layers). Inference: the number of adapted modules.
-Attention score FLOPs, norms and elementwise work are left out (small for short
-sequences; documented in the card). Figures are modelled, not measured.
+Norms and element-wise work are left out (documented in the card). Figures are modelled, not measured.
 """
 from __future__ import annotations
 
@@ -67,10 +74,13 @@ class CostModel:
     """Step cost of adapting a set of layers, from module shapes and the head's shape."""
 
     def __init__(self, modules: Iterable[ModuleShape], head_flops_per_row: float = 0.0,
-                 overhead: float = ADAPTER_OVERHEAD):
+                 overhead: float = ADAPTER_OVERHEAD, attention_flops_per_row: float = 0.0):
         if not overhead >= 0:
             raise ValueError(f"overhead is FLOP-equivalents per element (>= 0), got {overhead!r}")
+        if not attention_flops_per_row >= 0:
+            raise ValueError(f"attention_flops_per_row is a FLOP count (>= 0), got {attention_flops_per_row!r}")
         self.overhead = float(overhead)
+        self.attention = float(attention_flops_per_row)  # forward, per row and layer (backward: twice)
         self.modules = [m for m in modules if m.layer is not None]
         self.layers = sorted({m.layer for m in self.modules})
         self.head = float(head_flops_per_row)
@@ -79,7 +89,9 @@ class CostModel:
         for m in self.modules:
             self.layer_flops[m.layer] += 2.0 * m.d_in * m.d_out
             self.layer_dims[m.layer].append(m)
-        self.forward = sum(self.layer_flops.values()) + self.head
+        self.forward = sum(self.layer_flops.values()) + self.attention * len(self.layers) + self.head
+        # Backward work of a layer: its linear maps' input gradients and the attention's two matmuls' four.
+        self.layer_backward = {l: f + 2.0 * self.attention for l, f in self.layer_flops.items()}
         self._full = None
 
     def adapter_flops(self, layer: int, ranks: Mapping[str, int] | int) -> float:
@@ -92,13 +104,13 @@ class CostModel:
     def backward_flops(self, lowest: int | None) -> float:
         if lowest is None:
             return 0.0
-        return self.head + sum(f for l, f in self.layer_flops.items() if l >= lowest)
+        return self.head + sum(f for l, f in self.layer_backward.items() if l >= lowest)
 
     def backward_flops_each(self, lowest_layers: Iterable[int]) -> list[float]:
         """``backward_flops(l)`` for many l at once: suffix sums, O(L) instead of O(L) per layer."""
         suffix, acc = {}, 0.0
         for l in reversed(self.layers):
-            acc += self.layer_flops[l]
+            acc += self.layer_backward[l]
             suffix[l] = self.head + acc
         return [suffix[l] for l in lowest_layers]
 
@@ -132,15 +144,33 @@ class CostModel:
         )
 
 
-def cost_model(modules: Iterable, heads: Iterable[Mapping] = ()) -> CostModel:
-    """The cost model of a card's modules (rows or dicts with name, layer, d_in, d_out) and output heads
-    (dicts with d_in, d_out): the one place a card's cost model is built (finalize, placement, merge)."""
+def cost_model(modules: Iterable, heads: Iterable[Mapping] = (), attention: Mapping | None = None) -> CostModel:
+    """The cost model of a card's modules (rows or dicts with name, layer, d_in, d_out), output heads
+    (dicts with d_in, d_out) and attention (``{"width": w, "seq_len": T}`` or None): the one place a
+    card's cost model is built (finalize, placement, merge)."""
     def field(m, key):
         return m[key] if isinstance(m, Mapping) else getattr(m, key)
 
     shapes = [ModuleShape(field(m, "name"), field(m, "layer"), field(m, "d_in"), field(m, "d_out")) for m in modules
               if field(m, "layer") is not None]
-    return CostModel(shapes, sum(2.0 * h["d_in"] * h["d_out"] for h in heads))
+    attn = 4.0 * attention["width"] * attention["seq_len"] if attention else 0.0
+    return CostModel(shapes, sum(2.0 * h["d_in"] * h["d_out"] for h in heads), attention_flops_per_row=attn)
+
+
+def attention_shape(model, seq_len: float | None) -> dict | None:
+    """``{"width": heads × head dim, "seq_len": T}`` from the model's transformers config (the model's own
+    or, for a wrapper, its first submodule's), or None where there is none or no sequence length."""
+    if not seq_len:
+        return None
+    configs = [getattr(m, "config", None) for m in model.modules()]
+    for config in configs:
+        heads = getattr(config, "num_attention_heads", None)
+        hidden = getattr(config, "hidden_size", None)
+        if isinstance(heads, int) and heads > 0 and isinstance(hidden, int) and hidden > 0:
+            head_dim = getattr(config, "head_dim", None)
+            width = heads * head_dim if isinstance(head_dim, int) and head_dim > 0 else hidden
+            return {"width": int(width), "seq_len": float(seq_len)}
+    return None
 
 
 def _rank(ranks: Mapping[str, int] | int, name: str) -> int:

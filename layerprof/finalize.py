@@ -232,7 +232,7 @@ def noise_columns(naive: float, cross: float | None, batches: int) -> dict:
 
 def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[str, torch.Tensor], *,
              rank: int, damping: float, heads: list[dict] = (),
-             score: str = "resnorm2") -> tuple[list[dict], list[dict], dict]:
+             score: str = "resnorm2", attention: dict | None = None) -> tuple[list[dict], list[dict], dict]:
     """Module rows, layer rows and the split-half stability record for a finished sweep."""
     cache = _SolveCache(damping)
     modules = []
@@ -260,7 +260,7 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
         row.update(cross_half_columns(st, a, b, nb_halves, damping=damping, cache=cache, whitened=halves))
         modules.append(row)
 
-    costs = cost_model(modules, heads)
+    costs = cost_model(modules, heads, attention)
     layer_ids = sorted({m["layer"] for m in modules if m["layer"] is not None})
     total_r2 = sum(m["resnorm"] ** 2 for m in modules if m["layer"] is not None)
     layers = []

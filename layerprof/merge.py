@@ -31,7 +31,7 @@ def merge_group_cards(parts: list):
         if p.meta["data"]["hash"] != meta["data"]["hash"] or p.meta["data"]["rows"] != meta["data"]["rows"]:
             raise ProfileError("the batches changed between sweeps (different data fingerprint): profiling in "
                                "several sweeps needs batches that iterate the same way every time")
-    costs = cost_model(modules, meta.get("heads", []))  # every layer's modules and the heads
+    costs = cost_model(modules, meta.get("heads", []), meta.get("attention"))  # every layer's modules and the heads
     total = sum(l["resnorm"] ** 2 for l in layers)
     rank = meta["settings"]["rank"]
     for l in layers:

@@ -203,6 +203,14 @@ class Head(BaseModel):
     d_out: Dim
 
 
+class Attention(BaseModel):
+    """The cost model's attention term: heads × head dim, and the calibration's mean sequence length."""
+    model_config = _META
+
+    width: Dim
+    seq_len: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class Coupling(BaseModel):
     model_config = _META
 
@@ -245,6 +253,7 @@ class Meta(BaseModel):
     unfired: list[Name] = []
     unmasked: list[Name] = []
     heads: list[Head] = []
+    attention: Optional[Attention] = None
     coupling: Optional[Coupling] = None
     budget: Optional[BudgetMeta] = None
     simulate: Optional[SimulateMeta] = None

@@ -80,6 +80,7 @@ class Profiler:
         self._root_handle = None
         self._mask: RowMask | None = None
         self._batch_rows: int | None = None
+        self._positions = [0, 0]  # Σ n·T and Σ n·T² over the batches' n × T inputs: the cost model's T
         self._input_keys = InputKeys()
         self._unmasked: set[str] = set()
         self.skipped: list[dict] = []
@@ -172,6 +173,10 @@ class Profiler:
         # None when the inputs do not say, and the staged statistics are asked instead.
         token_ids = isinstance(ids, torch.Tensor) and ids.dim() == 2 and not ids.is_floating_point()
         self._batch_rows = mask.rows if mask is not None else (ids.numel() if token_ids else None)
+        shape = tuple(mask.mask.shape) if mask is not None else (tuple(ids.shape) if token_ids else None)
+        if shape is not None:
+            self._positions[0] += shape[0] * shape[1]
+            self._positions[1] += shape[0] * shape[1] ** 2
         if isinstance(ids, torch.Tensor):
             self._data_hash.update(ids.detach().cpu().contiguous().numpy().tobytes())
             if mask is not None:
@@ -188,6 +193,12 @@ class Profiler:
             self._unmasked.add(name)
         rows = x2.shape[0] if row_mask is None else mask.rows
         self.acc.update(name, x2, g2, row_mask, rows, input_id)
+
+    @property
+    def seq_len(self) -> float | None:
+        """The batches' sequence length (padded positions), averaged over positions (attention's work per
+        row grows with it); None when the inputs were not n × T token ids or masks."""
+        return self._positions[1] / self._positions[0] if self._positions[0] else None
 
     def end_batch(self) -> bool:
         """Commit the staged batch (drop it whole when non-finite); True if committed."""
@@ -253,7 +264,7 @@ class Profiler:
         card = build_card(self.acc, self.targets, self.model, self.config, backend=self.backend,
                           rows=rows, data_hash=data_hash, skipped=skipped, unmasked=sorted(self._unmasked),
                           sweep_seconds=sweep_seconds if sweep_seconds is not None else elapsed,
-                          device=self.device, coupling=coupling)
+                          device=self.device, coupling=coupling, seq_len=self.seq_len)
         self._warn_if_weights_changed(card)
         if self._peft:
             from .peft_models import strip_base_layer

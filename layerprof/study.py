@@ -65,7 +65,7 @@ def study_cards(task: Task, proto: Protocol, out: Path, progress: bool = False) 
     for steps in proto.budgets:
         path = Path(out) / f"card_{steps}steps.json"
         if path.exists():
-            cards[steps] = LayerCard.load(path)
+            cards[steps] = with_attention(LayerCard.load(path), task)
             continue
         budget = TrainingBudget(steps=steps, lr=proto.lr, r=proto.r, lora_alpha=proto.lora_alpha)
         card = profile(task.model(), task.calibration, rank=proto.r, coupling=True, budget=budget,
@@ -74,6 +74,21 @@ def study_cards(task: Task, proto: Protocol, out: Path, progress: bool = False) 
         card.save(path)
         cards[steps] = card
     return cards
+
+
+def with_attention(card, task: Task):
+    """A card saved before the cost model's attention term (``layerprof.cost``) gets it from the task:
+    its model's config and its calibration batches' shapes, what ``profile`` records today."""
+    from .cost import attention_shape
+
+    if "attention" in card.meta:
+        return card
+    shapes = [tuple(b["input_ids"].shape) for b in task.calibration
+              if hasattr(b.get("input_ids"), "shape") and b["input_ids"].dim() == 2]
+    positions = sum(n * t for n, t in shapes)
+    card.meta["attention"] = attention_shape(task.model(), sum(n * t * t for n, t in shapes) / positions
+                                             if positions else None)
+    return card
 
 
 class RunStore:

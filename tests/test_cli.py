@@ -166,6 +166,14 @@ def test_bench_times_the_bundled_model_on_its_rows(capsys):
     assert r["rows"] == sum(int(b["attention_mask"].sum()) for b in batches) and r["batches"] == 2
     assert r["backend"] in ("cpp", "torch")
     assert r["plain_seconds"] > 0 and r["sweep_seconds"] > 0
+    assert r["coupling_seconds"] > 0  # the default profile measures the coupling matrix: its own figure
+
+
+def test_bench_table_without_coupling_says_so(capsys):
+    assert main(["bench", "--batches", "2", "--reps", "1", "--no-coupling"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| sweep ("))
+    assert "coupling s" in out and row.split("|")[6].strip() == "–"
 
 
 def test_card_with_a_memory_budget_runs_several_sweeps(tmp_path, capsys):

@@ -95,6 +95,72 @@ def test_cost_model_backward_depth():
     assert costs[0] == pytest.approx(single[5])
 
 
+def test_cost_model_attention_term_by_hand():
+    """4·T·w FLOPs per row and layer forward, twice that backward from the lowest adapted layer up."""
+    from layerprof.cost import cost_model
+
+    card = synthetic_card([1.0] * 4)
+    rows = [dict(name=m.name, layer=m.layer, d_in=m.d_in, d_out=m.d_out) for m in card.modules]
+    heads = [{"d_in": 16, "d_out": 50}]
+    plain = cost_model(rows, heads)
+    attn = cost_model(rows, heads, {"width": 12, "seq_len": 10.0})
+    a = 4.0 * 12 * 10.0
+    for layers in ([3], [1, 3], [0], [0, 1, 2, 3]):
+        extra = 4 * a + 2 * a * (4 - min(layers))  # every layer's forward; the backward from the lowest up
+        assert attn.step_flops(layers, 4) == pytest.approx(plain.step_flops(layers, 4) + extra, rel=1e-15)
+    assert attn.backward_flops_each([0, 2]) == [attn.backward_flops(0), attn.backward_flops(2)]
+    # It weighs the always-paid forward and the backward depth: a top layer costs more of a full step.
+    assert attn.cost([3], 4).fraction > plain.cost([3], 4).fraction
+    with pytest.raises(ValueError, match="attention"):
+        CostModel([], attention_flops_per_row=-1.0)
+
+
+def test_attention_shape_from_the_config_or_none():
+    from torch import nn
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    from layerprof.cost import attention_shape
+
+    llama = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                         vocab_size=40))
+    assert attention_shape(llama, 24.0) == {"width": 64, "seq_len": 24.0}  # heads × head_dim, not hidden
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+                                vocab_size=40))
+    wrapper = nn.Sequential(nn.Identity(), bert)  # the encoder's config, one module down
+    assert attention_shape(wrapper, 8.0) == {"width": 32, "seq_len": 8.0}
+    assert attention_shape(nn.Sequential(nn.Linear(4, 4)), 8.0) is None  # no transformers config
+    assert attention_shape(llama, None) is None  # no sequence length (inputs were not n × T)
+
+
+def test_card_records_attention_and_old_cards_cost_without_it(tmp_path):
+    import json
+
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
+    short = [{"input_ids": torch.randint(0, 64, (2, 8)), "labels": torch.randint(0, 64, (2, 8))}]
+    long = [{"input_ids": torch.randint(0, 64, (1, 24)), "labels": torch.randint(0, 64, (1, 24))}]
+    card = lp.profile(model, short + long, progress=False, coupling=False)
+    # Positions-weighted: 16 positions of length 8, 24 of length 24.
+    assert card.meta["attention"] == {"width": 32, "seq_len": pytest.approx((16 * 8 + 24 * 24) / 40)}
+    path = tmp_path / "card.json"
+    card.save(path)
+    data = json.loads(path.read_text())
+    assert lp.LayerCard.load(path).meta["attention"]["width"] == 32
+    del data["meta"]["attention"]  # a card written before the term existed
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    from layerprof.placement import card_cost_model
+
+    top = [card.layers[-1].layer]
+    with_term, without = card_cost_model(card), card_cost_model(lp.LayerCard.load(old))
+    assert without.attention == 0.0 and with_term.attention == 4.0 * 32 * card.meta["attention"]["seq_len"]
+    assert with_term.cost(top, card.rank).fraction > without.cost(top, card.rank).fraction
+
+
 def test_pareto_front_is_non_dominated_and_reaches_full_gain():
     card = synthetic_card(SCORES)
     front = card.place(layers=2).front
