@@ -46,7 +46,7 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
     sized so that they fit ``max_bytes`` (default: a quarter of the free memory); K, a sum over
     rows, is accumulated across chunks. Raises ``ProfileError`` when not even one sequence fits.
     """
-    from .coupling import corrections, coupling_gram, output_logits
+    from .coupling import Replay, corrections, coupling_gram, output_logits
     from .memory_plan import free_memory
     from .reduce import all_reduce_sum
 
@@ -65,22 +65,27 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
     probe = dict(leading_tokens(used[:1], 1)[0][0])
     if isinstance(probe.get("attention_mask"), torch.Tensor):
         probe["attention_mask"] = torch.ones_like(probe["attention_mask"])
+    # The finite differences also keep the unperturbed forward's module inputs and outputs (coupling.Replay).
+    exact = bool(low_precision_weights(prof.model, fired))
+    probe_replay, outs = Replay(prof.model, [] if exact else fired), []
     with frozen_eval(prof.model):
-        per_sequence = int(output_logits(prof.model, [probe]).numel())
+        probe_replay.record(lambda: outs.append(output_logits(prof.model, [probe])))
+    per_sequence = int(outs[0].numel())
+    need = 8 * 3 * len(layer_modules) * per_sequence + probe_replay.bytes  # directions, ± outputs, replay
+    del probe_replay, outs
     limit = max_bytes if max_bytes is not None else int(COUPLING_MEMORY_FRACTION * free_memory(prof.device))
-    per_chunk = limit // max(1, 8 * 3 * len(layer_modules) * per_sequence)  # directions + the ± outputs
+    per_chunk = limit // max(1, need)
     if per_chunk < 1:
         from .memory import human_bytes
 
         raise ProfileError(f"the coupling matrix needs {len(layer_modules)} layers × {per_sequence:,} outputs of one "
-                           f"sequence in float64 ({human_bytes(8 * 3 * len(layer_modules) * per_sequence)}), more than "
+                           f"sequence in float64 and the forward's module outputs ({human_bytes(need)}), more than "
                            f"{human_bytes(limit)}; profile with coupling=False, or shorter sequences")
     chunks = [chunk for kw in used for chunk in split_rows(kw, per_chunk)]
     deltas = corrections({n: prof.acc.total(n) for n in fired}, prof.damping)
     # Under torch.distributed every rank holds its own rows of the directions: K is their sum over ranks.
     # 16-bit weights cannot hold the finite differences' 1e-3 steps: forward-mode AD instead (the study's
     # cards, float32, used the differences; the two agree to ~1e-7 there).
-    exact = bool(low_precision_weights(prof.model, fired))
     try:
         layers, K, rho, outputs = coupling_gram(prof.model, chunks, layer_modules, deltas,
                                                 lambda m: linear_kind(m).weight(m), reduce=all_reduce_sum,
@@ -95,7 +100,8 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
     method = ("forward-mode AD (torch.func.jvp) of logits, in the weights' dtype" if exact
               else "central finite difference of logits, ε = 1e-3 of the weight scale")
     return {"layers": layers, "rho": rho.tolist(), "K": K.tolist(), "batches": len(used), "tokens": tokens,
-            "chunks": len(chunks), "outputs": outputs, "seconds": time.perf_counter() - t0, "method": method}
+            "chunks": len(chunks), "sequence_bytes": need, "outputs": outputs, "seconds": time.perf_counter() - t0,
+            "method": method}
 
 
 def simulate(prof: "Profiler", batches: list, budget, loss_fn: "LossFn | None" = None) -> dict:

@@ -49,6 +49,61 @@ def test_finite_difference_directions_match_forward_mode_ad():
         assert torch.allclose(dirs[layer], tangent, rtol=1e-5, atol=1e-8)
 
 
+class InPlace(Tiny):
+    """Tiny whose blocks change a Linear's output in place, and read one input twice (q/k/v-like)."""
+
+    def __init__(self):
+        super().__init__()
+        for blk in self.layers:
+            blk["gate"] = nn.Linear(6, 6)
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        h = self.emb(input_ids)
+        for blk in self.layers:
+            y = blk["fc"](h)
+            y.mul_(torch.sigmoid(blk["gate"](h)))  # in place on the recorded call's output
+            h = h + torch.tanh(y)
+        return type("Out", (), {"logits": self.head(h)})()
+
+
+@pytest.mark.parametrize("arch", [Tiny, InPlace])
+def test_replayed_upstream_modules_give_the_same_directions(arch, monkeypatch):
+    """Replay skips the modules upstream of the perturbed layer and changes nothing in the directions."""
+    import layerprof.coupling as C
+
+    assert C.Replay(arch(), ["layers.0.fc"]).modules == {}  # 6 × 6: below REPLAY_MIN_WEIGHTS, always computed
+    monkeypatch.setattr(C, "REPLAY_MIN_WEIGHTS", 1)
+
+    torch.manual_seed(1)
+    model = arch().double()
+    batches = [{"input_ids": torch.randint(0, 11, (3, 7))}, {"input_ids": torch.randint(0, 11, (2, 7))}]
+    names = {i: [n for n, m in model.named_modules() if n.startswith(f"layers.{i}.") and isinstance(m, nn.Linear)]
+             for i in range(2)}
+    deltas = {n: torch.randn(6, 6, dtype=torch.float64) for ns in names.values() for n in ns}
+    snap = snapshot(model)
+    plain = output_directions(model, batches, names, deltas, lambda m: m.weight, replay=False)
+    seen = []
+    real = C.Replay.skipping
+
+    def counting(self, exclude=()):
+        seen.append(self)
+        return real(self, exclude)
+
+    C.Replay.skipping = counting
+    try:
+        replayed = output_directions(model, batches, names, deltas, lambda m: m.weight)
+    finally:
+        C.Replay.skipping = real
+    assert_untouched(model, snap)
+    assert all("forward" not in m.__dict__ for m in model.modules())  # the swapped forwards are restored
+    for layer in names:
+        torch.testing.assert_close(replayed[layer], plain[layer], rtol=1e-13, atol=1e-15)
+    # Layer 1 goes first: its + forward keeps layer 0's module calls (one per batch), its − forward replays
+    # them: 1 sign × 2 batches × one module: Tiny's fc; in InPlace only the gate, since fc's output was
+    # changed in place after its call. Layer 0's forwards change layer 1's inputs: nothing to replay.
+    assert seen[0].skipped == 1 * 2 * 1
+
+
 def test_joint_gain_is_additive_without_coupling_and_not_with_it():
     b = [2.0, 3.0, 5.0]
     assert math.isclose(joint_gain(b, np.eye(3)), 0.5 * sum(b))
@@ -166,8 +221,10 @@ def test_coupling_in_chunks_equals_one_pass_and_too_little_memory_falls_back(mon
     assert whole.meta["coupling"]["chunks"] == 2  # the two coupling batches, each whole
     logits_per_sequence = int(model(**{k: v[:1] for k, v in batches[0].items()}).logits.numel())
     layers = len(whole.layers)
-    # Room for one sequence per chunk, not two (the directions and the ± outputs in float64).
-    one = 8 * 3 * layers * logits_per_sequence
+    # Room for one sequence per chunk, not two: the directions and the ± outputs in float64, and the replayed
+    # forward's module inputs and outputs (float32, each distinct tensor once).
+    one = whole.meta["coupling"]["sequence_bytes"]
+    assert one >= 8 * 3 * layers * logits_per_sequence
     monkeypatch.setattr(predict, "COUPLING_MEMORY_FRACTION", 1.5 * one / free_memory(torch.device("cpu")))
     chunked = lp.profile(model, batches, progress=False, rank=4)
     c = chunked.meta["coupling"]
