@@ -23,7 +23,7 @@ from .errors import ProfileError
 from .finalize import finalize
 from .memory import peak_kind, process_peak, solve_threads, threads
 from .cost import attention_shape
-from .scores import DEFAULT_SCORE, DEFAULT_SCORE_WITHOUT_HALVES, apply_score, default_score
+from .scores import default_score
 from .targets import Target, linear_kind, modules_by_name, output_head_names
 
 
@@ -61,9 +61,6 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
             weights, rank=config.rank, damping=config.damping,
             heads=heads, score=score, attention=attention)
     finalize_s = time.perf_counter() - t_fin
-    if config.score is None and score == DEFAULT_SCORE and any(l["resnorm2_x"] is None for l in layer_rows):
-        score = DEFAULT_SCORE_WITHOUT_HALVES  # one batch: no halves to cross
-        apply_score(layer_rows, score)
     meta = {
         "model": model_identity(model),
         "data": {"rows": rows, "batches": acc.batches, "hash": data_hash, "world_size": world()[1]},

@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--damping", type=A.number("--damping", 0.0, 1e3), default=D.damping, help=H["damping"] + " (default: %(default)s)")
     c.add_argument("--score", choices=list(SCORES),
                    help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE} placed by the coupled greedy, or "
-                        f"{DEFAULT_UNCOUPLED_SCORE} placed top-k with --no-coupling: the placement study's choice, "
-                        "docs/RESULTS.md)")
+                        f"{DEFAULT_UNCOUPLED_SCORE} placed top-k with --no-coupling: the placement study's round-4 "
+                        "choice, docs/RESULTS.md)")
     c.add_argument("--steps", type=A.integer("--steps", 1, 10 ** 7), default=B.steps,
                    help="steps of the LoRA fine-tune you will run: the budget-aware scores predict it "
                         "(default: %(default)s)")

@@ -36,8 +36,8 @@ class ProfileConfig:
         "help": f"relative damping δ: λ = δ·tr Σ / d_in (0 = exact pseudo-inverse; at most {MAX_DAMPING:g})"})
     score: str | None = field(default=None, metadata={
         "help": "per-layer score placement maximizes (layerprof.scores.SCORES); None = the placement study's "
-                "default: the cross-half ρ² (resnorm2_x) placed by the coupled greedy when the card has the "
-                "coupling matrix, activation energy placed top-k when it does not"})
+                "default: activation energy placed by the coupled greedy when the card has the coupling "
+                "matrix, and top-k when it does not"})
     backend: str = field(default="auto", metadata={
         "help": "statistics backend: auto, torch, cpp, cuda or triton (`layerprof doctor` lists what runs here)"})
     dtype: torch.dtype = field(default=torch.float32, metadata={

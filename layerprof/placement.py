@@ -97,7 +97,7 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     maximize (default the card's score; baselines such as ``grad_norm`` for comparison).
     ``coupled=True`` (with ``layers=k``, on a card with the coupling matrix) picks the layers
     greedily by the coupled joint gain of ``layerprof.coupling`` instead of the sum; ``False`` takes
-    the top-k. The default (None) is the placement study's round-3 choice: the coupled greedy
+    the top-k. The default (None) is the placement study's round-4 choice: the coupled greedy
     whenever it applies (``layers=k`` on the card's score, a card with the coupling matrix), else
     the additive placement.
     """

@@ -52,9 +52,8 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``): by default
     whenever the statistics are dense in one sweep, because the default placement needs it.
     ``score`` names the per-layer score placement maximizes (``layerprof.scores.SCORES``;
-    default: the placement study's round-3 choice, the cross-half ρ² ``scores.DEFAULT_SCORE`` placed
-    by the coupled greedy when the card has the coupling matrix, ``DEFAULT_UNCOUPLED_SCORE`` (energy)
-    placed top-k when it does not): ``"resnorm2"`` (ρ²), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
+    default: the placement study's round-4 choice, activation energy ``scores.DEFAULT_SCORE`` placed
+    by the coupled greedy when the card has the coupling matrix, and top-k when it does not): ``"resnorm2"`` (ρ²), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
     ``"resnorm2_rank_over_noise"``, ``"energy"``, the cross-half ``"resnorm2_x"``, ``"grad_norm2_x"``,
     and the budget-aware ``"sim_gain"``, ``"lca_gain"`` (docs/RESULTS.md compares them).
     ``budget`` (a ``TrainingBudget`` or a dict of its fields: steps, lr, r, lora_alpha, ...) is the

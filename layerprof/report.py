@@ -51,21 +51,17 @@ def _bar(share: float, width: int = 20) -> str:
 
 def _score_note(card: "LayerCard", name: str, label: str) -> str:
     """Which score placed, how, and why (the placement study's choice, or the user's)."""
-    from .scores import DEFAULT_SCORE_WITHOUT_HALVES
-
     coupled = bool(card.meta.get("coupling"))
     how = "placed by the coupled greedy on the card's coupling matrix" if coupled else "placed top-k"
     if not card.meta["settings"].get("score_default"):
         why = "chosen with score= / --score"
     elif coupled:
-        why = ("the placement study's round-3 default (docs/RESULTS.md: over twelve task-budget rows it reached "
-               "105% of full LoRA on average against 88% for the mean of the baselines, and fell more than 2 "
-               "seed-stds below random-k on one row)"
-               + ("; one batch has no split halves, so the naive ρ² stands in for the cross-half one"
-                  if name == DEFAULT_SCORE_WITHOUT_HALVES else ""))
+        why = ("the placement study's round-4 default (docs/RESULTS.md: over seventeen task-budget rows it reached "
+               "90% of full LoRA on average against 84% for the mean of the baselines, and fell more than 2 "
+               "seed-stds below random-k only on the row where full LoRA itself was unstable)")
     else:
-        why = ("the study's best placement without the coupling matrix (docs/RESULTS.md; the default with it, the "
-               "coupled greedy on the cross-half ρ², did better: profile with coupling on)")
+        why = ("the study's default score, placed without the coupling matrix (docs/RESULTS.md: top-k on energy "
+               "fell below random-k on more rows than its coupled greedy; profile with coupling on)")
     return (f"Score = {label}, {how}: {why}. ρ², the paper's resnorm, is in the layer table beside it; with a "
             "budget, the simulated LoRA gain for that budget is too (docs/method.md says how to read each).")
 

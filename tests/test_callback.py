@@ -72,11 +72,11 @@ def test_callback_writes_card_and_placement_and_leaves_training_unchanged(tmp_pa
     assert budget["betas"] == [0.9, 0.999] and budget["weight_decay"] == 0.0
     assert all(l.sim_gain is not None and l.lca_gain is not None for l in cb.card.layers)
     out = tmp_path / "a" / "layerprof"
-    # The default placement (docs/RESULTS.md, round 3) is the coupled greedy on the cross-half ρ², with or
+    # The default placement (docs/RESULTS.md, round 4) is the coupled greedy on activation energy, with or
     # without a budget (the budget's predictions are diagnostics beside it); the saved card is the
     # card the callback holds.
-    assert cb.card.meta["settings"]["score"] == "resnorm2_x" and cb.card.meta["coupling"]
-    assert cb.card.ranking() == [l.layer for l in sorted(cb.card.layers, key=lambda l: -l.resnorm2_x)]
+    assert cb.card.meta["settings"]["score"] == "energy" and cb.card.meta["coupling"]
+    assert cb.card.ranking() == [l.layer for l in sorted(cb.card.layers, key=lambda l: -l.energy)]
     assert lp.LayerCard.load(out / "card.json").ranking() == cb.card.ranking()
     assert (out / "card.md").read_text().startswith("# Layer Card")
     assert "<svg" in (out / "card.html").read_text()

@@ -142,15 +142,16 @@ def test_profile_with_coupling_records_a_valid_matrix_and_leaves_the_model():
         plain.place(layers=2, coupled=True)
 
 
-def test_default_placement_is_the_coupled_greedy_on_cross_half_rho2_and_energy_top_k_without_coupling():
-    """Round 3's default (docs/RESULTS.md): coupling on wherever the statistics are dense, the cross-half ρ²
+def test_default_placement_is_the_coupled_greedy_on_energy_and_energy_top_k_without_coupling():
+    """Round 4's default (docs/RESULTS.md): coupling on wherever the statistics are dense, activation energy
     as the score, the coupled greedy for layers=k; energy top-k when the card has no coupling matrix."""
     from layerprof.coupling import coupled_greedy
 
     model = make_model("gpt2")
     card = lp.profile(model, make_batches(n=4), progress=False, rank=4)
-    assert card.meta["coupling"] and card.meta["settings"]["score"] == "resnorm2_x"
-    scores = [l.resnorm2_x for l in card.layers]
+    assert card.meta["coupling"] and card.meta["settings"]["score"] == "energy"
+    assert card.meta["settings"]["score_default"] is True
+    scores = [l.energy for l in card.layers]
     assert [l.score for l in card.layers] == scores
     c = card.meta["coupling"]
     ids = [l.layer for l in card.layers]
@@ -171,10 +172,13 @@ def test_default_placement_is_the_coupled_greedy_on_cross_half_rho2_and_energy_t
     # Sketched statistics cannot feed the coupling: auto turns it off, the default score follows.
     sketched = lp.profile(model, make_batches(n=4), progress=False, rank=4, sketch=8)
     assert not sketched.meta.get("coupling") and sketched.meta["settings"]["score"] == "energy"
-    # One batch has no split halves: the naive ρ² stands in for the cross-half one.
+    # One batch has no split halves; energy needs none: the same default score.
     single = lp.profile(model, make_batches(n=1), progress=False, rank=4)
-    assert single.meta["settings"]["score"] == "resnorm2"
-    assert [l.score for l in single.layers] == [l.resnorm ** 2 for l in single.layers]
+    assert single.meta["settings"]["score"] == "energy"
+    assert [l.score for l in single.layers] == [l.energy for l in single.layers]
+    # A score named by the user is kept, and the card says it was not the default.
+    chosen = lp.profile(model, make_batches(n=4), progress=False, rank=4, score="resnorm2_x")
+    assert chosen.meta["settings"]["score"] == "resnorm2_x" and chosen.meta["settings"]["score_default"] is False
 
 
 def test_coupling_reads_whole_sequences_up_to_its_token_cap():
@@ -266,5 +270,5 @@ def test_coupling_of_16_bit_weights_by_forward_mode_ad(arch):
     c = card.meta["coupling"]
     rho = np.asarray(c["rho"])
     assert c["method"].startswith("forward-mode AD") and np.allclose(rho, rho.T) and np.allclose(np.diag(rho), 1.0)
-    assert card.meta["settings"]["score"] == "resnorm2_x"
+    assert card.meta["settings"]["score"] == "energy"
     assert lp.profile(model, make_batches(n=3), progress=False, rank=4).meta["coupling"]["method"].startswith("central")
