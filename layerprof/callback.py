@@ -118,7 +118,7 @@ class LayerCardCallback(TrainerCallback):
         # Say where the files went (one line on rank 0's stderr; training output stays on stdout).
         written = ", ".join(EXPORT_FILES[fmt] for fmt in self.exports)
         print(f"layerprof: Layer Card for {len(card.layers)} layers written to {out} (open card.html); "
-              f"recommended layers {plan.layers} ({plan.predicted_gain_fraction:.0%} of the predicted gain at "
+              f"recommended layers {plan.layers} ({plan.predicted_gain_fraction:.0%} of the all-layer score at "
               f"{plan.cost:.0%} of full-LoRA training cost)" + (f", configs: {written}" if written else ""),
               file=sys.stderr)
 

@@ -84,8 +84,10 @@ def cmd_card(args) -> int:
         print(f"profiled {card.meta['model']['class']} on {summary['rows']:,} rows in "
               f"{summary['sweep_seconds']:.1f} s (total {wall:.1f} s)")
         print(f"layer ranking (best first): {card.ranking()}")
-        print(f"recommendation: adapt layers {plan.layers} -> {plan.predicted_gain_fraction:.0%} of the predicted "
-              f"gain at {plan.cost:.0%} of full-LoRA training cost")
+        from .scores import score_label
+
+        print(f"recommendation: adapt layers {plan.layers} -> {plan.predicted_gain_fraction:.0%} of the all-layer "
+              f"score ({score_label(card.meta['settings']['score'])}) at {plan.cost:.0%} of full-LoRA training cost")
         print(f"wrote {summary['card']}, {summary['markdown']}, {summary['html']} (open it in a browser), "
               f"{summary['lora_config']}, {summary['placement']}")
     return 0
@@ -170,7 +172,7 @@ def cmd_place(args) -> int:
         data["lora_config"] = lora_config_dict(config)
         print(json.dumps(data, indent=1, default=str))
     else:
-        print(f"layers {plan.layers}: {plan.predicted_gain_fraction:.1%} of the predicted gain, "
+        print(f"layers {plan.layers}: {plan.predicted_gain_fraction:.1%} of the all-layer score, "
               f"{plan.cost:.1%} of full-LoRA training cost, {plan.cost_detail.adapter_params:,} adapter parameters, "
               f"{plan.cost_detail.adapted_modules} modules")
         print("pareto front (cost -> gain):")

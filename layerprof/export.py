@@ -179,7 +179,7 @@ def export(plan: "Plan", fmt: str, path: str | os.PathLike, *, source: str = "",
     # The source (a card path) goes into a YAML comment: one line, printable, so it cannot add keys.
     source = "".join(ch if ch.isprintable() else "?" for ch in str(source))
     header = (f"# LoRA placement by layerprof{(' from ' + source) if source else ''}: layers {plan.layers}, "
-              f"{plan.predicted_gain_fraction:.0%} of the predicted gain at {plan.cost:.0%} of full-LoRA cost\n")
+              f"{plan.predicted_gain_fraction:.0%} of the all-layer score at {plan.cost:.0%} of full-LoRA cost\n")
     if fmt == "axolotl":
         text = _yaml(axolotl_config(plan, **kwargs), header + "# paste into your Axolotl config\n")
     else:

@@ -68,7 +68,7 @@ def share_and_capture(card: "LayerCard", chosen: list[int]) -> "Figure":
     ax2.set_ylabel("rank capture")
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper right")
-    ax.set_title("Where the predicted gain is (red: recommended layers)", fontsize=10)
+    ax.set_title("Where ρ², the paper's predicted gain, is (red: recommended layers)", fontsize=10)
     return fig
 
 
@@ -94,21 +94,23 @@ def conditioning(card: "LayerCard") -> "Figure":
 
 
 def pareto(card: "LayerCard", plan: "Plan") -> "Figure":
-    """Predicted gain vs modelled cost: every single layer, the Pareto front, the chosen plan."""
+    """The card's score vs modelled cost: every single layer, the Pareto front, the chosen plan (all on the
+    plan's scale: a share of the all-layer score, negative scores counting as zero, as placement counts them)."""
     fig = _figure(8, 3.6)
     ax = fig.add_subplot()
     front = plan.front
     ax.step([p["cost"] for p in front], [p["gain_fraction"] for p in front], "k-", where="post", lw=1,
-            label="Pareto front (best predicted gain for its cost)")
+            label="Pareto front (best score for its cost)")
     ax.plot([p["cost"] for p in front], [p["gain_fraction"] for p in front], "ko", ms=3)
-    ax.scatter([l.cost for l in card.layers], [l.gain_share for l in card.layers], color=OTHER, s=18,
-               label="one layer alone", zorder=3)
-    for l in card.layers:
-        ax.annotate(str(l.layer), (l.cost, l.gain_share), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    scores = np.clip([l.score for l in card.layers], 0.0, None)
+    shares = scores / scores.sum() if scores.sum() > 0 else scores
+    ax.scatter([l.cost for l in card.layers], shares, color=OTHER, s=18, label="one layer alone", zorder=3)
+    for l, s in zip(card.layers, shares):
+        ax.annotate(str(l.layer), (l.cost, s), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.scatter([plan.cost], [plan.predicted_gain_fraction], marker="*", s=180, color=CHOSEN, zorder=4,
                label=f"recommended: layers {plan.layers}")
     ax.set_xlabel("modelled training cost (fraction of full-layer LoRA)")
-    ax.set_ylabel("predicted gain (fraction of all layers)")
+    ax.set_ylabel("score (fraction of all layers)")
     ax.set_xlim(0, 1.05)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8, loc="upper left")  # the front rises to the upper right

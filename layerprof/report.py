@@ -155,7 +155,7 @@ def markdown(card: "LayerCard", plan: "Plan | None" = None) -> str:
         k = len(plan.layers)
         try:
             cheap = card.place(objective="cost", target_gain=0.9)
-            cheap_line = (f"Cost-aware alternative: the cheapest placement reaching 90% of the predicted gain adapts "
+            cheap_line = (f"Cost-aware alternative: the cheapest placement reaching 90% of the all-layer score adapts "
                           f"layers {', '.join(map(str, cheap.layers))} at {cheap.cost:.0%} of full-layer LoRA's cost "
                           f"(`layerprof place CARD --target-gain 0.9`; `--budget F` caps the cost instead).")
         except PlacementError as e:
@@ -163,7 +163,7 @@ def markdown(card: "LayerCard", plan: "Plan | None" = None) -> str:
         lines += ["", "## Recommendation", "",
                   f"Adapt layers **{', '.join(map(str, plan.layers))}** ({k} of {len(card.layers)}, placed by score = "
                   f"{score}): "
-                  f"{plan.predicted_gain_fraction:.0%} of the all-layer predicted gain at "
+                  f"{plan.predicted_gain_fraction:.0%} of the all-layer score at "
                   f"{plan.cost:.0%} of full-layer LoRA's modelled training cost, "
                   f"{plan.cost_detail.adapter_params:,} adapter parameters, {plan.cost_detail.adapted_modules} "
                   f"adapted modules. `layerprof place CARD --layers {k}` writes the LoRA config.",

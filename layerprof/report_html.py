@@ -16,11 +16,11 @@ if TYPE_CHECKING:
 
 
 FIGURES = (("fig-share", "Gain share and rank capture",
-            "Bars: each layer's share of the predicted gain (ρ²_ℓ / Σρ²), the recommended layers in red. "
+            "Bars: each layer's share of ρ², the paper's predicted gain (ρ²_ℓ / Σρ²), the recommended layers in red. "
             "Line: the share of a layer's ρ² that a rank-r adapter can capture; low capture means the "
             "layer wants a higher rank than r."),
-           ("fig-pareto", "Gain vs cost",
-            "Every single layer (blue, labelled), the best predicted gain reachable at each modelled training "
+           ("fig-pareto", "Score vs cost",
+            "Every single layer (blue, labelled), the best share of the card's score reachable at each modelled training "
             "cost (the Pareto front, black) and the recommended placement (red star). Low layers cost more: "
             "the backward pass has to reach them."),
            ("fig-conditioning", "Energy, conditioning, noise amplification",

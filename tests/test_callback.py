@@ -56,7 +56,7 @@ def test_callback_writes_card_and_placement_and_leaves_training_unchanged(tmp_pa
     assert f"written to {tmp_path / 'a' / 'layerprof'}" in err and "recommended layers" in err
     lines = [l for l in err.splitlines() if l.startswith("layerprof:")]
     assert len(lines) == 2 and "profiling LlamaForCausalLM on the first 2 training batches for a 2-step" in lines[0]
-    assert "of the predicted gain at" in lines[1]
+    assert "of the all-layer score at" in lines[1]
     written = json.loads((tmp_path / "a" / "layerprof" / "adapter" / "adapter_config.json").read_text())
     assert written["task_type"] == "CAUSAL_LM"  # the Trainer's model is a causal LM
     without = _train(make_model("llama"), tmp_path / "b", [])

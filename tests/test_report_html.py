@@ -75,6 +75,12 @@ def test_pareto_plot_marks_the_plan_and_the_front(card):
     assert star == pytest.approx([plan.cost, plan.predicted_gain_fraction])
     front = ax.lines[0]
     np.testing.assert_allclose(front.get_xdata(), [p["cost"] for p in plan.front])
+    # Single layers sit on the plan's own scale (a share of the card's score, as placement counts it):
+    # the best one alone is exactly what the one-layer top-k placement reports.
+    singles = ax.collections[0].get_offsets()
+    np.testing.assert_allclose(singles[:, 0], [l.cost for l in card.layers])
+    best_alone = card.place(layers=1, coupled=False).predicted_gain_fraction
+    assert max(singles[:, 1]) == pytest.approx(best_alone, rel=1e-12)
 
 
 def test_selector_ranks_match_each_column(card):
