@@ -39,6 +39,7 @@ def load_rows(root: str = ROOT) -> dict:
                 continue
             draws = [p for n, p in pl.items() if n.startswith("random-k draw")]
             full = pl.get("full", {}).get("mean")
+            full = full if full is not None and full > 0 else None  # full LoRA that lost is no reference
             rows[f"{task}@{budget}"] = {
                 "full": full,
                 "random": (statistics.mean(p["mean"] for p in draws), statistics.mean(p["std"] for p in draws)),
