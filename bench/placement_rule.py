@@ -13,6 +13,7 @@ table to named rows (the confirmation rows, say); rows without a full-LoRA refer
 with their random-k comparison only.
 
     python bench/placement_rule.py [--rows comments@60 comments@300 ...] [--show NAME ...] [--root DIR]
+    python bench/placement_rule.py --exclude "cost ≤" simulated warm-up     # round 4's eligible candidates
 """
 from __future__ import annotations
 
@@ -81,8 +82,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", nargs="*", help="task@budget rows to use (default: every row with a full-LoRA run)")
     ap.add_argument("--root", default=ROOT, help="folder of TASK/study.json (default: docs/study)")
-    ap.add_argument("--show", nargs="*", default=["card ρ²× coupled greedy", "card simulated top-k"],
+    ap.add_argument("--show", nargs="*", default=["card energy coupled greedy", "card ρ²× coupled greedy"],
                     help="candidates to print row by row")
+    ap.add_argument("--exclude", nargs="*", default=[],
+                    help="leave out candidates whose name contains any of these (round 4: "
+                         "--exclude 'cost ≤' simulated warm-up)")
     args = ap.parse_args(argv)
     rows = load_rows(args.root)
     if args.rows:
@@ -96,6 +100,8 @@ def main(argv=None) -> None:
     print("| candidate | rows > 2 stds below random | worst (stds) | mean % of full | − mean of baselines |")
     print("|---|---:|---:|---:|---:|")
     for c in rank(rows):
+        if any(x in c["candidate"] for x in args.exclude):
+            continue
         print(f"| {c['candidate'][5:]} | {c['below']} | {c['worst']:+.1f} | {100 * c['share']:.1f} | "
               f"{100 * c['margin']:+.1f} |")
     for name in args.show:
