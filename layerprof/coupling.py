@@ -155,7 +155,7 @@ class Replay:
     def record(self, evaluate) -> None:
         def hook(name, module, args, kwargs, out):
             x = _first_tensor(args, kwargs)
-            if x is not None and isinstance(out, torch.Tensor):
+            if _trackable(x) and _trackable(out):
                 self.records[name].append((x, x._version, out, out._version))
 
         handles = [m.register_forward_hook(lambda m, a, k, o, n=n: hook(n, m, a, k, o), with_kwargs=True)
@@ -204,10 +204,16 @@ class Replay:
                     self.skipped += 1
                     return y_rec
             y = compute(*args, **kwargs)
-            if i == len(records) and x is not None and isinstance(y, torch.Tensor):
+            if i == len(records) and _trackable(x) and _trackable(y):
                 records.append((x, x._version, y, y._version))
             return y
         return forward
+
+
+def _trackable(t) -> bool:
+    """A tensor whose in-place changes its version counter records (inference-mode tensors have none:
+    such calls are never kept, so they always compute)."""
+    return isinstance(t, torch.Tensor) and not t.is_inference()
 
 
 def _first_tensor(args: tuple, kwargs: Mapping) -> torch.Tensor | None:

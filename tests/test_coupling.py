@@ -98,6 +98,12 @@ def test_replayed_upstream_modules_give_the_same_directions(arch, monkeypatch):
     assert all("forward" not in m.__dict__ for m in model.modules())  # the swapped forwards are restored
     for layer in names:
         torch.testing.assert_close(replayed[layer], plain[layer], rtol=1e-13, atol=1e-15)
+    # Under inference mode tensors have no version counter: nothing is kept, every module computes.
+    with torch.inference_mode():
+        inferred = output_directions(model, batches, names, deltas, lambda m: m.weight)
+    for layer in names:
+        torch.testing.assert_close(inferred[layer], plain[layer], rtol=1e-13, atol=1e-15)
+    assert_untouched(model, snap)
     # Layer 1 goes first: its + forward keeps layer 0's module calls (one per batch), its − forward replays
     # them: 1 sign × 2 batches × one module: Tiny's fc; in InPlace only the gate, since fc's output was
     # changed in place after its call. Layer 0's forwards change layer 1's inputs: nothing to replay.
