@@ -19,7 +19,7 @@ import time
 import torch
 
 import layerprof as lp
-from bench_step_time import ROOT, _peft
+from bench_step_time import ROOT, _peft, short_budget_card
 from layerprof.placement import card_cost_model
 from layerprof.study import with_attention
 from layerprof.tasks import TASKS
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", help="write the measurements here (JSON) for bench/fit_cost.py")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    card_path = sorted((ROOT / "docs" / "study" / args.task).glob("card_*steps.json"))[0]
+    card_path = short_budget_card(args.task)
     task = TASKS[args.task]()
     card = with_attention(lp.LayerCard.load(card_path), task)  # the cost model's attention term, for older cards
     layers = [l.layer for l in card.layers]

@@ -25,6 +25,12 @@ import layerprof as lp
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def short_budget_card(name: str):
+    """The path of a study task's short-budget card (the 60-step one; MiniLM's is 40)."""
+    return sorted((ROOT / "docs" / "study" / name).glob("card_*steps.json"),
+                  key=lambda p: int(p.stem.split("_")[1].removesuffix("steps")))[0]
+
+
 def _peft(task, modules, kinds, r=8):
     from peft import LoraConfig, get_peft_model
 
@@ -54,9 +60,7 @@ def main(argv=None) -> None:
     names = sorted(p.name for p in (ROOT / "docs" / "study").iterdir() if p.name in TASKS) if args.tasks == ["all"] \
         else args.tasks
     for name in names:
-        # The short budget's card (the 60-step one; MiniLM's is 40), its attention term filled for older cards.
-        path = sorted((ROOT / "docs" / "study" / name).glob("card_*steps.json"),
-                      key=lambda p: int(p.stem.split("_")[1].removesuffix("steps")))[0]
+        path = short_budget_card(name)  # its attention term filled below for older cards
         task = TASKS[name]()
         card = with_attention(lp.LayerCard.load(path), task)
         plan = card.place(budget=args.budget)

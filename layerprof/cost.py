@@ -157,6 +157,14 @@ def cost_model(modules: Iterable, heads: Iterable[Mapping] = (), attention: Mapp
     return CostModel(shapes, sum(2.0 * h["d_in"] * h["d_out"] for h in heads), attention_flops_per_row=attn)
 
 
+def mean_seq_len(shapes: Iterable[tuple[int, int]]) -> float | None:
+    """The sequence length of n × T batches averaged over their positions, Σ n·T² / Σ n·T (attention's
+    work per row grows with T); None without any."""
+    shapes = list(shapes)
+    positions = sum(n * t for n, t in shapes)
+    return sum(n * t * t for n, t in shapes) / positions if positions else None
+
+
 def attention_shape(model, seq_len: float | None) -> dict | None:
     """``{"width": heads × head dim, "seq_len": T}`` from the model's transformers config (the model's own
     or, for a wrapper, its first submodule's), or None where there is none or no sequence length."""

@@ -16,6 +16,7 @@ Costs two forwards per layer on the subset of rows; weights are restored bitwise
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -126,9 +127,11 @@ class Replay:
     """
 
     def __init__(self, model: nn.Module, names: Iterable[str]):
+        from .targets import linear_kind
+
         modules = dict(model.named_modules())
         self.modules = {n: modules[n] for n in names
-                        if getattr(getattr(modules[n], "weight", None), "numel", lambda: 0)() >= REPLAY_MIN_WEIGHTS}
+                        if math.prod(linear_kind(modules[n]).dims(modules[n])) >= REPLAY_MIN_WEIGHTS}
         self.records: dict[str, list[tuple[torch.Tensor, int, torch.Tensor, int]]] = {n: [] for n in self.modules}
         self.calls = {n: 0 for n in self.modules}
         self.skipped = 0  # module calls answered from the record (tests and benchmarks read it)
@@ -152,19 +155,10 @@ class Replay:
                         total += t.numel() * t.element_size()
         return total
 
-    def record(self, evaluate) -> None:
-        def hook(name, module, args, kwargs, out):
-            x = _first_tensor(args, kwargs)
-            if _trackable(x) and _trackable(out):
-                self.records[name].append((x, x._version, out, out._version))
-
-        handles = [m.register_forward_hook(lambda m, a, k, o, n=n: hook(n, m, a, k, o), with_kwargs=True)
-                   for n, m in self.modules.items()]
-        try:
-            evaluate()
-        finally:
-            for h in handles:
-                h.remove()
+    def record(self, evaluate):
+        """One evaluation with every module replaying: on empty records, it computes and keeps each call."""
+        with self.skipping():
+            return self.evaluating(evaluate)()
 
     def evaluating(self, evaluate):
         def run():

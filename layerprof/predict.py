@@ -67,12 +67,11 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
         probe["attention_mask"] = torch.ones_like(probe["attention_mask"])
     # The finite differences also keep the unperturbed forward's module inputs and outputs (coupling.Replay).
     exact = bool(low_precision_weights(prof.model, fired))
-    probe_replay, outs = Replay(prof.model, [] if exact else fired), []
+    probe_replay = Replay(prof.model, [] if exact else fired)
     with frozen_eval(prof.model):
-        probe_replay.record(lambda: outs.append(output_logits(prof.model, [probe])))
-    per_sequence = int(outs[0].numel())
+        per_sequence = int(probe_replay.record(lambda: output_logits(prof.model, [probe])).numel())
     need = 8 * 3 * len(layer_modules) * per_sequence + probe_replay.bytes  # directions, ± outputs, replay
-    del probe_replay, outs
+    del probe_replay
     limit = max_bytes if max_bytes is not None else int(COUPLING_MEMORY_FRACTION * free_memory(prof.device))
     per_chunk = limit // max(1, need)
     if per_chunk < 1:

@@ -80,7 +80,7 @@ class Profiler:
         self._root_handle = None
         self._mask: RowMask | None = None
         self._batch_rows: int | None = None
-        self._positions = [0, 0]  # Σ n·T and Σ n·T² over the batches' n × T inputs: the cost model's T
+        self._shapes: list[tuple[int, int]] = []  # the batches' n × T (the cost model's sequence length)
         self._input_keys = InputKeys()
         self._unmasked: set[str] = set()
         self.skipped: list[dict] = []
@@ -175,8 +175,7 @@ class Profiler:
         self._batch_rows = mask.rows if mask is not None else (ids.numel() if token_ids else None)
         shape = tuple(mask.mask.shape) if mask is not None else (tuple(ids.shape) if token_ids else None)
         if shape is not None:
-            self._positions[0] += shape[0] * shape[1]
-            self._positions[1] += shape[0] * shape[1] ** 2
+            self._shapes.append(shape)
         if isinstance(ids, torch.Tensor):
             self._data_hash.update(ids.detach().cpu().contiguous().numpy().tobytes())
             if mask is not None:
@@ -196,9 +195,11 @@ class Profiler:
 
     @property
     def seq_len(self) -> float | None:
-        """The batches' sequence length (padded positions), averaged over positions (attention's work per
-        row grows with it); None when the inputs were not n × T token ids or masks."""
-        return self._positions[1] / self._positions[0] if self._positions[0] else None
+        """The batches' sequence length (padded positions), averaged over positions (``cost.mean_seq_len``);
+        None when the inputs were not n × T token ids or masks."""
+        from .cost import mean_seq_len
+
+        return mean_seq_len(self._shapes)
 
     def end_batch(self) -> bool:
         """Commit the staged batch (drop it whole when non-finite); True if committed."""

@@ -79,15 +79,13 @@ def study_cards(task: Task, proto: Protocol, out: Path, progress: bool = False) 
 def with_attention(card, task: Task):
     """A card saved before the cost model's attention term (``layerprof.cost``) gets it from the task:
     its model's config and its calibration batches' shapes, what ``profile`` records today."""
-    from .cost import attention_shape
+    from .cost import attention_shape, mean_seq_len
 
     if "attention" in card.meta:
         return card
     shapes = [tuple(b["input_ids"].shape) for b in task.calibration
               if hasattr(b.get("input_ids"), "shape") and b["input_ids"].dim() == 2]
-    positions = sum(n * t for n, t in shapes)
-    card.meta["attention"] = attention_shape(task.model(), sum(n * t * t for n, t in shapes) / positions
-                                             if positions else None)
+    card.meta["attention"] = attention_shape(task.model(), mean_seq_len(shapes))
     return card
 
 
