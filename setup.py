@@ -137,6 +137,7 @@ if __name__ == "__main__":  # pip runs setup.py as __main__; tests import its he
         package_dir={"layerprof.kernels": "kernels"},
         package_data={"layerprof.bundled": ["shakespeare-gpt2/*.json", "shakespeare-gpt2/*.safetensors",
                                             "shakespeare-gpt2-deep/*.json", "shakespeare-gpt2-deep/*.safetensors",
+                                            "shakespeare-gpt2-mid/*.json", "shakespeare-gpt2-mid/*.safetensors",
                                             "heldout_shakespeare.txt"]},
         # torch is deliberately unpinned: install it first (a CPU or CUDA build); a range the
         # installed torch satisfies makes pip install nothing more.

@@ -9,6 +9,12 @@ machine). The plan's measured gain share comes from the study (``docs/study/TASK
     OMP_NUM_THREADS=1 python bench/bench_step_time.py            # the decoder tasks
     OMP_NUM_THREADS=1 python bench/bench_step_time.py --steps 40 --tasks bundled deep
     OMP_NUM_THREADS=1 python bench/bench_step_time.py --steps 60 --tasks all   # every study task
+    OMP_NUM_THREADS=1 python bench/bench_step_time.py --steps 60 --tasks all --measured-cost --by energy
+
+``--measured-cost`` first times LoRA steps of five placement shapes on this machine
+(``layerprof.measure_step_cost``) and places with the fitted cost model. A plan the study never
+trained is trained here with the study's own settings and seeds (cached in the study's
+``runs.json``, as ``layerprof study`` caches), and its gain is read against the study's full LoRA.
 """
 from __future__ import annotations
 
@@ -52,18 +58,27 @@ def main(argv=None) -> None:
                     help="study tasks (any with a card in docs/study/TASK); --tasks all for every one")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--budget", type=float, default=0.6)
+    ap.add_argument("--by", default="score", help="layer column to place by (default: the card's own score)")
+    ap.add_argument("--measured-cost", action="store_true",
+                    help="place with a cost model fitted to LoRA steps timed here (layerprof.measure_step_cost)")
+    ap.add_argument("--calibration-steps", type=int, default=10, help="timed steps per shape with --measured-cost")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     print(f"machine: {machine()}\n")
-    print("| task | cost-capped layers | modelled cost | measured step time / full LoRA | its gain (share of full, study) |")
-    print("|---|---|---:|---:|---:|")
+    print("| task | cost-capped layers | modelled cost | measured step time / full LoRA | its gain (share of full, study) |"
+          " both? |")
+    print("|---|---|---:|---:|---:|---|")
     names = sorted(p.name for p in (ROOT / "docs" / "study").iterdir() if p.name in TASKS) if args.tasks == ["all"] \
         else args.tasks
     for name in names:
         path = short_budget_card(name)  # its attention term filled below for older cards
         task = TASKS[name]()
         card = with_attention(lp.LayerCard.load(path), task)
-        plan = card.place(budget=args.budget)
+        flop_plan = card.place(budget=args.budget, by=args.by)
+        if args.measured_cost:
+            card = lp.measure_step_cost(task.model(), task.calibration, card, steps=args.calibration_steps,
+                                        clock=time.process_time)
+        plan = card.place(budget=args.budget, by=args.by)
         kinds = {m.name: m.kind for m in card.modules}
         runs = {"full": _peft(task, [m.name for m in card.modules if m.layer is not None], kinds),
                 "plan": _peft(task, plan.modules, kinds)}
@@ -79,12 +94,41 @@ def main(argv=None) -> None:
                 if step >= 3:
                     times[k].append(time.process_time() - t)
         ratio = statistics.median(times["plan"]) / statistics.median(times["full"])
-        study = json.loads((ROOT / "docs" / "study" / name / "study.json").read_text())
-        placements = study["budgets"][path.stem.split("_")[1].removesuffix("steps")]["placements"]
-        share = next((p["fraction_of_full"] for n, p in placements.items()
-                      if n.endswith(f"cost ≤ {args.budget}") and p["layers"] == plan.layers), None)
-        print(f"| {name} | {plan.layers} | {plan.cost:.1%} | {ratio:.1%} | "
-              f"{'–' if share is None else format(share, '.0%')} |")
+        share = plan_share(name, path, task, plan, kinds)
+        both = "–" if share is None else ("**yes**" if share >= 0.9 and ratio <= args.budget else "no")
+        flop = "" if not args.measured_cost else f" (FLOP model: {flop_plan.layers} at {flop_plan.cost:.1%})"
+        print(f"| {name} | {plan.layers}{flop} | {plan.cost:.1%} | {ratio:.1%} | "
+              f"{'–' if share is None else format(share, '.0%')} | {both} |", flush=True)
+
+
+def plan_share(name: str, card_path: Path, task, plan, kinds) -> float | None:
+    """The plan's mean gain as a share of full LoRA's at the card's budget: from the study's placements,
+    or trained here (the study's settings and seeds, cached in its runs.json) when the study has no run of
+    it. None where full LoRA lost (no reference)."""
+    from layerprof.study import Protocol, RunStore
+    from layerprof.study_lora import train_lora
+
+    folder = ROOT / "docs" / "study" / name
+    study = json.loads((folder / "study.json").read_text())
+    steps = int(card_path.stem.split("_")[1].removesuffix("steps"))
+    placements = study["budgets"][str(steps)]["placements"]
+    full = placements.get("full", {}).get("mean")
+    if full is None or full <= 0:
+        return None
+    for p in placements.values():
+        if p["layers"] == plan.layers:
+            return p["mean"] / full
+    spec = study["protocol"]
+    proto = Protocol(budgets=[steps], seeds=spec["seeds"], lr=spec["lr"], r=spec["r"], lora_alpha=spec["lora_alpha"])
+    store = RunStore(folder / "runs.json")
+    gains = []
+    for seed in range(proto.seeds):
+        run = store.get(steps, plan.layers, seed)
+        if run is None:
+            run = train_lora(task, plan.modules, proto.config(steps, seed), kinds)
+            store.put(steps, plan.layers, seed, run)
+        gains.append(run["gain"])
+    return statistics.mean(gains) / full
 
 
 if __name__ == "__main__":

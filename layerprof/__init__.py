@@ -18,9 +18,10 @@ from .config import ProfileConfig
 from .errors import ProfileError
 from .profiler import profile
 from .session import Profiler
+from .step_cost import measure_step_cost
 from .targets import find_targets, register_linear_kind
 
 __all__ = ["profile", "Profiler", "ProfileConfig", "LayerCard", "ModuleRow", "LayerRow", "Plan", "place", "backends",
-           "find_targets", "register_linear_kind", "LayerprofError", "CardFormatError", "PlacementError",
+           "find_targets", "register_linear_kind", "measure_step_cost", "LayerprofError", "CardFormatError", "PlacementError",
            "ProfileError", "BatchError", "BudgetError", "ExportError", "UsageError",
            "TrainingBudget", "__version__"]

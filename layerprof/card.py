@@ -205,6 +205,16 @@ class LayerCard:
         layers = [dataclasses.replace(l, measured_gain=gains.get(str(l.layer))) for l in self.layers]
         return LayerCard(self.modules, layers, {**self.meta, "probe": probe})
 
+    def with_step_cost(self, step_cost: dict) -> "LayerCard":
+        """A copy whose cost model uses a measured step cost (``layerprof.measure_step_cost``): recorded as
+        ``meta.step_cost``, and the per-layer cost column recomputed with it."""
+        from .placement import card_cost_model
+
+        card = LayerCard(self.modules, self.layers, {**self.meta, "step_cost": step_cost})
+        costs = card_cost_model(card)
+        card.layers = [dataclasses.replace(l, cost=costs.cost([l.layer], self.rank).fraction) for l in self.layers]
+        return card
+
     def default_layers(self) -> int:
         """The k that ``layerprof card`` recommends by default: a quarter of the layers."""
         return max(1, len(self.layers) // 4)

@@ -54,6 +54,8 @@ def cmd_card(args) -> int:
     batches = calibration_batches(args.text, model, tokenizer, batches=args.batches, batch_size=args.batch_size,
                                   seq_len=args.seq_len, family=family)
     card = lp.profile(model, batches, config=profile_config(args))
+    if args.measure_cost:
+        card = lp.measure_step_cost(model, batches, card)
     if family == "encoder":
         # Names relative to the encoder (encoder.layer.N...), so that the config applies to AutoModel
         # and to every AutoModelFor... of the family, not only to the masked LM profiled here.
@@ -88,6 +90,10 @@ def cmd_card(args) -> int:
 
         print(f"recommendation: adapt layers {plan.layers} -> {plan.predicted_gain_fraction:.0%} of the all-layer "
               f"score ({score_label(card.meta['settings']['score'])}) at {plan.cost:.0%} of full-LoRA training cost")
+        if card.meta.get("step_cost"):
+            sc = card.meta["step_cost"]
+            print(f"cost model fitted to LoRA steps timed here ({len(sc['placements'])} placements × {sc['steps']} "
+                  f"steps; largest misfit {sc['max_error']:.1%} of full LoRA's step)")
         print(f"wrote {summary['card']}, {summary['markdown']}, {summary['html']} (open it in a browser), "
               f"{summary['lora_config']}, {summary['placement']}")
     return 0

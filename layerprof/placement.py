@@ -61,7 +61,7 @@ class Plan:
 
 def card_cost_model(card: "LayerCard") -> CostModel:
     """The cost model of a card's modules and output head(s)."""
-    return cost_model(card.modules, card.meta.get("heads", []), card.meta.get("attention"))
+    return cost_model(card.modules, card.meta.get("heads", []), card.meta.get("attention"), card.meta.get("step_cost"))
 
 
 def module_ranks(card: "LayerCard", rank: int | None = None, rank_target: float | None = None) -> dict[str, int]:

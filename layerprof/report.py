@@ -164,7 +164,7 @@ def markdown(card: "LayerCard", plan: "Plan | None" = None) -> str:
                   f"Adapt layers **{', '.join(map(str, plan.layers))}** ({k} of {len(card.layers)}, placed by score = "
                   f"{score}): "
                   f"{plan.predicted_gain_fraction:.0%} of the all-layer score at "
-                  f"{plan.cost:.0%} of full-layer LoRA's modelled training cost, "
+                  f"{plan.cost:.0%} of full-layer LoRA's {_cost_kind(card)} training cost, "
                   f"{plan.cost_detail.adapter_params:,} adapter parameters, {plan.cost_detail.adapted_modules} "
                   f"adapted modules. `layerprof place CARD --layers {k}` writes the LoRA config.",
                   "",
@@ -173,7 +173,7 @@ def markdown(card: "LayerCard", plan: "Plan | None" = None) -> str:
                   "", _baselines_line(card, k),
                   "", "## Layers", "",
                   f"score = {score} (what placement maximizes); gain share = ρ_ℓ² / Σ ρ² (ρ_ℓ² = sum of module "
-                  "resnorm²); cost = modelled training cost "
+                  f"resnorm²); cost = {_cost_kind(card)} training cost "
                   "of adapting this layer alone, as a fraction of full-layer LoRA (backward stops at the lowest "
                   "adapted layer).", ""]
         rows = [[str(l.layer), _bar(l.gain_share), l.gain_share, l.resnorm, l.resnorm_rank, l.rank_capture,
@@ -201,3 +201,8 @@ def markdown(card: "LayerCard", plan: "Plan | None" = None) -> str:
     lines += ["", "ρ² / 2 is the loss decrease that layer's best linear correction predicts under a local quadratic "
               "model (docs/method.md); large noise amp or cond means ill-conditioned inputs that inflate ρ.", ""]
     return "\n".join(lines)
+
+
+def _cost_kind(card) -> str:
+    """How the card's costs were made: FLOP-modelled, or fitted to steps timed on the user's machine."""
+    return "measured (fitted to LoRA steps timed on this machine)" if card.meta.get("step_cost") else "modelled"

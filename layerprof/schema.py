@@ -241,6 +241,22 @@ class WarmupMeta(BaseModel):
     cost_of_full_lora_finetune: NonNeg
 
 
+class StepCostPlacement(BaseModel):
+    model_config = _META
+
+    layers: Annotated[list[LayerIndex], Field(min_length=1)]
+    seconds: NonNeg
+
+
+class StepCost(BaseModel):
+    """A measured step cost (layerprof.step_cost): the cost model's forward and adapter weights."""
+    model_config = _META
+
+    forward_scale: NonNeg
+    adapter_scale: NonNeg
+    placements: list[StepCostPlacement] = []
+
+
 class Meta(BaseModel):
     model_config = _META
 
@@ -258,6 +274,7 @@ class Meta(BaseModel):
     budget: Optional[BudgetMeta] = None
     simulate: Optional[SimulateMeta] = None
     warmup: Optional[WarmupMeta] = None
+    step_cost: Optional[StepCost] = None
 
 
 class CardSchema(BaseModel):

@@ -27,7 +27,7 @@ STAGES = [
     ("placement", {"placement_search", "placement", "export"}),
     ("reports", {"report", "report_html", "plots", "compare", "outputs"}),
     ("orchestrator pieces", {"memory_plan", "profile_cost", "config", "batches", "progress", "claim", "peft_models", "build", "merge",
-                             "predict", "session"}),
+                             "predict", "session", "step_cost"}),
     ("orchestrator", {"profiler"}),
     ("study", {"bundled", "tasks", "study_lora", "study", "study_report", "benchmark"}),
     ("doors", {"", "callback", "cli", "cli_parser", "cli_args", "loading", "doctor"}),

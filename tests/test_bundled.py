@@ -1,9 +1,11 @@
 """The bundled default: real trained weights, offline, small, and a real domain shift."""
 import math
 
+import pytest
 import torch
 
-from layerprof.bundled import MODEL_DIR, calibration_batches, heldout_text, load_default_model, text_batches
+from layerprof.bundled import (MODEL_DIR, calibration_batches, heldout_text, load_deep_model, load_default_model,
+                               load_mid_model, text_batches)
 
 
 def _loss(model, batches):
@@ -37,3 +39,19 @@ def test_calibration_batches_are_padded_with_masked_labels():
         pad = b["attention_mask"] == 0
         assert (b["labels"][pad] == -100).all() and (b["labels"][~pad] == b["input_ids"][~pad]).all()
     assert any(bool((b["attention_mask"] == 0).any()) for b in batches)
+
+
+@pytest.mark.parametrize("load, layers", [(load_deep_model, 16), (load_mid_model, 12)])
+def test_study_decoders_are_trained_at_their_depth(load, layers):
+    # The placement study's depth axis (8, 12, 16 blocks): each model is real, not initialised weights.
+    model = load()
+    assert model.config.n_layer == layers and model.config.n_embd == 64 and model.config.vocab_size == 256
+    in_domain = _loss(model, text_batches(heldout_text(), batch_size=4, seq_len=128, n_batches=6))
+    assert in_domain < 2.3 < math.log(256)
+
+
+def test_a_missing_study_model_names_the_command_that_trains_it(tmp_path):
+    from layerprof.bundled import _load_study_model
+
+    with pytest.raises(FileNotFoundError, match="--layers 12 --width 64"):
+        _load_study_model(tmp_path / "shakespeare-gpt2-mid", layers=12, dtype=torch.float32)

@@ -209,3 +209,15 @@ def test_bench_plan_models_the_cost_before_anything_runs(tmp_path, capsys):
     assert forwards < r["coupling_flops"] < forwards + 1e6 and r["coupling_seconds"] > 0
     assert main(["bench", "--plan", str(tmp_path / "m"), "--tokens", "1000"]) == 0
     assert "finalize =" in capsys.readouterr().out
+
+
+def test_card_measures_the_step_cost_on_request(tmp_path, capsys):
+    import layerprof as lp
+
+    assert main(["card", "--batches", "2", "--out", str(tmp_path), "--no-progress", "--no-predict",
+                 "--no-coupling", "--measure-cost"]) == 0
+    assert "cost model fitted to LoRA steps timed here (5 placements" in capsys.readouterr().out
+    card = lp.LayerCard.load(tmp_path / "card.json")
+    sc = card.meta["step_cost"]
+    assert [p["layers"] for p in sc["placements"]][0] == list(range(8)) and sc["steps"] == 10
+    assert "measured (fitted to LoRA steps timed on this machine) training cost" in (tmp_path / "card.md").read_text()

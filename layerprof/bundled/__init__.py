@@ -41,6 +41,7 @@ def load_default_model(dtype: torch.dtype = torch.float32):
 
 
 DEEP_MODEL_DIR = HERE / "shakespeare-gpt2-deep"
+MID_MODEL_DIR = HERE / "shakespeare-gpt2-mid"
 
 
 def load_deep_model(dtype: torch.dtype = torch.float32):
@@ -50,14 +51,27 @@ def load_deep_model(dtype: torch.dtype = torch.float32):
     --steps 1200 --no-heldout-slice --out layerprof/bundled/shakespeare-gpt2-deep``), so that the
     study has a depth axis longer than the default model's 8 blocks.
     """
+    return _load_study_model(DEEP_MODEL_DIR, layers=16, dtype=dtype)
+
+
+def load_mid_model(dtype: torch.dtype = torch.float32):
+    """The placement study's third depth: 12 blocks × d 64, trained like the deep model.
+
+    ``python -m layerprof.bundled.train --layers 12 --width 64 --steps 1200 --no-heldout-slice
+    --out layerprof/bundled/shakespeare-gpt2-mid`` (round 4's confirmation tasks, docs/RESULTS.md).
+    """
+    return _load_study_model(MID_MODEL_DIR, layers=12, dtype=dtype)
+
+
+def _load_study_model(path: Path, *, layers: int, dtype: torch.dtype):
     from transformers import GPT2LMHeadModel
 
-    if not (DEEP_MODEL_DIR / "model.safetensors").exists():
-        raise FileNotFoundError(f"deep study model missing at {DEEP_MODEL_DIR}; reinstall layerprof or train it "
-                                "with `python -m layerprof.bundled.train --layers 16 --width 64 --steps 1200 "
-                                "--no-heldout-slice --out layerprof/bundled/shakespeare-gpt2-deep`")
-    model = GPT2LMHeadModel.from_pretrained(DEEP_MODEL_DIR, dtype=dtype, local_files_only=True)
-    model.config._name_or_path = "layerprof/shakespeare-gpt2-deep"
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"study model missing at {path}; reinstall layerprof or train it with "
+                                f"`python -m layerprof.bundled.train --layers {layers} --width 64 --steps 1200 "
+                                f"--no-heldout-slice --out layerprof/bundled/{path.name}`")
+    model = GPT2LMHeadModel.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model.config._name_or_path = f"layerprof/{path.name}"
     model.loss_type = "ForCausalLM"
     return model.eval()
 
