@@ -21,14 +21,15 @@ LossFn = Callable[[Any, Any], torch.Tensor]
 
 
 @contextlib.contextmanager
-def frozen_eval(model: nn.Module):
-    """Freeze every parameter and switch to eval mode; restore both exactly on exit."""
+def frozen_eval(model: nn.Module, training: bool = False):
+    """Freeze every parameter and switch to eval mode (``training=True``: train mode, as a LoRA fine-tune
+    runs, dropout included); restore both exactly on exit."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
     try:
         for p, _ in flags:
             p.requires_grad_(False)
-        model.eval()
+        model.train(training)
         yield model
     finally:
         for p, flag in flags:

@@ -28,7 +28,9 @@ transformer step:
 Memory: trainable parameters P = Σ r·(d_in + d_out), with fp32 weight, gradient and
 two Adam moments = 16·P bytes; saved activations scale with the layers from ℓ_min up
 (reported as a fraction of all layers). Inference: the number of adapted modules.
-Norms and element-wise work are left out (documented in the card). Figures are modelled, not measured.
+Norms and element-wise work are left out (documented in the card). Figures are modelled, not measured,
+unless the card carries a measured step cost (``layerprof.step_cost``: the forward, backward and adapter
+terms weighed by fitting LoRA steps timed on the user's machine).
 """
 from __future__ import annotations
 
@@ -76,13 +78,15 @@ class CostModel:
 
     def __init__(self, modules: Iterable[ModuleShape], head_flops_per_row: float = 0.0,
                  overhead: float = ADAPTER_OVERHEAD, attention_flops_per_row: float = 0.0,
-                 forward_scale: float = 1.0, adapter_scale: float = 1.0):
-        # forward_scale, adapter_scale: a measured step cost (layerprof.step_cost) weighs the forward
-        # and the adapters' terms against the backward's; 1.0 and 1.0 are the FLOP model.
-        for name, v in (("forward_scale", forward_scale), ("adapter_scale", adapter_scale)):
+                 forward_scale: float = 1.0, backward_scale: float = 1.0, adapter_scale: float = 1.0):
+        # The three scales: a measured step cost (layerprof.step_cost) weighs the forward, the backward
+        # and the adapters' terms by what they took on the user's machine; 1.0 each is the FLOP model.
+        for name, v in (("forward_scale", forward_scale), ("backward_scale", backward_scale),
+                        ("adapter_scale", adapter_scale)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} is a finite weight >= 0, got {v!r}")
         self.forward_scale = float(forward_scale)
+        self.backward_scale = float(backward_scale)
         self.adapter_scale = float(adapter_scale)
         if not overhead >= 0:
             raise ValueError(f"overhead is FLOP-equivalents per element (>= 0), got {overhead!r}")
@@ -101,7 +105,8 @@ class CostModel:
         self.forward = self.forward_scale * (sum(self.layer_flops.values()) + self.attention * len(self.layers)
                                              + self.head)
         # Backward work of a layer: its linear maps' input gradients and the attention's two matmuls' four.
-        self.layer_backward = {l: f + 2.0 * self.attention for l, f in self.layer_flops.items()}
+        self.layer_backward = {l: self.backward_scale * (f + 2.0 * self.attention) for l, f in self.layer_flops.items()}
+        self.head_backward = self.backward_scale * self.head
         self._full = None
 
     def adapter_flops(self, layer: int, ranks: Mapping[str, int] | int) -> float:
@@ -114,14 +119,14 @@ class CostModel:
     def backward_flops(self, lowest: int | None) -> float:
         if lowest is None:
             return 0.0
-        return self.head + sum(f for l, f in self.layer_backward.items() if l >= lowest)
+        return self.head_backward + sum(f for l, f in self.layer_backward.items() if l >= lowest)
 
     def backward_flops_each(self, lowest_layers: Iterable[int]) -> list[float]:
         """``backward_flops(l)`` for many l at once: suffix sums, O(L) instead of O(L) per layer."""
         suffix, acc = {}, 0.0
         for l in reversed(self.layers):
             acc += self.layer_backward[l]
-            suffix[l] = self.head + acc
+            suffix[l] = self.head_backward + acc
         return [suffix[l] for l in lowest_layers]
 
     def step_flops(self, layers: Iterable[int], ranks: Mapping[str, int] | int) -> float:
@@ -166,7 +171,7 @@ def cost_model(modules: Iterable, heads: Iterable[Mapping] = (), attention: Mapp
     shapes = [ModuleShape(field(m, "name"), field(m, "layer"), field(m, "d_in"), field(m, "d_out")) for m in modules
               if field(m, "layer") is not None]
     attn = 4.0 * attention["width"] * attention["seq_len"] if attention else 0.0
-    scales = {k: float(step_cost[k]) for k in ("forward_scale", "adapter_scale")} if step_cost else {}
+    scales = {k: float(step_cost[k]) for k in ("forward_scale", "backward_scale", "adapter_scale")} if step_cost else {}
     return CostModel(shapes, sum(2.0 * h["d_in"] * h["d_out"] for h in heads), attention_flops_per_row=attn, **scales)
 
 

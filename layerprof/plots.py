@@ -109,7 +109,7 @@ def pareto(card: "LayerCard", plan: "Plan") -> "Figure":
         ax.annotate(str(l.layer), (l.cost, s), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.scatter([plan.cost], [plan.predicted_gain_fraction], marker="*", s=180, color=CHOSEN, zorder=4,
                label=f"recommended: layers {plan.layers}")
-    ax.set_xlabel("modelled training cost (fraction of full-layer LoRA)")
+    ax.set_xlabel("training cost (fraction of full-layer LoRA)")
     ax.set_ylabel("score (fraction of all layers)")
     ax.set_xlim(0, 1.05)
     ax.set_ylim(0, 1.05)

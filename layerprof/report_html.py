@@ -20,8 +20,8 @@ FIGURES = (("fig-share", "Gain share and rank capture",
             "Line: the share of a layer's ρ² that a rank-r adapter can capture; low capture means the "
             "layer wants a higher rank than r."),
            ("fig-pareto", "Score vs cost",
-            "Every single layer (blue, labelled), the best share of the card's score reachable at each modelled training "
-            "cost (the Pareto front, black) and the recommended placement (red star). Low layers cost more: "
+            "Every single layer (blue, labelled), the best share of the card's score reachable at each training cost "
+            "(modelled from FLOPs, or fitted to timed LoRA steps with --measure-cost; the Pareto front, black) and the recommended placement (red star). Low layers cost more: "
             "the backward pass has to reach them."),
            ("fig-conditioning", "Energy, conditioning, noise amplification",
             "Large condition numbers or noise amplification mean ill-conditioned inputs: a layer's ρ there can be "

@@ -249,10 +249,11 @@ class StepCostPlacement(BaseModel):
 
 
 class StepCost(BaseModel):
-    """A measured step cost (layerprof.step_cost): the cost model's forward and adapter weights."""
+    """A measured step cost (layerprof.step_cost): the cost model's forward, backward and adapter weights."""
     model_config = _META
 
     forward_scale: NonNeg
+    backward_scale: NonNeg
     adapter_scale: NonNeg
     placements: list[StepCostPlacement] = []
 

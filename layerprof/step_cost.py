@@ -17,14 +17,16 @@ placement shapes on the user's model and batches and fits
 by non-negative least squares on relative errors. The shapes make the three terms vary apart:
 every layer (full LoRA), the top quarter and the top half (suffixes), the bottom layer alone (the
 whole backward, one layer's adapters) and the top layer alone (almost no backward). The card then
-records ``forward_scale = a/b`` and ``adapter_scale = c/b`` (``meta.step_cost``), and every
-placement made from it costs ``forward_scale·F + B + adapter_scale·A``: the FLOP model's shape with
-this machine's constants.
+records the three weights (``meta.step_cost``: forward_scale, backward_scale, adapter_scale, in units
+where the fitted full-LoRA step equals the FLOP model's), and every placement made from it costs
+``forward_scale·F + backward_scale·B + adapter_scale·A``: the FLOP model's shape with this machine's
+constants. A machine where depth costs nothing measurable (a tiny model) gets backward_scale = 0.
 
-Timing: LoRA factors attached by forward hooks (``layerprof.warmup.HookAdapter``), base weights
-frozen, forward + backward + AdamW step per timed step; the placements alternate step by step on
-the same batch so that machine noise falls on all of them alike; the median of ``steps`` timed steps
-after ``warmup`` untimed ones. The model is left bitwise as it was (weights, requires_grad, modes).
+Timing: PEFT's own LoRA layers (r = the card's rank, α = 2r), built by PEFT and swapped in for each
+timed step (the model gets its modules back after every step), base weights frozen, the model in train mode as a fine-tune runs it (dropout costs time in every layer), forward +
+backward + AdamW step per timed step; the placements alternate step by step on the same batch so
+that machine noise falls on all of them alike; the median of ``steps`` timed steps after ``warmup``
+untimed ones. The model is left bitwise as it was (weights, requires_grad, modes), and so is the RNG.
 """
 from __future__ import annotations
 
@@ -101,6 +103,11 @@ def measure_step_cost(model: nn.Module, batches: Sequence, card: "LayerCard", lo
     r = card.rank if rank is None else rank
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ProfileError(f"rank must be a positive int, got {r!r}")
+    from .peft_models import is_peft_model
+
+    if is_peft_model(model):
+        raise ProfileError("measure the step cost on the base model (before get_peft_model): it times PEFT LoRA "
+                           "layers of its own on each placement")
     rows = [m for m in card.modules if m.layer is not None]
     found = modules_by_name(model, [m.name for m in rows])
     missing = [m.name for m in rows if m.name not in found]
@@ -110,55 +117,52 @@ def measure_step_cost(model: nn.Module, batches: Sequence, card: "LayerCard", lo
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     clock = clock or _wall_clock(device)
     loss_fn = loss_fn or default_loss
-
-    from .warmup import HookAdapter
-
+    conv1d = bool(rows) and all(m.kind == "conv1d" for m in rows)
     shapes = calibration_shapes([l.layer for l in card.layers])
-    gen = torch.Generator().manual_seed(seed)
-    by_layer: dict[int, list] = {}
-    for m in rows:
-        by_layer.setdefault(m.layer, []).append(m)
     trials = []
-    try:
+    # Train mode, as the fine-tune runs (dropout costs time in every layer); the RNG is forked so that
+    # the adapters' init and dropout's draws leave the caller's stream where it was.
+    with frozen_eval(model, training=True), torch.random.fork_rng(devices=_cuda_devices(device)):
+        torch.manual_seed(seed)
         for layers in shapes:
-            adapters = [HookAdapter(found[m.name], m.d_in, m.d_out, r, 2.0, gen, device, attach=False)
-                        for l in layers for m in by_layer[l]]
-            opt = torch.optim.AdamW([p for a in adapters for p in a.params()], lr=1e-4)
-            trials.append((layers, adapters, opt, []))
-        with frozen_eval(model):
-            for step in range(warmup + steps):
-                batch = batches[step % len(batches)]
-                for _, adapters, opt, times in trials:
-                    for a in adapters:
-                        a.attach()
-                    try:
-                        t0 = clock()
-                        outputs = model(**forward_kwargs(model, as_kwargs(batch, device)))
-                        loss = check_loss(loss_fn(outputs, batch))
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        seconds = clock() - t0
-                    finally:
-                        for a in adapters:
-                            a.remove()
-                    if step >= warmup:
-                        times.append(seconds)
-    finally:
-        for _, adapters, _, _ in trials:
-            for a in adapters:
-                a.remove()
+            names = [m.name for m in rows if m.layer in set(layers)]
+            wrappers = _lora_layers(model, names, r, conv1d)
+            opt = torch.optim.AdamW([p for w in wrappers.values() for p in w.parameters() if p.requires_grad],
+                                    lr=1e-4)
+            trials.append((layers, wrappers, opt, []))
+        for step in range(warmup + steps):
+            batch = batches[step % len(batches)]
+            for _, wrappers, opt, times in trials:
+                try:
+                    for name, w in wrappers.items():
+                        _set_submodule(model, name, w)
+                    t0 = clock()
+                    outputs = model(**forward_kwargs(model, as_kwargs(batch, device)))
+                    loss = check_loss(loss_fn(outputs, batch))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    seconds = clock() - t0
+                finally:
+                    for name in wrappers:
+                        _set_submodule(model, name, found[name])
+                if step >= warmup:
+                    times.append(seconds)
 
     flops = cost_model(card.modules, card.meta.get("heads", []), card.meta.get("attention"))
     terms = np.array([[flops.forward, flops.backward_flops(min(layers)),
                        sum(flops.adapter_flops(l, r) for l in layers)] for layers, *_ in trials])
     seconds = np.array([statistics.median(times) for *_, times in trials])
-    a, b, c = fit_terms(terms, seconds)
-    if not b > 0:
-        raise ProfileError("the measured steps do not grow with the depth of the backward (timing noise or a "
-                           "model whose layers are not where the card says); measure again with more steps=")
-    record = {"forward_scale": float(a / b), "adapter_scale": float(c / b), "rank": r, "steps": steps,
-              "warmup": warmup, "device": str(device),
+    coef = fit_terms(terms, seconds)
+    # Scales in FLOP-model units: the fitted full-LoRA step equals the FLOP model's, so 1.0 for a term
+    # means "as heavy as its FLOPs say" and a FLOP-exact machine gets (1, 1, 1).
+    fitted_full = float(terms[0] @ coef)
+    if not fitted_full > 0:
+        raise ProfileError("the timed steps fit no positive cost (the timer returned no time); measure again with "
+                           "more steps= or a finer clock")
+    forward, backward, adapter = coef * float(terms[0].sum()) / fitted_full
+    record = {"forward_scale": float(forward), "backward_scale": float(backward), "adapter_scale": float(adapter),
+              "rank": r, "steps": steps, "warmup": warmup, "device": str(device),
               "placements": [{"layers": list(layers), "seconds": float(t)} for (layers, *_), t in zip(trials, seconds)]}
     from .placement import card_cost_model
 
@@ -168,6 +172,34 @@ def measure_step_cost(model: nn.Module, batches: Sequence, card: "LayerCard", lo
         p["fitted_fraction"] = model_fit.cost(p["layers"], r).fraction
     record["max_error"] = max(abs(p["measured_fraction"] - p["fitted_fraction"]) for p in record["placements"])
     return card.with_step_cost(record)
+
+
+def _lora_layers(model: nn.Module, names: list[str], r: int, conv1d: bool) -> dict[str, nn.Module]:
+    """PEFT's own LoRA layers around the named modules (what the fine-tune will run), built by PEFT and then
+    taken out again: the model gets its modules back and no ``peft_config``; the layers are swapped in for
+    each timed step."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    originals = {n: model.get_submodule(n) for n in names}
+    had_config = "peft_config" in vars(model)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(names), lora_dropout=0.0, fan_in_fan_out=conv1d)
+    try:
+        inject_adapter_in_model(config, model)
+        return {n: model.get_submodule(n) for n in names}
+    finally:
+        for n, m in originals.items():
+            _set_submodule(model, n, m)
+        if not had_config:
+            vars(model).pop("peft_config", None)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _cuda_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
 
 
 def _wall_clock(device: torch.device) -> Callable[[], float]:

@@ -27,23 +27,16 @@ from .budget import TrainingBudget
 from .errors import ProfileError
 
 
-class HookAdapter:
-    """LoRA factors for one module, applied by a forward hook (``attach``/``remove``); the module is never edited."""
+class _Adapter:
+    """LoRA factors for one module, applied by a forward hook (removed by ``remove``)."""
 
-    def __init__(self, module: nn.Module, d_in: int, d_out: int, r: int, scale: float, gen: torch.Generator,
-                 device: torch.device, attach: bool = True):
+    def __init__(self, module: nn.Module, d_in: int, d_out: int, budget: TrainingBudget, gen: torch.Generator,
+                 device: torch.device):
         bound = 1.0 / math.sqrt(d_in)  # kaiming_uniform_(a=√5), PEFT's lora_A init
-        self.A = ((torch.rand(r, d_in, generator=gen) * 2 - 1) * bound).to(device).requires_grad_()
-        self.B = torch.zeros(d_out, r, device=device, requires_grad=True)
-        self.scale = scale
-        self.module = module
-        self.handle = None
-        if attach:
-            self.attach()
-
-    def attach(self) -> None:
-        if self.handle is None:
-            self.handle = self.module.register_forward_hook(self._hook)
+        self.A = ((torch.rand(budget.r, d_in, generator=gen) * 2 - 1) * bound).to(device).requires_grad_()
+        self.B = torch.zeros(d_out, budget.r, device=device, requires_grad=True)
+        self.scale = budget.scale
+        self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output):
         x = args[0]
@@ -54,9 +47,7 @@ class HookAdapter:
         return [self.A, self.B]
 
     def remove(self) -> None:
-        if self.handle is not None:
-            self.handle.remove()
-            self.handle = None
+        self.handle.remove()
 
 
 def warmup_lca(model: nn.Module, batches: list, modules: Mapping[str, nn.Module], dims: Mapping[str, tuple[int, int]],
@@ -76,7 +67,7 @@ def warmup_lca(model: nn.Module, batches: list, modules: Mapping[str, nn.Module]
     adapters = {}
     try:
         for name, module in modules.items():
-            adapters[name] = HookAdapter(module, *dims[name], budget.r, budget.scale, gen, device)
+            adapters[name] = _Adapter(module, *dims[name], budget, gen, device)
         params = [p for a in adapters.values() for p in a.params()]
         opt = torch.optim.AdamW(params, lr=budget.lr, betas=budget.betas, eps=budget.eps,
                                 weight_decay=budget.weight_decay)

@@ -125,3 +125,18 @@ def test_gpu_bf16_coupling_by_forward_mode_ad_matches_cpu_float32():
         assert float((a * b).sum() / (a.norm() * b.norm())) > 0.999, layer
     card = lp.profile(gpu, [{k: v.cuda() for k, v in b.items()} for b in make_batches(n=3)], rank=4, progress=False)
     assert card.meta["coupling"]["method"].startswith("forward-mode AD")
+
+
+@requires_cuda
+def test_measured_step_cost_on_the_gpu_leaves_a_bfloat16_model_untouched():
+    # The timer synchronises the device around each step; adapters are fp32 on a bf16 model.
+    from conftest import assert_untouched, snapshot
+
+    model = make_model("llama").to("cuda", torch.bfloat16)
+    batches = [{k: v.cuda() for k, v in b.items()} for b in make_batches(n=2)]
+    card = lp.profile(model, batches, coupling=False, progress=False)
+    snap = snapshot(model)
+    measured = lp.measure_step_cost(model, batches, card, steps=2)
+    assert_untouched(model, snap)
+    sc = measured.meta["step_cost"]
+    assert sc["device"].startswith("cuda") and all(p["seconds"] > 0 for p in sc["placements"])

@@ -21,18 +21,19 @@ def _deep_gpt2(layers=8):
 
 class StepClock:
     """A clock that advances by a known cost model's step at the end of every timed step: a·F + b·B(P) +
-    c·A(P) in the FLOP model's terms, P being the layers whose modules carry the timing's hooks."""
+    c·A(P) in the FLOP model's terms, P being the layers whose modules are PEFT LoRA layers right now."""
 
     def __init__(self, model, card, a, b, c):
         self.flops = card_cost_model(card)
-        self.modules = {n: m for n, m in model.named_modules()}
         self.card, self.abc, self.t, self.calls, self.steps = card, (a, b, c), 0.0, 0, []
+        self.model, self.modes = model, set()
 
     def __call__(self):
         self.calls += 1
+        self.modes.add(self.model.training)
         if self.calls % 2 == 0:
             hooked = {m.layer for m in self.card.modules
-                      if m.layer is not None and len(self.modules[m.name]._forward_hooks)}
+                      if m.layer is not None and hasattr(self.model.get_submodule(m.name), "lora_A")}
             a, b, c = self.abc
             f = self.flops
             self.steps.append(sorted(hooked))
@@ -66,17 +67,25 @@ def test_measured_step_cost_recovers_the_machine_and_leaves_the_model_untouched(
     a, b, c = 2.0, 1.0, 3.5          # this "machine": a costly forward, costly adapters
     clock = StepClock(model, card, a, b, c)
     snap = snapshot(model)
+    rng = torch.get_rng_state()
+    modules = dict(model.named_modules())
     measured = lp.measure_step_cost(model, batches, card, steps=2, warmup=1, clock=clock)
     assert_untouched(model, snap)
+    assert dict(model.named_modules()) == modules and not hasattr(model, "peft_config")  # PEFT's layers taken out
+    assert torch.equal(torch.get_rng_state(), rng)      # dropout's draws did not move the caller's RNG
+    assert clock.modes == {True}                         # timed in train mode, as the fine-tune runs
     sc = measured.meta["step_cost"]
-    assert sc["forward_scale"] == pytest.approx(a / b, rel=1e-9)
-    assert sc["adapter_scale"] == pytest.approx(c / b, rel=1e-9)
+    assert sc["forward_scale"] / sc["backward_scale"] == pytest.approx(a / b, rel=1e-9)
+    assert sc["adapter_scale"] / sc["backward_scale"] == pytest.approx(c / b, rel=1e-9)
+    flops = card_cost_model(card)   # in FLOP units: the fitted full step is the FLOP model's
+    full = flops.full_flops(card.rank)
+    assert (sc["forward_scale"] * flops.forward + sc["backward_scale"] * flops.backward_flops(0)
+            + sc["adapter_scale"] * sum(flops.adapter_flops(l, card.rank) for l in range(8))) == pytest.approx(full)
     assert sc["max_error"] < 1e-9
     assert [p["layers"] for p in sc["placements"]] == calibration_shapes(range(8))
     # Every shape timed (1 + 2) times, in alternation: full, quarter, half, bottom, top, full, ...
     assert clock.steps == calibration_shapes(range(8)) * 3
     # The card's costs are now the machine's: the step ratio of the clock's own model.
-    flops = card_cost_model(card)
 
     def step(layers):
         return (a * flops.forward + b * flops.backward_flops(min(layers))
@@ -100,7 +109,7 @@ def test_measured_step_cost_times_real_steps_on_the_cpu():
     assert_untouched(model, snap)
     sc = measured.meta["step_cost"]
     assert all(p["seconds"] > 0 for p in sc["placements"]) and sc["placements"][0]["measured_fraction"] == 1.0
-    assert sc["forward_scale"] >= 0 and sc["adapter_scale"] >= 0
+    assert min(sc["forward_scale"], sc["backward_scale"], sc["adapter_scale"]) >= 0
 
 
 def test_bad_input_names_the_fix_and_leaves_the_model_as_it_was():
@@ -115,6 +124,10 @@ def test_bad_input_names_the_fix_and_leaves_the_model_as_it_was():
     other = _deep_gpt2(layers=2)
     with pytest.raises(lp.ProfileError, match="not in this model"):
         lp.measure_step_cost(other, batches, card)
+    from peft import LoraConfig, get_peft_model
+
+    with pytest.raises(lp.ProfileError, match="base model"):
+        lp.measure_step_cost(get_peft_model(_deep_gpt2(layers=4), LoraConfig(target_modules=["c_attn"], fan_in_fan_out=True)), batches, card)
     bad = [{"input_ids": b["input_ids"]} for b in batches]   # no labels: no loss
     with pytest.raises(lp.ProfileError, match="labels"):
         lp.measure_step_cost(model, bad, card, steps=1, warmup=0)
@@ -125,6 +138,6 @@ def test_a_card_with_a_broken_step_cost_is_refused(tmp_path):
     model = _deep_gpt2(layers=4)
     card = lp.profile(model, make_batches(n=2), coupling=False, progress=False)
     data = card.to_dict()
-    data["meta"]["step_cost"] = {"forward_scale": -1.0, "adapter_scale": 1.0, "placements": []}
+    data["meta"]["step_cost"] = {"forward_scale": -1.0, "backward_scale": 1.0, "adapter_scale": 1.0, "placements": []}
     with pytest.raises(lp.CardFormatError, match="forward_scale"):
         lp.LayerCard.from_dict(data)
