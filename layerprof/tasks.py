@@ -348,7 +348,7 @@ def _minilm():
 # pre-registered rule, the next three were run without retuning. Round 2: a rule written on those
 # six, confirmed on the two docstring tasks. Round 3: a placement rule written on the twelve
 # placement rows of rounds 1-2, confirmed on the two comment tasks. Round 4: a placement rule on all
-# seventeen rows, confirmed on the 12-block decoder's two tasks (and the MiniLM rows at 200 steps).
+# seventeen rows, tested on the 12-block decoder's two tasks and not confirmed there (docs/RESULTS.md).
 TASKS = {"bundled": bundled_task, "code": code_task, "minilm": minilm_task,
          "deep": deep_task, "deep-code": deep_code_task, "minilm-code": minilm_code_task,
          "docstrings": docstring_task, "deep-docstrings": deep_docstring_task,
