@@ -40,7 +40,11 @@ import torch
 from torch import nn
 
 from .batches import LossFn, as_kwargs, check_loss, default_loss, forward_kwargs, frozen_eval
+from .cost import cost_model
 from .errors import ProfileError
+from .peft_models import is_peft_model
+from .placement import card_cost_model
+from .targets import modules_by_name
 
 if TYPE_CHECKING:
     from .card import LayerCard
@@ -88,9 +92,6 @@ def measure_step_cost(model: nn.Module, batches: Sequence, card: "LayerCard", lo
     length is what matters); ``steps`` timed steps per placement after ``warmup`` untimed ones; ``rank``
     the LoRA rank (default: the card's); ``clock`` the timer (default wall time, synchronising CUDA).
     """
-    from .cost import cost_model
-    from .targets import modules_by_name
-
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ProfileError(f"steps must be a positive int (timed steps per placement), got {steps!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
@@ -103,8 +104,6 @@ def measure_step_cost(model: nn.Module, batches: Sequence, card: "LayerCard", lo
     r = card.rank if rank is None else rank
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ProfileError(f"rank must be a positive int, got {r!r}")
-    from .peft_models import is_peft_model
-
     if is_peft_model(model):
         raise ProfileError("measure the step cost on the base model (before get_peft_model): it times PEFT LoRA "
                            "layers of its own on each placement")
@@ -164,8 +163,6 @@ def measure_step_cost(model: nn.Module, batches: Sequence, card: "LayerCard", lo
     record = {"forward_scale": float(forward), "backward_scale": float(backward), "adapter_scale": float(adapter),
               "rank": r, "steps": steps, "warmup": warmup, "device": str(device),
               "placements": [{"layers": list(layers), "seconds": float(t)} for (layers, *_), t in zip(trials, seconds)]}
-    from .placement import card_cost_model
-
     model_fit = card_cost_model(card.with_step_cost(record))
     for p in record["placements"]:
         p["measured_fraction"] = p["seconds"] / float(seconds[0])
