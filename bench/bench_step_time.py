@@ -74,7 +74,7 @@ def main(argv=None) -> None:
         path = short_budget_card(name)  # its attention term filled below for older cards
         task = TASKS[name]()
         card = with_attention(lp.LayerCard.load(path), task)
-        flop_plan = card.place(budget=args.budget, by=args.by)
+        flop_plan = card.place(budget=args.budget, by=args.by) if args.measured_cost else None
         if args.measured_cost:
             card = lp.measure_step_cost(task.model(), task.calibration, card, steps=args.calibration_steps,
                                         clock=time.process_time)
@@ -94,19 +94,18 @@ def main(argv=None) -> None:
                 if step >= 3:
                     times[k].append(time.process_time() - t)
         ratio = statistics.median(times["plan"]) / statistics.median(times["full"])
-        share = plan_share(name, path, task, plan, kinds)
+        share = plan_share(name, path, task, card, plan, kinds)
         both = "–" if share is None else ("**yes**" if share >= 0.9 and ratio <= args.budget else "no")
         flop = "" if not args.measured_cost else f" (FLOP model: {flop_plan.layers} at {flop_plan.cost:.1%})"
         print(f"| {name} | {plan.layers}{flop} | {plan.cost:.1%} | {ratio:.1%} | "
               f"{'–' if share is None else format(share, '.0%')} | {both} |", flush=True)
 
 
-def plan_share(name: str, card_path: Path, task, plan, kinds) -> float | None:
+def plan_share(name: str, card_path: Path, task, card, plan, kinds) -> float | None:
     """The plan's mean gain as a share of full LoRA's at the card's budget: from the study's placements,
     or trained here (the study's settings and seeds, cached in its runs.json) when the study has no run of
     it. None where full LoRA lost (no reference)."""
-    from layerprof.study import Protocol, RunStore
-    from layerprof.study_lora import train_lora
+    from layerprof.study import Protocol, RunStore, train_placement
 
     folder = ROOT / "docs" / "study" / name
     study = json.loads((folder / "study.json").read_text())
@@ -118,16 +117,8 @@ def plan_share(name: str, card_path: Path, task, plan, kinds) -> float | None:
     for p in placements.values():
         if p["layers"] == plan.layers:
             return p["mean"] / full
-    spec = study["protocol"]
-    proto = Protocol(budgets=[steps], seeds=spec["seeds"], lr=spec["lr"], r=spec["r"], lora_alpha=spec["lora_alpha"])
-    store = RunStore(folder / "runs.json")
-    gains = []
-    for seed in range(proto.seeds):
-        run = store.get(steps, plan.layers, seed)
-        if run is None:
-            run = train_lora(task, plan.modules, proto.config(steps, seed), kinds)
-            store.put(steps, plan.layers, seed, run)
-        gains.append(run["gain"])
+    gains = train_placement(task, card, plan.layers, steps, Protocol(**study["protocol"]),
+                            RunStore(folder / "runs.json"), kinds)
     return statistics.mean(gains) / full
 
 

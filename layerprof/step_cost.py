@@ -23,8 +23,9 @@ where the fitted full-LoRA step equals the FLOP model's), and every placement ma
 constants. A machine where depth costs nothing measurable (a tiny model) gets backward_scale = 0.
 
 Timing: PEFT's own LoRA layers (r = the card's rank, α = 2r), built by PEFT and swapped in for each
-timed step (the model gets its modules back after every step), base weights frozen, the model in train mode as a fine-tune runs it (dropout costs time in every layer), forward +
-backward + AdamW step per timed step; the placements alternate step by step on the same batch so
+timed step (the model gets its modules back after every step), base weights frozen, the model in
+train mode as a fine-tune runs it (dropout costs time in every layer), forward + backward + AdamW
+step per timed step; the placements alternate step by step on the same batch so
 that machine noise falls on all of them alike; the median of ``steps`` timed steps after ``warmup``
 untimed ones. The model is left bitwise as it was (weights, requires_grad, modes), and so is the RNG.
 """
@@ -163,12 +164,13 @@ def measure_step_cost(model: nn.Module, batches: Sequence, card: "LayerCard", lo
     record = {"forward_scale": float(forward), "backward_scale": float(backward), "adapter_scale": float(adapter),
               "rank": r, "steps": steps, "warmup": warmup, "device": str(device),
               "placements": [{"layers": list(layers), "seconds": float(t)} for (layers, *_), t in zip(trials, seconds)]}
-    model_fit = card_cost_model(card.with_step_cost(record))
+    fitted = card.with_step_cost(record)  # holds ``record`` itself: the misfit added below is on it too
+    model_fit = card_cost_model(fitted)
     for p in record["placements"]:
         p["measured_fraction"] = p["seconds"] / float(seconds[0])
         p["fitted_fraction"] = model_fit.cost(p["layers"], r).fraction
     record["max_error"] = max(abs(p["measured_fraction"] - p["fitted_fraction"]) for p in record["placements"])
-    return card.with_step_cost(record)
+    return fitted
 
 
 def _lora_layers(model: nn.Module, names: list[str], r: int, conv1d: bool) -> dict[str, nn.Module]:

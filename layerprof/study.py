@@ -177,14 +177,21 @@ def run_protocol(task: Task, cards: dict[int, object], proto: Protocol, store: R
             if tuple(layers) in seen:
                 continue
             seen.add(tuple(layers))
-            for seed in range(proto.seeds):
-                if store.get(steps, layers, seed) is not None:
-                    continue
-                if progress:
-                    progress(f"{steps} steps: layers {layers} seed {seed}")
-                mods = [m.name for m in card.modules if m.layer in layers]
-                run = train_lora(task, mods, proto.config(steps, seed), kinds)
-                store.put(steps, layers, seed, run)
+            train_placement(task, card, layers, steps, proto, store, kinds, progress)
+
+
+def train_placement(task: Task, card, layers: list[int], steps: int, proto: Protocol, store: RunStore,
+                    kinds: dict[str, str], progress: Callable[[str], None] | None = None) -> list[float]:
+    """Train LoRA on ``layers`` for every seed of ``proto`` not yet in ``store``; the gains of all seeds."""
+    for seed in range(proto.seeds):
+        if store.get(steps, layers, seed) is not None:
+            continue
+        if progress:
+            progress(f"{steps} steps: layers {layers} seed {seed}")
+        mods = [m.name for m in card.modules if m.layer in layers]
+        run = train_lora(task, mods, proto.config(steps, seed), kinds)
+        store.put(steps, layers, seed, run)
+    return store.gains(steps, layers, proto.seeds)
 
 
 # ------------------------------------------------------------------ analysis
