@@ -142,9 +142,11 @@ if __name__ == "__main__":  # pip runs setup.py as __main__; tests import its he
         # torch is deliberately unpinned: install it first (a CPU or CUDA build); a range the
         # installed torch satisfies makes pip install nothing more.
         install_requires=["torch>=2.1", "transformers>=4.45", "peft>=0.13", "numpy", "tqdm", "safetensors", "pyyaml",
-                          "matplotlib", "pydantic>=2"],
+                          "matplotlib", "pydantic>=2",
+                          # float64 LAPACK of finalize on the CPU (layerprof.linalg) and its BLAS thread limit
+                          "scipy", "threadpoolctl"],
         # triton runs its kernels on the CPU under TRITON_INTERPRET=1 in the tests.
-        extras_require={"test": ["pytest>=7", "scipy", "hypothesis>=6",
+        extras_require={"test": ["pytest>=7", "hypothesis>=6",
                                  "triton; platform_system == \"Linux\" and platform_machine == \"x86_64\""]},
         entry_points={"console_scripts": ["layerprof=layerprof.cli:main"]},
         ext_modules=ext_modules,

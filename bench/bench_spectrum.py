@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     print("| layer | eigvalsh(Σ) s | lobpcg μ_max s | μ_max rel. diff | Gram + eigvalsh s | block Krylov s | certified |")
     print("|---:|---:|---:|---:|---:|---:|---|")
     for i, (sigma, C) in enumerate(layer_statistics(args.d, args.rows)):
-        solve = fin._Solve(sigma * args.rows, args.rows, 1e-3)
+        solve = fin.Solve(sigma * args.rows, args.rows, 1e-3)
         Y = solve.whiten(C)
         k = fin.SPECTRUM_LEN
         t_eig, mu = timed(lambda: torch.linalg.eigvalsh(solve.sigma), args.reps)

@@ -21,6 +21,7 @@ from .accumulate import Accumulator
 from .config import ProfileConfig
 from .errors import ProfileError
 from .finalize import finalize
+from .linalg import blas_threads
 from .memory import peak_kind, process_peak, solve_threads, threads
 from .cost import attention_shape
 from .scores import default_score
@@ -55,7 +56,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
     t_fin = time.perf_counter()
     # The float64 solves run on the CPU unless the statistics live on a GPU; on a busy CPU one thread.
     n_threads = solve_threads() if device.type == "cpu" else torch.get_num_threads()
-    with threads(n_threads):
+    with threads(n_threads), blas_threads(n_threads):
         modules_rows, layer_rows, stability = finalize(
             acc, {n: targets[n] for n in sorted(fired, key=list(targets).index)},
             weights, rank=config.rank, damping=config.damping,

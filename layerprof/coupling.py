@@ -23,35 +23,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from .damping import ridge
-from .ops import symmetric
+from . import linalg
+from .finalize import SolveCache
 
 
 def corrections(stats: Mapping[str, "object"], damping: float) -> dict[str, torch.Tensor]:
     """ΔW_m = −C_mᵀ (Σ_m + λ_m I)⁻¹ per module, float64 on the CPU, shape d_out × d_in.
 
-    By a Cholesky factor of Σ + λI, one per distinct S (q/k/v, gate/up share theirs); where it does
-    not exist (δ = 0 on a singular Σ) the least-squares solution, as before.
+    By finalize's factorization (``SolveCache``: the Cholesky factor L of Σ + λI, one per distinct S,
+    so q/k/v and gate/up share theirs): ΔWᵀ = −L⁻ᵀ(L⁻¹C). Where L does not exist (δ = 0 on a singular
+    Σ) the least-squares solution, as before.
     """
+    solves = SolveCache(damping)
     out = {}
-    factors: list[tuple[torch.Tensor, int, torch.Tensor | None]] = []  # (upper S, N, factor or None)
-    def shifted(st):  # Σ + λI, float64 on the CPU, and λ
-        sigma = symmetric(st.S.double().cpu()) / st.N
-        lam = ridge(damping, float(torch.trace(sigma)), sigma.shape[0])
-        return sigma + lam * torch.eye(sigma.shape[0], dtype=torch.float64), lam
-
     for name, st in stats.items():
-        S = torch.triu(st.S)
-        shared = [f for S_ref, N_ref, f in factors if N_ref == st.N and S_ref.shape == S.shape and torch.equal(S_ref, S)]
-        if shared:
-            L = shared[0]
-        else:
-            A, lam = shifted(st)
-            L, info = torch.linalg.cholesky_ex(A)
-            L = L if int(info) == 0 and lam > 0 else None
-            factors.append((S, st.N, L))
+        solve = solves.get(st.S.cpu(), st.N)
         C = st.C.double().cpu()
-        solution = torch.cholesky_solve(C, L) if L is not None else torch.linalg.lstsq(shifted(st)[0], C).solution
+        if solve.chol is not None:
+            solution = linalg.solve_lower(solve.chol, linalg.solve_lower(solve.chol, C), transpose=True)
+        else:
+            eye = torch.eye(solve.d, dtype=torch.float64)
+            solution = torch.linalg.lstsq(solve.sigma + solve.lam * eye, C).solution
         out[name] = -solution.t()
     return out
 

@@ -3,7 +3,7 @@
 For each module, in float64 (on the GPU when the statistics live there, else the CPU), with Σ = S/N and λ = δ·tr Σ / d_in:
 
     M       = (Σ + λI)^{-1/2} C                 (computed as L⁻¹C, L the Cholesky factor of Σ + λI:
-                                                 same norm and singular values; see _Solve)
+                                                 same norm and singular values; see Solve)
     resnorm = ‖M‖_F,  resnorm_rank = sqrt(Σ_{i≤r} σ_i(M)²),  rank_capture = its share
     energy  = tr Σ,   cond = μ_max / max(μ_min, λ),   erank = exp(H(μ / Σμ))
     noise_amp = (tr Σ / d_in) · mean_i 1/(μ_i + λ)
@@ -14,7 +14,8 @@ In sketch mode C is replaced by CΩ (Ω a fixed d_out × k Gaussian with varianc
 resnorm² and grad_norm² are unbiased estimates and resnorm_rank a randomized-SVD one.
 
 The leading σ_i(M)² come from the smaller Gram matrix of L⁻¹C, the eigenvalues μ (cond, erank,
-noise amp) from ``eigvalsh`` alone, nfn from one product W Σ. With δ = 0 the inverse is a
+noise amp) from ``eigvalsh`` alone, nfn from one triangular product W L (tr(W Σ Wᵀ) = ‖W L‖² − λ‖W‖²);
+on the CPU through scipy's LAPACK (``layerprof.linalg``). With δ = 0 the inverse is a
 pseudo-inverse (eigenvalues below d·ε·μ_max dropped), i.e. the exact projection of the
 residual onto the span of the inputs; that case (and λ at or below that floor) takes the
 eigen-decomposition instead of Cholesky. Modules whose S is identical (they read the same
@@ -27,6 +28,7 @@ from typing import Mapping
 
 import torch
 
+from . import linalg
 from .accumulate import Accumulator, ModuleStats
 from .cost import cost_model
 from .damping import ridge
@@ -45,7 +47,7 @@ def _solve_device(S: torch.Tensor) -> torch.device:
     return S.device if S.device.type == "cuda" else torch.device("cpu")
 
 
-class _Solve:
+class Solve:
     """One input's Σ = S/N, solved once for every module that reads it.
 
     ``whiten(C)`` returns Y with YᵀY = Cᵀ (Σ + λI)⁺ C, so ρ² = ‖Y‖², the singular values of Y
@@ -63,25 +65,23 @@ class _Solve:
         self.lam = ridge(damping, self.trace, self.d)
         self._mu = None
         self._eig = None
-        self._chol = None
+        self.chol = None
         # μ_max ≤ tr Σ (Σ is PSD), so λ above d·ε·tr Σ is above the floor without computing μ.
         if self.lam > self.d * torch.finfo(torch.float64).eps * self.trace:
             shifted = self.sigma + self.lam * torch.eye(self.d, dtype=torch.float64, device=self.sigma.device)
-            L, info = torch.linalg.cholesky_ex(shifted)
-            if int(info) == 0:
-                self._chol = L
+            self.chol = linalg.cholesky(shifted)
 
     @property
     def mu(self) -> torch.Tensor:
         """Eigenvalues of Σ, ascending, clamped at 0."""
         if self._mu is None:
-            self._mu = (self._eig[0] if self._eig is not None else torch.linalg.eigvalsh(self.sigma)).clamp_min(0.0)
+            self._mu = (self._eig[0] if self._eig is not None else linalg.eigvalsh(self.sigma)).clamp_min(0.0)
         return self._mu
 
     def whiten(self, C: torch.Tensor) -> torch.Tensor:
         C = C.to(self.sigma.device, torch.float64)
-        if self._chol is not None:
-            return torch.linalg.solve_triangular(self._chol, C, upper=False)
+        if self.chol is not None:
+            return linalg.solve_lower(self.chol, C)
         if self._eig is None:
             mu, V = torch.linalg.eigh(self.sigma)
             self._eig = (mu.clamp_min(0.0), V)
@@ -89,19 +89,28 @@ class _Solve:
         return _inv_sqrt(mu, self.lam)[:, None] * (V.t() @ C)
 
 
-class _SolveCache:
-    """``_Solve`` per distinct S: modules that read the same tensor (q/k/v, gate/up) share one."""
+class SolveCache:
+    """``Solve`` per distinct S: modules that read the same tensor (q/k/v, gate/up) share one."""
 
     def __init__(self, damping: float):
         self.damping = damping
-        self._entries: list[tuple[torch.Tensor, int, _Solve]] = []
+        self._entries: list[tuple[torch.Tensor, int, Solve]] = []
+        self._seen: list[tuple[torch.Tensor, int, int, Solve]] = []  # the last tensor asked for, by identity
 
-    def get(self, S: torch.Tensor, N: int) -> _Solve:
-        S = torch.triu(S)  # the defined part of S (see layerprof.ops.stats)
+    def get(self, S: torch.Tensor, N: int) -> Solve:
+        # The same tensor, unchanged, as last time (one module's columns ask three times): no compare.
+        for S_seen, version, N_ref, solve in self._seen:
+            if S_seen is S and version == S._version and N_ref == N:
+                return solve
+        solve = self._lookup(torch.triu(S), N)  # the defined part of S (see layerprof.ops.stats)
+        self._seen = [(S, S._version, N, solve)]
+        return solve
+
+    def _lookup(self, S: torch.Tensor, N: int) -> Solve:
         for S_ref, N_ref, solve in self._entries:
             if N_ref == N and S_ref.shape == S.shape and torch.equal(S_ref, S):
                 return solve
-        solve = _Solve(S, N, self.damping)
+        solve = Solve(S, N, self.damping)
         self._entries.append((S, N, solve))
         return solve
 
@@ -144,14 +153,14 @@ def _leading_sv2(Y: torch.Tensor, k: int) -> torch.Tensor:
         residual = torch.linalg.vector_norm(A @ (A.t() @ U) - U * theta, dim=0)
         if float(residual.max()) <= KRYLOV_TOL * float(theta[0].clamp_min(1e-300)):
             return theta.clamp_min(0.0)
-    return torch.linalg.eigvalsh(A @ A.t()).flip(0)[:k].clamp_min(0.0)
+    return linalg.leading_gram_eigvals(A, k)
 
 
 def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, damping: float,
-                   cache: _SolveCache | None = None, whitened: torch.Tensor | None = None) -> dict:
+                   cache: SolveCache | None = None, whitened: torch.Tensor | None = None) -> dict:
     """Every per-module column of docs/method.md from one module's statistics (``whitened``: its
     L⁻¹C when the caller has it already)."""
-    cache = cache or _SolveCache(damping)
+    cache = cache or SolveCache(damping)
     d_in = st.C.shape[0]  # C may be a sketch CΩ (d_in × k): every column below is then an estimate
     N = st.N
     solve = cache.get(st.S, N)
@@ -169,7 +178,7 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
     q = float(st.q.double())
     if weight is not None:
         W = weight.detach().to(solve.sigma.device, torch.float64)
-        w_sigma_w = float(((W @ solve.sigma) * W).sum())  # tr(W Σ Wᵀ): one GEMM on Σ
+        w_sigma_w = linalg.weighted_trace(W, solve.sigma, solve.chol, lam)  # tr(W Σ Wᵀ)
         w2 = float((W * W).sum())
         nfn = math.sqrt(max(w_sigma_w, 0.0) / (w2 * trace / d_in)) if w2 > 0 and trace > 0 else float("nan")
     else:
@@ -192,7 +201,7 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
 
 
 def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats | None, nb: tuple[int, int], *,
-                       damping: float, cache: "_SolveCache", whitened: tuple | None = None) -> dict:
+                       damping: float, cache: "SolveCache", whitened: tuple | None = None) -> dict:
     """Rule 1: ρ² and ‖C‖² estimated across the split halves, without their noise bias.
 
     With G_h = C_h / nb_h the mean batch gradient of half h (halves hold alternate batches,
@@ -234,7 +243,7 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
              rank: int, damping: float, heads: list[dict] = (),
              score: str = "resnorm2", attention: dict | None = None) -> tuple[list[dict], list[dict], dict]:
     """Module rows, layer rows and the split-half stability record for a finished sweep."""
-    cache = _SolveCache(damping)
+    cache = SolveCache(damping)
     modules = []
     nb_halves = acc.batches_per_half()
     half_r2: list[dict[str, float]] = [{}, {}]

@@ -60,7 +60,7 @@ def test_cross_half_removes_the_noise_bias_that_naive_rho_carries():
     torch.manual_seed(0)
     d_in, d_out, nb, rows = 6, 5, 8, 64
     naive, cross = [], []
-    from layerprof.finalize import _SolveCache, cross_half_columns
+    from layerprof.finalize import SolveCache, cross_half_columns
 
     for trial in range(200):
         halves = [ModuleStats(0, torch.zeros(d_in, d_in, dtype=torch.float64),
@@ -71,7 +71,7 @@ def test_cross_half_removes_the_noise_bias_that_naive_rho_carries():
             G = torch.randn(rows, d_out, dtype=torch.float64) / rows  # zero-mean: no signal
             halves[i % 2].add_(ModuleStats(rows, X.t() @ X, X.t() @ G, (G * G).sum()))
         total = halves[0] + halves[1]
-        cache = _SolveCache(1e-3)
+        cache = SolveCache(1e-3)
         out = cross_half_columns(total, *halves, (nb // 2, nb // 2), damping=1e-3, cache=cache)
         sigma = total.S / total.N
         P = torch.linalg.inv(sigma + 1e-3 * torch.trace(sigma) / d_in * torch.eye(d_in, dtype=torch.float64))

@@ -1,0 +1,114 @@
+"""Finalize's float64 LAPACK on the CPU: torch's (MKL) against scipy's (OpenBLAS), side by side.
+
+``layerprof.linalg`` runs finalize's dense float64 work through scipy on the CPU by default
+(``LAYERPROF_CPU_LAPACK=torch`` for torch's). This measures both on the wide MLP of bench_wide.py
+(4 × Linear(d, d), batches × rows, one thread, process CPU time, median of reps, interleaved):
+
+* each primitive on layer 0's statistics (Σ, C, W): eigvalsh(Σ), Cholesky of Σ + λI, L⁻¹C, the
+  leading σ² of L⁻¹C (its Gram matrix and eigvalsh), tr(W Σ Wᵀ);
+* the whole ``prof.card()`` (finalize) of one sweep, and the largest relative difference of any
+  card column between the two.
+
+    OMP_NUM_THREADS=1 python bench/bench_lapack.py [--d 1024] [--rows 4096] [--batches 3] [--reps 5]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import layerprof as lp
+from bench_wide import WideMLP
+from harness import append, machine
+from layerprof import linalg
+from layerprof.damping import ridge
+from layerprof.ops import symmetric
+
+LIBRARIES = ("torch", "scipy")
+
+
+def timed(fn, reps: int) -> dict[str, float]:
+    """Median process CPU seconds of ``fn()`` under each library, interleaved, one warm-up round."""
+    times = {lib: [] for lib in LIBRARIES}
+    for rep in range(reps + 1):
+        for lib in LIBRARIES:
+            os.environ[linalg.CPU_LAPACK_ENV] = lib
+            t = time.process_time()
+            fn()
+            if rep:
+                times[lib].append(time.process_time() - t)
+    return {lib: statistics.median(v) for lib, v in times.items()}
+
+
+def card_difference(a, b) -> float:
+    """Largest relative difference of any numeric column between two cards of the same statistics."""
+    worst = 0.0
+    for rows_a, rows_b in ((a.modules, b.modules), (a.layers, b.layers)):
+        for ra, rb in zip(rows_a, rows_b):
+            for key, va in vars(ra).items():
+                vb = getattr(rb, key)
+                if isinstance(va, float) and isinstance(vb, float) and math.isfinite(va) and va != 0:
+                    worst = max(worst, abs(va - vb) / abs(va))
+    return worst
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = WideMLP(args.d).eval()
+    batches = [{"x": torch.randn(args.rows, args.d), "y": torch.randint(0, 8, (args.rows,))}
+               for _ in range(args.batches)]
+    prof = lp.Profiler(model, targets=[f"layers.{i}" for i in range(len(model.layers))])
+    with prof:
+        for b in batches:
+            nn.functional.cross_entropy(model(b["x"]), b["y"]).backward()
+    model.zero_grad(set_to_none=True)
+
+    st = prof.acc.total("layers.0")
+    sigma = symmetric(st.S.double()) / st.N
+    lam = ridge(prof.damping, float(sigma.diagonal().sum()), args.d)
+    shifted = sigma + lam * torch.eye(args.d, dtype=torch.float64)
+    C = st.C.double()
+    W = model.layers[0].weight.detach().double()
+    L = linalg.cholesky(shifted)
+    Y = linalg.solve_lower(L, C)
+    primitives = {
+        "eigvalsh(Σ)": lambda: linalg.eigvalsh(sigma),
+        "Cholesky(Σ + λI)": lambda: linalg.cholesky(shifted),
+        "L⁻¹C": lambda: linalg.solve_lower(L, C),
+        "leading σ² of L⁻¹C": lambda: linalg.leading_gram_eigvals(Y, 64),
+        "tr(W Σ Wᵀ)": lambda: linalg.weighted_trace(W, sigma, L, lam),
+    }
+    cards = {}
+
+    def card():
+        cards[os.environ[linalg.CPU_LAPACK_ENV]] = prof.card()
+
+    rows = []
+    print(f"{machine()}\nwide MLP {len(model.layers)} × Linear({args.d}, {args.d}), {args.batches} batches × "
+          f"{args.rows} rows, one thread, process CPU time, median of {args.reps}, interleaved\n")
+    print("| step | torch (MKL) s | scipy (OpenBLAS) s | scipy / torch |\n|---|---:|---:|---:|")
+    for name, fn in [*primitives.items(), ("whole finalize (prof.card())", card)]:
+        t = timed(fn, args.reps)
+        print(f"| {name} | {t['torch']:.4f} | {t['scipy']:.4f} | {t['scipy'] / t['torch']:.2f} |")
+        rows.append({"bench": "lapack", "step": name, "d": args.d, "torch_s": round(t["torch"], 5),
+                     "scipy_s": round(t["scipy"], 5)})
+    diff = card_difference(cards["torch"], cards["scipy"])
+    print(f"\nlargest relative difference of any card column, scipy vs torch: {diff:.1e}")
+    os.environ.pop(linalg.CPU_LAPACK_ENV)
+    append(rows)
+
+
+if __name__ == "__main__":
+    main()

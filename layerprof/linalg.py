@@ -1,0 +1,104 @@
+"""The float64 dense linear algebra of finalize and the coupling pass, on the device that holds it.
+
+On a GPU: ``torch.linalg`` (cuSOLVER, cuBLAS). On the CPU: scipy's LAPACK and BLAS (the OpenBLAS
+that numpy and scipy ship) by default, because the two finalize needs most run faster there than
+through torch's MKL on the machine we measure on (2-core AMD EPYC, one thread, d = 1024;
+``bench/bench_lapack.py``): ``eigvalsh`` 0.065 s against 0.106 s, and the Gram matrix of the
+whitened C by ``dsyrk`` (one triangle, half the FLOPs of a GEMM) 0.027 s against 0.046 s. nfn's
+tr(W Σ Wᵀ) also halves its FLOPs there: ‖W L‖² − λ‖W‖² with L the Cholesky factor finalize has
+already, by ``dtrmm``. ``LAYERPROF_CPU_LAPACK=torch`` selects torch on the CPU too (MKL is the better
+library on some Intel machines; results agree to float64 rounding either way).
+
+Every function takes and returns torch tensors (float64 in, float64 out); BLAS threads follow
+torch's thread setting inside ``blas_threads``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import torch
+
+CPU_LAPACK_ENV = "LAYERPROF_CPU_LAPACK"
+CPU_LAPACKS = ("scipy", "torch")
+
+
+def cpu_lapack() -> str:
+    """Which library runs float64 LAPACK on the CPU: ``LAYERPROF_CPU_LAPACK`` (scipy, the default, or torch)."""
+    value = os.environ.get(CPU_LAPACK_ENV, "scipy").strip().lower() or "scipy"
+    if value not in CPU_LAPACKS:
+        raise ValueError(f"{CPU_LAPACK_ENV} must be one of {', '.join(CPU_LAPACKS)}, got {value!r}")
+    return value
+
+
+def _scipy(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and cpu_lapack() == "scipy"
+
+
+@contextlib.contextmanager
+def blas_threads(n: int):
+    """scipy's BLAS limited to ``n`` threads inside the block (torch's own setting is ``memory.threads``)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=n, user_api="blas"):
+        yield
+
+
+def eigvalsh(A: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of the symmetric A (its lower triangle is read), ascending."""
+    if not _scipy(A):
+        return torch.linalg.eigvalsh(A)
+    from scipy.linalg import eigvalsh as _eigvalsh
+
+    # The Fortran view of a row-major A is Aᵀ (no copy): its upper triangle is A's lower one.
+    return torch.from_numpy(_eigvalsh(A.numpy().T, lower=False, check_finite=False, driver="evd"))
+
+
+def cholesky(A: torch.Tensor) -> torch.Tensor | None:
+    """The lower Cholesky factor of A, or None where A is not positive definite."""
+    if not _scipy(A):
+        L, info = torch.linalg.cholesky_ex(A)
+        return L if int(info) == 0 else None
+    from scipy.linalg import lapack
+
+    # LAPACK on the Fortran view Aᵀ (= A): its upper factor U (A = UᵀU) is read back as Uᵀ = L, row-major.
+    U, info = lapack.dpotrf(A.numpy().T, lower=0, clean=1, overwrite_a=0)
+    return torch.from_numpy(np.ascontiguousarray(U.T)) if info == 0 else None
+
+
+def solve_lower(L: torch.Tensor, B: torch.Tensor, *, transpose: bool = False) -> torch.Tensor:
+    """L⁻¹B (or L⁻ᵀB with ``transpose``) for the lower-triangular L."""
+    if not _scipy(L):
+        if transpose:
+            return torch.linalg.solve_triangular(L.t(), B, upper=True)
+        return torch.linalg.solve_triangular(L, B, upper=False)
+    from scipy.linalg import blas
+
+    # On the Fortran views (Lᵀ = U upper, Bᵀ), without copies: (L⁻¹B)ᵀ = Bᵀ U⁻¹ and (L⁻ᵀB)ᵀ = Bᵀ U⁻ᵀ.
+    B = B.contiguous()
+    X = blas.dtrsm(1.0, L.contiguous().numpy().T, B.numpy().T, side=1, lower=0, trans_a=1 if transpose else 0)
+    return torch.from_numpy(X.T)
+
+
+def leading_gram_eigvals(A: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest eigenvalues of A Aᵀ (the squared singular values of A), descending, clamped at 0."""
+    if not _scipy(A):
+        return torch.linalg.eigvalsh(A @ A.t()).flip(0)[:k].clamp_min(0.0)
+    from scipy.linalg import blas, eigvalsh as _eigvalsh
+
+    # dsyrk on the Fortran view Aᵀ with trans=1 forms (Aᵀ)ᵀ Aᵀ = A Aᵀ, upper triangle only.
+    G = blas.dsyrk(1.0, A.numpy().T, trans=1, lower=0)
+    mu = _eigvalsh(G, lower=False, check_finite=False, driver="evd")
+    return torch.from_numpy(mu[::-1][:k].copy()).clamp_min(0.0)
+
+
+def weighted_trace(W: torch.Tensor, sigma: torch.Tensor, L: torch.Tensor | None, lam: float) -> float:
+    """tr(W Σ Wᵀ); with L the Cholesky factor of Σ + λI, as ‖W L‖² − λ‖W‖² (a triangular product)."""
+    if L is None or not _scipy(W):
+        return float(((W @ sigma) * W).sum())
+    from scipy.linalg import blas
+
+    # On Fortran views: Lᵀ (upper) times Wᵀ gives (W L)ᵀ; only its norm is needed.
+    WL = blas.dtrmm(1.0, L.numpy().T, W.numpy().T, side=0, lower=0, trans_a=0)
+    return float(np.vdot(WL, WL)) - lam * float((W * W).sum())
