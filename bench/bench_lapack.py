@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import statistics
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 import layerprof as lp
-from bench_wide import WideMLP
+from bench_wide import case_arguments, wide_case
 from harness import append, machine
 from layerprof import linalg
 from layerprof.damping import ridge
@@ -58,17 +57,8 @@ def card_difference(a, b) -> float:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--d", type=int, default=1024)
-    ap.add_argument("--rows", type=int, default=4096)
-    ap.add_argument("--batches", type=int, default=3)
-    ap.add_argument("--reps", type=int, default=5)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = WideMLP(args.d).eval()
-    batches = [{"x": torch.randn(args.rows, args.d), "y": torch.randint(0, 8, (args.rows,))}
-               for _ in range(args.batches)]
+    args = case_arguments(__doc__.splitlines()[0], reps=5).parse_args(argv)
+    model, batches = wide_case(args)
     prof = lp.Profiler(model, targets=[f"layers.{i}" for i in range(len(model.layers))])
     with prof:
         for b in batches:

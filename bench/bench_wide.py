@@ -31,21 +31,33 @@ class WideMLP(nn.Module):
         return self.head(x)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def case_arguments(description: str, reps: int) -> argparse.ArgumentParser:
+    """The wide-MLP case's command line (width, rows, batches, repetitions), shared with bench_lapack.py."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--d", type=int, default=1024)
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--batches", type=int, default=3)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--backend", default="auto")
-    ap.add_argument("--no-coupling", action="store_true",
-                    help="profile without the coupling matrix (the default profile measures it)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--reps", type=int, default=reps)
+    return ap
+
+
+def wide_case(args) -> tuple[WideMLP, list[dict]]:
+    """The model (eval mode, seed 0) and its batches, on one thread."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = WideMLP(args.d).eval()
     batches = [{"x": torch.randn(args.rows, args.d), "y": torch.randint(0, 8, (args.rows,))}
                for _ in range(args.batches)]
+    return model, batches
+
+
+def main(argv=None) -> None:
+    ap = case_arguments(__doc__.splitlines()[0], reps=3)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--no-coupling", action="store_true",
+                    help="profile without the coupling matrix (the default profile measures it)")
+    args = ap.parse_args(argv)
+    model, batches = wide_case(args)
     loss_fn = lambda out, b: nn.functional.cross_entropy(out, b["y"])  # noqa: E731
     targets = [f"layers.{i}" for i in range(len(model.layers))]
 
