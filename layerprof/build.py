@@ -21,7 +21,7 @@ from .accumulate import Accumulator
 from .config import ProfileConfig
 from .errors import ProfileError
 from .finalize import finalize
-from .linalg import blas_threads
+from .linalg import blas_threads, library
 from .memory import peak_kind, process_peak, solve_threads, threads
 from .cost import attention_shape
 from .scores import default_score
@@ -73,6 +73,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
                      "sketched_modules": sum(acc.sketched(n) for n in fired)},
         "versions": versions(),
         "sweep": {"seconds": sweep_seconds, "finalize_seconds": finalize_s, "finalize_threads": n_threads,
+                  "finalize_lapack": library(device),
                   "rows_per_second": rows / sweep_seconds if sweep_seconds > 0 else None,
                   "peak_memory_bytes": process_peak(device),
                   "statistics_bytes": acc.statistics_bytes(),

@@ -32,8 +32,13 @@ def cpu_lapack() -> str:
     return value
 
 
+def library(device: torch.device) -> str:
+    """The library that runs finalize's float64 work for statistics on ``device`` (the card records it)."""
+    return cpu_lapack() if device.type == "cpu" else "torch"
+
+
 def _scipy(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and cpu_lapack() == "scipy"
+    return library(t.device) == "scipy"
 
 
 @contextlib.contextmanager

@@ -128,7 +128,8 @@ def markdown(card: "LayerCard", plan: "Plan | None" = None) -> str:
              f"backend {settings['backend']}, statistics in {settings['dtype']}",
              f"- sweep: {sweep['seconds']:.2f} s ({_fmt(sweep.get('rows_per_second'))} rows/s), "
              f"finalize {sweep.get('finalize_seconds', 0):.2f} s"
-             + (f" ({sweep['finalize_threads']} thread{'s' if sweep['finalize_threads'] != 1 else ''})"
+             + (f" ({sweep['finalize_threads']} thread{'s' if sweep['finalize_threads'] != 1 else ''}"
+                + (f", {sweep['finalize_lapack']}'s LAPACK" if sweep.get("finalize_lapack") else "") + ")"
                 if sweep.get("finalize_threads") else "") + f", peak memory {_bytes(sweep.get('peak_memory_bytes'))} "
              f"({sweep.get('peak_memory_kind')})",
              ]

@@ -22,7 +22,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -172,6 +172,7 @@ class SweepMeta(BaseModel):
     seconds: NonNeg
     finalize_seconds: NonNeg = 0.0
     finalize_threads: Optional[Count] = None
+    finalize_lapack: Optional[Literal["scipy", "torch"]] = None  # whose LAPACK ran finalize (layerprof.linalg)
     rows_per_second: Optional[NonNeg] = None
     peak_memory_bytes: Optional[Count] = None
     peak_memory_kind: OptText = None

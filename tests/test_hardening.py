@@ -380,7 +380,8 @@ def test_finalize_threads_follow_the_override_and_are_restored(monkeypatch):
     monkeypatch.setenv("LAYERPROF_SOLVE_THREADS", "1")
     card = lp.profile(make_model("gpt2"), make_batches(n=2), rank=2, progress=False)
     assert card.meta["sweep"]["finalize_threads"] == 1 and torch.get_num_threads() == before
-    assert "(1 thread)" in card.to_markdown()
+    assert card.meta["sweep"]["finalize_lapack"] == "scipy"  # the CPU default (layerprof.linalg)
+    assert "(1 thread, scipy's LAPACK)" in card.to_markdown()
     monkeypatch.setenv("LAYERPROF_SOLVE_THREADS", "two")
     with pytest.raises(ValueError, match="LAYERPROF_SOLVE_THREADS must be a positive int"):
         solve_threads()
