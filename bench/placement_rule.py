@@ -10,10 +10,12 @@ compare every card placement (score × top-k / coupled greedy / cost-capped) wit
 
 Candidates are ranked by (rows > 2 stds below random-k, −mean margin). ``--rows`` restricts the
 table to named rows (the confirmation rows, say); rows without a full-LoRA reference are listed
-with their random-k comparison only.
+with their random-k comparison only. Candidates trained after a study (``TASK/candidates.json``,
+bench/train_candidates.py) join its own; ``--baselines`` ranks each baseline as if it were one.
 
     python bench/placement_rule.py [--rows comments@60 comments@300 ...] [--show NAME ...] [--root DIR]
     python bench/placement_rule.py --exclude "cost ≤" simulated warm-up     # round 4's eligible candidates
+    python bench/placement_rule.py --baselines --exclude "cost ≤" simulated warm-up   # round 5's addendum
 """
 from __future__ import annotations
 
@@ -27,17 +29,26 @@ BASELINES = ("first-k", "last-k", "uniform-k", "middle-k", "grad-norm top-k", "a
 ROOT = os.path.join(os.path.dirname(__file__), "..", "docs", "study")
 
 
-def load_rows(root: str = ROOT) -> dict:
-    """row -> {"full": mean gain or None, "random": (mean gain, std), "baselines": [gains], "card": {name: (gain, std)}}."""
+def load_rows(root: str = ROOT, baselines: bool = False) -> dict:
+    """row -> {"full": mean gain or None, "random": (mean gain, std), "baselines": [gains], "card": {name: (gain, std)}}.
+
+    ``card`` holds the study's card placements, those of TASK/candidates.json, and with ``baselines``
+    each baseline under the name "baseline NAME"."""
     rows = {}
     for path in sorted(glob.glob(os.path.join(root, "*", "study.json"))):
         task = os.path.basename(os.path.dirname(path))
         with open(path) as f:
             study = json.load(f)
+        extra_path = os.path.join(os.path.dirname(path), "candidates.json")
+        extra = json.load(open(extra_path)) if os.path.exists(extra_path) else {}
         for budget, b in study["budgets"].items():
             pl = b.get("placements") or {}
             if not pl:
                 continue
+            cands = {n: p for n, p in pl.items() if n.startswith("card ")}
+            cands.update(extra.get(budget, {}))
+            if baselines:
+                cands.update({f"baseline {n}": pl[n] for n in BASELINES if n in pl})
             draws = [p for n, p in pl.items() if n.startswith("random-k draw")]
             full = pl.get("full", {}).get("mean")
             full = full if full is not None and full > 0 else None  # full LoRA that lost is no reference
@@ -45,7 +56,7 @@ def load_rows(root: str = ROOT) -> dict:
                 "full": full,
                 "random": (statistics.mean(p["mean"] for p in draws), statistics.mean(p["std"] for p in draws)),
                 "baselines": [pl[n]["mean"] for n in BASELINES if n in pl],
-                "card": {n: (p["mean"], p["std"]) for n, p in pl.items() if n.startswith("card ")},
+                "card": {n: (p["mean"], p["std"]) for n, p in cands.items()},
             }
     return rows
 
@@ -84,11 +95,12 @@ def main(argv=None) -> None:
     ap.add_argument("--root", default=ROOT, help="folder of TASK/study.json (default: docs/study)")
     ap.add_argument("--show", nargs="*", default=["card energy coupled greedy", "card ρ²× coupled greedy"],
                     help="candidates to print row by row")
+    ap.add_argument("--baselines", action="store_true", help="rank each baseline beside the candidates")
     ap.add_argument("--exclude", nargs="*", default=[],
                     help="leave out candidates whose name contains any of these (round 4: "
                          "--exclude 'cost ≤' simulated warm-up)")
     args = ap.parse_args(argv)
-    rows = load_rows(args.root)
+    rows = load_rows(args.root, baselines=args.baselines)
     if args.rows:
         missing = [r for r in args.rows if r not in rows]
         if missing:
@@ -102,7 +114,7 @@ def main(argv=None) -> None:
     for c in rank(rows):
         if any(x in c["candidate"] for x in args.exclude):
             continue
-        print(f"| {c['candidate'][5:]} | {c['below']} | {c['worst']:+.1f} | {100 * c['share']:.1f} | "
+        print(f"| {c['candidate'].removeprefix('card ')} | {c['below']} | {c['worst']:+.1f} | {100 * c['share']:.1f} | "
               f"{100 * c['margin']:+.1f} |")
     for name in args.show:
         print(f"\n{name}: row, % of full, mean of baselines, stds above random-k")

@@ -249,10 +249,20 @@ def _coupled_pick(card: "LayerCard", col: np.ndarray, layer_ids: list[int], k: i
     return coupled_greedy(dict(zip(layer_ids, col)), layer_ids, rho[np.ix_(order, order)], k)
 
 
-def uniform_k(layers: list[int], k: int) -> list[int]:
-    """k layers evenly spread over depth: the centres of k equal bins."""
+def depth_bins(layers: list[int], k: int) -> list[list[int]]:
+    """k contiguous bins of the stack, equal where k divides it (the rest spread one layer each)."""
     L = len(layers)
-    return sorted({layers[min(L - 1, int((i + 0.5) * L / k))] for i in range(k)})
+    return [layers[i * L // k:(i + 1) * L // k] for i in range(k)]
+
+
+def uniform_k(layers: list[int], k: int) -> list[int]:
+    """k layers evenly spread over depth: the centre of each of k equal bins (``depth_bins``)."""
+    return [b[len(b) // 2] for b in depth_bins(layers, k) if b]
+
+
+def stratified_k(scores: dict[int, float], layers: list[int], k: int) -> list[int]:
+    """In each of uniform-k's k depth bins, the layer with the highest score (ties: the shallower)."""
+    return sorted(max(b, key=lambda l: (scores[l], -l)) for b in depth_bins(layers, k) if b)
 
 
 def middle_k(layers: list[int], k: int) -> list[int]:

@@ -4,7 +4,7 @@ import pytest
 
 import layerprof as lp
 from conftest import make_batches, make_model
-from layerprof.placement import middle_k, uniform_k
+from layerprof.placement import depth_bins, middle_k, stratified_k, uniform_k
 from layerprof.study import (PLACEMENT_SCORES, Protocol, RunStore, bootstrap_spearman, placement_sets,
                                 seed_spread)
 
@@ -17,6 +17,27 @@ def test_uniform_and_middle_k():
     assert middle_k(list(range(8)), 2) == [3, 4]
     assert middle_k(list(range(6)), 1) == [2]
     assert all(len(uniform_k(layers, k)) == k for k in range(1, 17))
+
+
+def test_stratified_k_takes_the_best_layer_of_each_of_uniform_ks_bins():
+    import random
+
+    rng = random.Random(0)
+    for L in range(1, 25):
+        layers = list(range(10, 10 + L))  # block indices need not start at 0
+        for k in range(1, L + 1):
+            bins = depth_bins(layers, k)
+            # k contiguous bins that cover the stack once, each holding uniform-k's pick for it.
+            assert [l for b in bins for l in b] == layers and len(bins) == k and all(bins)
+            assert all(c in b for c, b in zip(uniform_k(layers, k), bins))
+            scores = {l: rng.random() for l in layers}
+            picked = stratified_k(scores, layers, k)
+            assert len(picked) == k and picked == sorted(picked)
+            for p, b in zip(picked, bins):
+                assert p in b and scores[p] == max(scores[l] for l in b)
+    # A score that grows with depth picks each bin's deepest layer; ties go to the shallower.
+    assert stratified_k({l: float(l) for l in range(12)}, list(range(12)), 3) == [3, 7, 11]
+    assert stratified_k({l: 1.0 for l in range(8)}, list(range(8)), 2) == [0, 4]
 
 
 def test_run_store_resumes_and_keys_by_layer_set(tmp_path):

@@ -1,0 +1,87 @@
+"""Train placement candidates defined after a study ran, on the study's own rows, seeds and settings.
+
+Round 5's addendum (docs/RESULTS.md) defined **stratified-k** on a score: uniform-k's k equal depth
+bins, and in each the layer with the highest score (``layerprof.placement.stratified_k``), on
+activation energy and on ρ(r)²/noise amp. For each row (task @ budget) of ``docs/study`` with a
+card, this places each candidate at the study's k from that row's card, reuses the study's runs where
+it measured the same layers, and trains the rest with the study's protocol and seeds
+(``layerprof.study.train_placement``; runs cached in the study's runs.json, so an interrupted run
+resumes). Results go to ``docs/study/TASK/candidates.json``, which ``bench/placement_rule.py`` reads
+beside the study's own placements.
+
+    OMP_NUM_THREADS=1 python bench/train_candidates.py [--tasks bundled code ...] [--root docs/study]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+import layerprof as lp
+from layerprof.placement import stratified_k
+from layerprof.scores import SCORES
+
+ROOT = Path(__file__).resolve().parent.parent / "docs" / "study"
+# Candidate name (as the study names card placements: "card <score> <method>") -> the score it bins.
+CANDIDATES = {"card energy stratified-k": "energy",
+              "card ρ(r)²/noise stratified-k": "resnorm2_rank_over_noise"}
+
+
+def candidate_layers(card, k: int) -> dict[str, list[int]]:
+    """Each candidate's layers on one card at k."""
+    rows = {l.layer: vars(l) for l in card.layers}
+    ids = sorted(rows)
+    return {name: stratified_k({l: float(SCORES[score](rows[l])) for l in ids}, ids, k)
+            for name, score in CANDIDATES.items()}
+
+
+def main(argv=None) -> None:
+    from layerprof.study import Protocol, RunStore, train_placement
+    from layerprof.tasks import TASKS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=ROOT, help="folder of TASK/study.json (default: docs/study)")
+    ap.add_argument("--tasks", nargs="*", help="tasks to run (default: every study under --root)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    folders = sorted(p.parent for p in args.root.glob("*/study.json"))
+    for folder in folders:
+        name = folder.name
+        if args.tasks and name not in args.tasks:
+            continue
+        study = json.loads((folder / "study.json").read_text())
+        proto = Protocol(**study["protocol"])
+        store = RunStore(folder / "runs.json")
+        out_path = folder / "candidates.json"
+        out = json.loads(out_path.read_text()) if out_path.exists() else {}
+        task = None
+        for budget, b in study["budgets"].items():
+            placements = b.get("placements") or {}
+            card_path = folder / f"card_{budget}steps.json"
+            if "uniform-k" not in placements or not card_path.exists():
+                print(f"{name} @ {budget}: no placements or no card, skipped")
+                continue
+            card = lp.LayerCard.load(card_path)
+            k = len(placements["uniform-k"]["layers"])
+            kinds = {m.name: m.kind for m in card.modules}
+            row = out.setdefault(budget, {})
+            for cand, layers in candidate_layers(card, k).items():
+                known = next((p for p in placements.values() if p["layers"] == layers), None)
+                if known is not None:
+                    gains = known["gains"]
+                else:
+                    task = task or TASKS[name]()
+                    gains = train_placement(task, card, layers, int(budget), proto, store, kinds)
+                row[cand] = {"layers": layers, "gains": gains, "mean": statistics.mean(gains),
+                             "std": statistics.stdev(gains) if len(gains) > 1 else 0.0,
+                             "trained_here": known is None}
+                print(f"{name} @ {budget}: {cand[5:]} {layers} mean gain {row[cand]['mean']:.4f}"
+                      f"{'' if known is None else ' (the study measured it)'}", flush=True)
+            out_path.write_text(json.dumps(out, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
