@@ -36,15 +36,16 @@ def corrections(stats: Mapping[str, "object"], damping: float) -> dict[str, torc
     """
     solves = SolveCache(damping)
     out = {}
-    for name, st in stats.items():
-        solve = solves.get(st.S.cpu(), st.N)
-        C = st.C.double().cpu()
-        if solve.chol is not None:
-            solution = linalg.solve_lower(solve.chol, linalg.solve_lower(solve.chol, C), transpose=True)
-        else:
-            eye = torch.eye(solve.d, dtype=torch.float64)
-            solution = torch.linalg.lstsq(solve.sigma + solve.lam * eye, C).solution
-        out[name] = -solution.t()
+    with linalg.blas_threads(torch.get_num_threads()):  # scipy's BLAS as many threads as torch's
+        for name, st in stats.items():
+            solve = solves.get(st.S.cpu(), st.N)
+            C = st.C.double().cpu()
+            if solve.chol is not None:
+                solution = linalg.solve_lower(solve.chol, linalg.solve_lower(solve.chol, C), transpose=True)
+            else:
+                eye = torch.eye(solve.d, dtype=torch.float64)
+                solution = torch.linalg.lstsq(solve.sigma + solve.lam * eye, C).solution
+            out[name] = -solution.t()
     return out
 
 
