@@ -87,7 +87,7 @@ def module_ranks(card: "LayerCard", rank: int | None = None, rank_target: float 
 def place(card: "LayerCard", *, layers: int | None = None, budget: float | None = None, params: int | None = None,
           objective: str = "gain", target_gain: float | None = None, by: str = "score", rank: int | None = None,
           rank_target: float | None = None, exact_max_layers: int = EXACT_MAX_LAYERS,
-          coupled: bool | None = None) -> Plan:
+          coupled: bool | None = None, spread: bool = False) -> Plan:
     """Choose the layers to adapt.
 
     ``objective="gain"`` maximizes Σ score_ℓ under exactly one budget: ``layers`` (count),
@@ -99,7 +99,9 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     greedily by the coupled joint gain of ``layerprof.coupling`` instead of the sum; ``False`` takes
     the top-k. The default (None) is the placement study's round-4 choice: the coupled greedy
     whenever it applies (``layers=k`` on the card's score, a card with the coupling matrix), else
-    the additive placement.
+    the additive placement. ``spread=True`` (with ``layers=k``) takes stratified-k instead: the
+    highest-``by`` layer in each of k equal depth bins (``stratified_k``; round 5's candidate in
+    docs/RESULTS.md, not yet confirmed).
     """
     if not card.layers:
         raise PlacementError("the card has no per-layer rows (no module name carried a block index such as "
@@ -131,8 +133,12 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     family = Family(col, adapter, params_l, backward, model.forward, full, total, exact)
 
     constraint: dict
+    if spread and (objective != "gain" or layers is None or coupled):
+        raise PlacementError("spread=True (stratified-k) supports objective='gain' with layers=k only, "
+                             "and not with coupled=True")
     if coupled is None:
-        coupled = bool(card.meta.get("coupling")) and objective == "gain" and layers is not None and by == "score"
+        coupled = (bool(card.meta.get("coupling")) and objective == "gain" and layers is not None and by == "score"
+                   and not spread)
     if coupled and (objective != "gain" or layers is None):
         raise PlacementError("coupled=True supports objective='gain' with layers=k only")
     extra = None  # the top-k set of a count budget, which the candidate family need not contain
@@ -150,6 +156,9 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
             ok = np.zeros(L, dtype=bool)
             if coupled:
                 ok[[layer_ids.index(l) for l in _coupled_pick(card, col, layer_ids, layers)]] = True
+            elif spread:
+                picked = stratified_k(dict(zip(layer_ids, ranked.tolist())), layer_ids, layers)
+                ok[[layer_ids.index(l) for l in picked]] = True
             else:
                 # Additive gain under a count budget: the top-k scores are exactly optimal.
                 ok[np.argsort(-ranked, kind="stable")[:layers]] = True

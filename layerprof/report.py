@@ -69,10 +69,14 @@ def _score_note(card: "LayerCard", name: str, label: str) -> str:
 
 def _baselines_line(card: "LayerCard", k: int) -> str:
     """The same k placed by the selectors a user would otherwise reach for (the study's baselines)."""
-    from .placement import middle_k, uniform_k
+    from .placement import middle_k, stratified_k, uniform_k
+    from .scores import SCORES
 
     ids = [l.layer for l in card.layers]
+    over_noise = {l.layer: float(SCORES["resnorm2_rank_over_noise"](vars(l))) for l in card.layers}
     parts = [f"uniform-k {uniform_k(ids, k)}", f"middle-k {middle_k(ids, k)}",
+             f"stratified-k on ρ(r)²/noise amp {stratified_k(over_noise, ids, k)} (round 5's leading candidate, "
+             "not yet confirmed)",
              f"first-k {ids[:k]}", f"last-k {ids[-k:]}",
              f"grad-norm {card.place(layers=k, by='grad_norm').layers}",
              f"act-norm {card.place(layers=k, by='act_norm').layers}"]

@@ -49,6 +49,22 @@ def test_layers_k_is_top_k():
     assert card.place(layers=3).layers == [0, 2, 5]
 
 
+def test_spread_places_stratified_k_on_the_score():
+    card = synthetic_card(SCORES)  # 7 layers; k = 3 bins: [0, 1], [2, 3], [4, 5, 6]
+    plan = card.place(layers=3, spread=True)
+    assert plan.layers == [0, 2, 5]  # the best of each bin (here also the top-3)
+    plan = card.place(layers=2, spread=True)  # bins [0, 1, 2], [3, 4, 5, 6]: top-2 would be [0, 5] too
+    assert plan.layers == [0, 5]
+    card = synthetic_card([5.0, 4.0, 3.0, 0.2, 0.1, 0.05, 0.3])
+    assert card.place(layers=2).layers == [0, 1]
+    plan = card.place(layers=2, spread=True)
+    assert plan.layers == [0, 6] and plan.modules == ["model.layers.0.mlp", "model.layers.6.mlp"]
+    for bad in (dict(budget=0.7, spread=True), dict(layers=2, spread=True, coupled=True),
+                dict(objective="cost", target_gain=0.5, spread=True)):
+        with pytest.raises(lp.PlacementError, match="spread=True"):
+            card.place(**bad)
+
+
 @pytest.mark.parametrize("budget", [0.52, 0.55, 0.62, 0.7, 0.9, 1.0])
 def test_budget_is_exact_against_brute_force(budget):
     card = synthetic_card(SCORES)
