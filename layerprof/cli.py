@@ -154,6 +154,10 @@ def cmd_place(args) -> int:
             raise UsageError(str(e)) from None
     card = LayerCard.load(args.card)
     kw = {"by": args.by, "rank": args.rank, "rank_target": args.rank_target}
+    if args.spread:
+        if args.budget is not None or args.params is not None or args.target_gain is not None:
+            raise UsageError("--spread places k layers: use it with --layers (or no budget: the card's default k)")
+        kw["spread"] = True
     if args.target_gain is not None:
         plan = card.place(objective="cost", target_gain=args.target_gain, **kw)
     else:

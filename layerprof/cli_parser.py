@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--params", type=A.integer("--params", 1), help="max adapter parameters")
     g.add_argument("--target-gain", type=A.number("--target-gain", 0.0, 1.0, lo_open=True), help="cheapest placement reaching this fraction of the gain")
     pl.add_argument("--by", default="score", choices=PLACE_BY, help="layer column to maximize (default: %(default)s)")
+    pl.add_argument("--spread", action="store_true",
+                    help="with --layers: stratified-k, the best layer by --by in each of k equal depth bins "
+                         "(round 5's candidate, docs/RESULTS.md)")
     pl.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), help="LoRA rank (default: the card's)")
     pl.add_argument("--rank-target", type=A.number("--rank-target", 0.0, 1.0, lo_open=True), help="per-module ranks reaching this rank capture")
     pl.add_argument("--alpha", type=A.number("--alpha", 0.0, 1e6, lo_open=True), help="lora_alpha (default: 2·rank)")

@@ -56,10 +56,10 @@ def _score_note(card: "LayerCard", name: str, label: str) -> str:
     if not card.meta["settings"].get("score_default"):
         why = "chosen with score= / --score"
     elif coupled:
-        why = ("the placement study's round-4 default (docs/RESULTS.md: over 21 task-budget rows it reached 89% of "
-               "full LoRA on average against 84% for the mean of the baselines, and fell more than 2 seed-stds "
-               "below random-k on two; not confirmed on a third decoder depth, so compare with full LoRA on your "
-               "eval set)")
+        why = ("the placement study's round-4 default (docs/RESULTS.md: over 24 task-budget rows it reached 85% of "
+               "full LoRA on average, 3 points above the mean of the baselines, and fell more than 2 seed-stds "
+               "below random-k on three; not confirmed on a third decoder depth, where stratified-k on "
+               "ρ(r)²/noise amp, listed below, did better; compare with full LoRA on your eval set)")
     else:
         why = ("the study's default score, placed without the coupling matrix (docs/RESULTS.md: top-k on energy "
                "fell below random-k on more rows than its coupled greedy; profile with coupling on)")

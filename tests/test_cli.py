@@ -54,6 +54,18 @@ def test_place_and_report(out_dir, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["schema"] == "layerprof.card/1"
 
 
+def test_place_spread(out_dir, capsys):
+    import layerprof as lp
+
+    card = lp.LayerCard.load(out_dir / "card.json")
+    assert main(["place", str(out_dir / "card.json"), "--layers", "2", "--spread", "--by", "act_norm", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    rows = {l.layer: l.act_norm for l in card.layers}
+    assert plan["layers"] == [max([0, 1, 2, 3], key=rows.get), max([4, 5, 6, 7], key=rows.get)]
+    assert main(["place", str(out_dir / "card.json"), "--budget", "0.5", "--spread"]) == 2
+    assert "--spread places k layers" in capsys.readouterr().err
+
+
 def test_card_json_summary(tmp_path, capsys):
     assert main(["card", "--batches", "2", "--out", str(tmp_path), "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
