@@ -56,7 +56,7 @@ def _score_note(card: "LayerCard", name: str, label: str) -> str:
     if not card.meta["settings"].get("score_default"):
         why = "chosen with score= / --score"
     elif coupled:
-        why = ("the placement study's round-4 default (docs/RESULTS.md: over 24 task-budget rows it reached 85% of "
+        why = ("the placement study's round-4 default (docs/RESULTS.md: over 25 task-budget rows it reached 85% of "
                "full LoRA on average, 3 points above the mean of the baselines, and fell more than 2 seed-stds "
                "below random-k on three; not confirmed on a third decoder depth, where stratified-k on "
                "ρ(r)²/noise amp, listed below, did better; compare with full LoRA on your eval set)")
