@@ -105,7 +105,7 @@ def plan_share(name: str, card_path: Path, task, card, plan, kinds) -> float | N
     """The plan's mean gain as a share of full LoRA's at the card's budget: from the study's placements,
     or trained here (the study's settings and seeds, cached in its runs.json) when the study has no run of
     it. None where full LoRA lost (no reference)."""
-    from layerprof.study import Protocol, RunStore, train_placement
+    from layerprof.study import Protocol, RunStore, measured_gains, train_placement
 
     folder = ROOT / "docs" / "study" / name
     study = json.loads((folder / "study.json").read_text())
@@ -114,11 +114,8 @@ def plan_share(name: str, card_path: Path, task, card, plan, kinds) -> float | N
     full = placements.get("full", {}).get("mean")
     if full is None or full <= 0:
         return None
-    for p in placements.values():
-        if p["layers"] == plan.layers:
-            return p["mean"] / full
-    gains = train_placement(task, card, plan.layers, steps, Protocol(**study["protocol"]),
-                            RunStore(folder / "runs.json"), kinds)
+    gains = measured_gains(placements, plan.layers) or train_placement(
+        task, card, plan.layers, steps, Protocol(**study["protocol"]), RunStore(folder / "runs.json"), kinds)
     return statistics.mean(gains) / full
 
 

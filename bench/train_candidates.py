@@ -39,7 +39,7 @@ def candidate_layers(card, k: int) -> dict[str, list[int]]:
 
 
 def main(argv=None) -> None:
-    from layerprof.study import Protocol, RunStore, train_placement
+    from layerprof.study import Protocol, RunStore, measured_gains, train_placement
     from layerprof.tasks import TASKS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,9 +69,9 @@ def main(argv=None) -> None:
             kinds = {m.name: m.kind for m in card.modules}
             row = out.setdefault(budget, {})
             for cand, layers in candidate_layers(card, k).items():
-                known = next((p for p in placements.values() if p["layers"] == layers), None)
+                known = measured_gains(placements, layers)
                 if known is not None:
-                    gains = known["gains"]
+                    gains = known
                 else:
                     task = task or TASKS[name]()
                     gains = train_placement(task, card, layers, int(budget), proto, store, kinds)

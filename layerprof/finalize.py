@@ -95,15 +95,15 @@ class SolveCache:
     def __init__(self, damping: float):
         self.damping = damping
         self._entries: list[tuple[torch.Tensor, int, Solve]] = []
-        self._seen: list[tuple[torch.Tensor, int, int, Solve]] = []  # the last tensor asked for, by identity
+        self._last: tuple[torch.Tensor, int, int, Solve] | None = None  # the last tensor asked for, by identity
 
     def get(self, S: torch.Tensor, N: int) -> Solve:
         # The same tensor, unchanged, as last time (one module's columns ask three times): no compare.
-        for S_seen, version, N_ref, solve in self._seen:
-            if S_seen is S and version == S._version and N_ref == N:
-                return solve
+        last = self._last
+        if last is not None and last[0] is S and last[1] == S._version and last[2] == N:
+            return last[3]
         solve = self._lookup(torch.triu(S), N)  # the defined part of S (see layerprof.ops.stats)
-        self._seen = [(S, S._version, N, solve)]
+        self._last = (S, S._version, N, solve)
         return solve
 
     def _lookup(self, S: torch.Tensor, N: int) -> Solve:

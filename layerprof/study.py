@@ -180,6 +180,12 @@ def run_protocol(task: Task, cards: dict[int, object], proto: Protocol, store: R
             train_placement(task, card, layers, steps, proto, store, kinds, progress)
 
 
+def measured_gains(placements: dict, layers: list[int]) -> list[float] | None:
+    """The seed gains of a study placement (study.json's ``placements`` of one budget) on exactly
+    ``layers``, or None when the study has none (``train_placement`` then trains it)."""
+    return next((p["gains"] for p in placements.values() if p["layers"] == layers), None)
+
+
 def train_placement(task: Task, card, layers: list[int], steps: int, proto: Protocol, store: RunStore,
                     kinds: dict[str, str], progress: Callable[[str], None] | None = None) -> list[float]:
     """Train LoRA on ``layers`` for every seed of ``proto`` not yet in ``store``; the gains of all seeds."""
