@@ -138,6 +138,8 @@ if __name__ == "__main__":  # pip runs setup.py as __main__; tests import its he
         package_data={"layerprof.bundled": ["shakespeare-gpt2/*.json", "shakespeare-gpt2/*.safetensors",
                                             "shakespeare-gpt2-deep/*.json", "shakespeare-gpt2-deep/*.safetensors",
                                             "shakespeare-gpt2-mid/*.json", "shakespeare-gpt2-mid/*.safetensors",
+                                            "shakespeare-gpt2-deep24/*.json",
+                                            "shakespeare-gpt2-deep24/*.safetensors",
                                             "heldout_shakespeare.txt"]},
         # torch is deliberately unpinned: install it first (a CPU or CUDA build); a range the
         # installed torch satisfies makes pip install nothing more.

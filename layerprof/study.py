@@ -45,10 +45,20 @@ class Protocol:
     random_draws: int = 5          # random-k placements (each × seeds)
     probes: bool = True            # single-layer probes
     placements: bool = True
+    scores: list[str] | None = None  # card scores whose placements are trained (default: every PLACEMENT_SCORES)
+    cost_cap: bool = True          # also train each score's cost-aware placement (cost ≤ COST_BUDGET)
 
     def __post_init__(self):
         if self.seeds < 1 or not self.budgets or any(b < 1 for b in self.budgets) or self.random_draws < 0:
             raise ValueError(f"invalid protocol: {self}")
+        unknown = sorted(set(self.scores or ()) - set(PLACEMENT_SCORES.values()))
+        if unknown:
+            raise ValueError(f"unknown study score(s) {unknown}; choose from {sorted(PLACEMENT_SCORES.values())}")
+
+    def placement_scores(self) -> dict[str, str]:
+        """The labels and card scores whose placements this protocol trains."""
+        return {label: score for label, score in PLACEMENT_SCORES.items()
+                if self.scores is None or score in self.scores}
 
     def config(self, steps: int, seed: int) -> StudyConfig:
         return StudyConfig(steps=steps, r=self.r, lora_alpha=self.lora_alpha, lr=self.lr, seed=seed, seeds=1)
@@ -115,11 +125,13 @@ class RunStore:
         return None if any(o is None for o in out) else [o["gain"] for o in out]
 
 
-def placement_sets(card, k: int, random_draws: int, scores: dict[str, str]) -> dict[str, list[int]]:
+def placement_sets(card, k: int, random_draws: int, scores: dict[str, str],
+                   cost_cap: bool = True) -> dict[str, list[int]]:
     """Every placement compared at k layers: the card's candidates, the baselines and full LoRA.
 
     ``scores`` maps a label to a card score name (``layerprof.scores.SCORES``); each gets its
-    top-k and, when the card has coupling, the coupled greedy on it.
+    top-k, its stratified-k (the best layer of each of uniform-k's depth bins), with ``cost_cap``
+    its cost-aware placement, and, when the card has coupling, the coupled greedy on it.
     """
     from .scores import apply_score
     from .placement import middle_k, uniform_k
@@ -131,8 +143,10 @@ def placement_sets(card, k: int, random_draws: int, scores: dict[str, str]) -> d
         if rescored is None:
             continue
         out[f"{label} top-k"] = rescored.place(layers=k, coupled=False).layers
-        # The card's cost-aware recommendation: the best predicted gain within 60% of full LoRA's modelled cost.
-        out[f"{label} cost ≤ {COST_BUDGET}"] = rescored.place(budget=COST_BUDGET).layers
+        out[f"{label} stratified-k"] = rescored.place(layers=k, spread=True).layers
+        if cost_cap:
+            # The card's cost-aware recommendation: the best predicted gain within 60% of full LoRA's modelled cost.
+            out[f"{label} cost ≤ {COST_BUDGET}"] = rescored.place(budget=COST_BUDGET).layers
         if card.meta.get("coupling"):
             out[f"{label} coupled greedy"] = rescored.place(layers=k, coupled=True).layers
     for i in range(random_draws):
@@ -161,7 +175,7 @@ def _rescored(card, score: str, apply_score):
     return LayerCard(card.modules, rows, card.meta)
 
 
-def run_protocol(task: Task, cards: dict[int, object], proto: Protocol, store: RunStore, scores: dict[str, str],
+def run_protocol(task: Task, cards: dict[int, object], proto: Protocol, store: RunStore,
                  progress: Callable[[str], None] | None = None) -> None:
     """Train every probe and placement of ``proto`` not yet in ``store`` (cards: steps -> card)."""
     kinds = {m.name: m.kind for c in cards.values() for m in c.modules}
@@ -171,7 +185,8 @@ def run_protocol(task: Task, cards: dict[int, object], proto: Protocol, store: R
         if proto.probes:
             jobs += [[l.layer] for l in card.layers]
         if proto.placements:
-            jobs += list(placement_sets(card, proto.k or card.default_layers(), proto.random_draws, scores).values())
+            jobs += list(placement_sets(card, proto.k or card.default_layers(), proto.random_draws,
+                                        proto.placement_scores(), proto.cost_cap).values())
         seen = set()
         for layers in jobs:
             if tuple(layers) in seen:
@@ -233,7 +248,7 @@ def seed_spread(gains: list[list[float]]) -> tuple[float, float]:
     return max(means) - min(means), pooled
 
 
-def summarize(cards: dict[int, object], store: RunStore, proto: Protocol, scores: dict[str, str]) -> dict:
+def summarize(cards: dict[int, object], store: RunStore, proto: Protocol) -> dict:
     """Probe correlations (with intervals) and placement results per budget, from finished runs."""
     out = {"budgets": {}}
     for steps in proto.budgets:
@@ -249,7 +264,8 @@ def summarize(cards: dict[int, object], store: RunStore, proto: Protocol, scores
                 "range": spread, "seed_std": std, "separable": bool(spread > 3 * std),
                 "spearman": {name: dict(zip(("rho", "lo", "hi"), bootstrap_spearman(vals, gains)))
                              for name, vals in layer_candidates(card).items()}}
-        sets = placement_sets(card, proto.k or card.default_layers(), proto.random_draws, scores)
+        sets = placement_sets(card, proto.k or card.default_layers(), proto.random_draws, proto.placement_scores(),
+                              proto.cost_cap)
         full = store.gains(steps, sets["full"], proto.seeds)
         rows = {}
         for name, layers in sets.items():

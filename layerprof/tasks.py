@@ -19,6 +19,8 @@
   documentation prose and source code (the fourth round's confirmation tasks).
 * ``mid_docstring_task`` / ``mid_comment_task``: the 12-block decoder on docstrings and comments
   (the fifth round's confirmation tasks).
+* ``deep24_task`` / ``deep24_code_task``: a fourth depth (24 blocks, ``load_deep24_model``) on Python
+  documentation prose and source code (the sixth round's confirmation tasks).
 """
 from __future__ import annotations
 
@@ -212,6 +214,20 @@ def mid_comment_task(**kw) -> Task:
     return comment_task(model=load_mid_model, name="mid shakespeare-gpt2 (12 blocks)", **kw)
 
 
+def deep24_task(**kw) -> Task:
+    """The 24-block study decoder adapted to Python documentation prose (a fourth depth)."""
+    from .bundled import load_deep24_model
+
+    return bundled_task(model=load_deep24_model, name="deep24 shakespeare-gpt2 (24 blocks)", **kw)
+
+
+def deep24_code_task(**kw) -> Task:
+    """The 24-block study decoder adapted to Python source code."""
+    from .bundled import load_deep24_model
+
+    return code_task(model=load_deep24_model, name="deep24 shakespeare-gpt2 (24 blocks)", **kw)
+
+
 @dataclass
 class ClassifierOutput:
     loss: torch.Tensor | None
@@ -365,10 +381,12 @@ def _minilm():
 # six, confirmed on the two docstring tasks. Round 3: a placement rule written on the twelve
 # placement rows of rounds 1-2, confirmed on the two comment tasks. Round 4: a placement rule on all
 # seventeen rows, tested on the 12-block decoder's two tasks and not confirmed there; round 5: the same
-# default tested again on the 12-block decoder's docstrings and comments (docs/RESULTS.md).
+# default tested again on the 12-block decoder's docstrings and comments; round 6: the candidate
+# default (stratified-k on ρ(r)²/noise) tested on a 24-block decoder (docs/RESULTS.md).
 TASKS = {"bundled": bundled_task, "code": code_task, "minilm": minilm_task,
          "deep": deep_task, "deep-code": deep_code_task, "minilm-code": minilm_code_task,
          "docstrings": docstring_task, "deep-docstrings": deep_docstring_task,
          "comments": comment_task, "deep-comments": deep_comment_task,
          "mid": mid_task, "mid-code": mid_code_task,
-         "mid-docstrings": mid_docstring_task, "mid-comments": mid_comment_task}
+         "mid-docstrings": mid_docstring_task, "mid-comments": mid_comment_task,
+         "deep24": deep24_task, "deep24-code": deep24_code_task}

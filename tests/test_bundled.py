@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from layerprof.bundled import (MODEL_DIR, calibration_batches, heldout_text, load_deep_model, load_default_model,
-                               load_mid_model, text_batches)
+from layerprof.bundled import (MODEL_DIR, calibration_batches, heldout_text, load_deep_model, load_deep24_model,
+                               load_default_model, load_mid_model, text_batches)
 
 
 def _loss(model, batches):
@@ -41,9 +41,9 @@ def test_calibration_batches_are_padded_with_masked_labels():
     assert any(bool((b["attention_mask"] == 0).any()) for b in batches)
 
 
-@pytest.mark.parametrize("load, layers", [(load_deep_model, 16), (load_mid_model, 12)])
+@pytest.mark.parametrize("load, layers", [(load_deep_model, 16), (load_mid_model, 12), (load_deep24_model, 24)])
 def test_study_decoders_are_trained_at_their_depth(load, layers):
-    # The placement study's depth axis (8, 12, 16 blocks): each model is real, not initialised weights.
+    # The placement study's depth axis (8, 12, 16, 24 blocks): each model is real, not initialised weights.
     model = load()
     assert model.config.n_layer == layers and model.config.n_embd == 64 and model.config.vocab_size == 256
     in_domain = _loss(model, text_batches(heldout_text(), batch_size=4, seq_len=128, n_batches=6))

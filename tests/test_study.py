@@ -70,14 +70,32 @@ def test_placement_sets_have_k_layers_and_every_baseline():
     sets = placement_sets(card, 1, 3, PLACEMENT_SCORES)
     for name in ("first-k", "last-k", "uniform-k", "middle-k", "grad-norm top-k", "act-norm top-k", "nfn top-k",
                  "card simulated top-k", "card simulated coupled greedy", "card warm-up LCA top-k",
-                 "random-k draw 2"):
+                 "card energy stratified-k", "random-k draw 2"):
         assert len(sets[name]) == 1, name
     assert sets["full"] == [0, 1, 2]
+    # k = 1: one bin holding every layer, so stratified-k is the score's top-1.
+    assert sets["card energy stratified-k"] == sets["card energy top-k"]
     cheap = sets["card simulated cost ≤ 0.6"]
     from layerprof.placement import card_cost_model
 
     assert card_cost_model(card).cost(cheap, card.rank).fraction <= 0.6 + 1e-12
     assert sets["card simulated top-k"] == [max(card.layers, key=lambda l: l.sim_gain).layer]
+
+
+def test_protocol_restricts_the_scores_and_the_cost_cap():
+    model = make_model("gpt2")
+    card = lp.profile(model, make_batches(n=4), rank=2, progress=False, coupling=True)
+    proto = Protocol(budgets=[4], scores=["energy", "resnorm2_rank_over_noise"], cost_cap=False)
+    sets = placement_sets(card, 2, 1, proto.placement_scores(), proto.cost_cap)
+    cards = {n for n in sets if n.startswith("card ")}
+    assert cards == {f"card {s} {m}" for s in ("energy", "ρ(r)²/noise")
+                     for m in ("top-k", "stratified-k", "coupled greedy")}
+    # Two bins over three layers ([0], [1, 2]): layer 0 and the better of 1 and 2.
+    strat = sets["card energy stratified-k"]
+    energy = {l.layer: l.energy for l in card.layers}
+    assert strat == [0, max((1, 2), key=lambda l: (energy[l], -l))]
+    with pytest.raises(ValueError, match="unknown study score"):
+        Protocol(budgets=[4], scores=["energy", "nope"])
 
 
 def test_top_k_ranks_signed_scores_and_gain_ignores_negative_layers():

@@ -4,7 +4,7 @@ import torch
 
 import layerprof as lp
 from conftest import VOCAB, make_model
-from layerprof.study import PLACEMENT_SCORES, Protocol, RunStore, run_protocol, summarize
+from layerprof.study import Protocol, RunStore, run_protocol, summarize
 from layerprof.study_lora import eval_loss
 from layerprof.tasks import SentenceClassifier, classification_task, topic_paragraphs
 
@@ -41,11 +41,10 @@ def test_classification_task_probe_card_and_study(tmp_path):
     assert [l.layer for l in card.layers] == [0, 1, 2]
     proto = Protocol(budgets=[2], seeds=1, r=4, lora_alpha=8, k=1, random_draws=1)
     store = RunStore(tmp_path / "runs.json")
-    run_protocol(task, {2: card}, proto, store, PLACEMENT_SCORES)
+    run_protocol(task, {2: card}, proto, store)
     full = store.get(2, [0, 1, 2], 0)
     assert full["adapted_modules"] == 18 and full["trainable_params"] > store.get(2, [0], 0)["trainable_params"] > 0
-    assert set(summarize({2: card}, store, proto, PLACEMENT_SCORES)["budgets"]["2"]["placements"]) >= {"full",
-                                                                                                      "uniform-k"}
+    assert set(summarize({2: card}, store, proto)["budgets"]["2"]["placements"]) >= {"full", "uniform-k"}
 
 
 def test_minilm_task_names_the_package_when_missing(monkeypatch):
