@@ -24,6 +24,7 @@ tensor) share one factorization.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Mapping
 
 import torch
@@ -90,21 +91,43 @@ class Solve:
 
 
 class SolveCache:
-    """``Solve`` per distinct S: modules that read the same tensor (q/k/v, gate/up) share one."""
+    """``Solve`` per distinct S: modules that read the same tensor (q/k/v, gate/up) share one.
+
+    Entries are found by content (an equal S is the same input), or by ``key`` when the caller
+    knows which modules share an input (finalize: the accumulator's shared S objects); a keyed
+    entry can be ``release``d once its last module is done, so that at most one input's factors
+    are held at a time instead of every input's (float64 Σ and L: at 8B scale, tens of GB).
+    """
 
     def __init__(self, damping: float):
         self.damping = damping
         self._entries: list[tuple[torch.Tensor, int, Solve]] = []
+        self._keyed: dict[object, Solve] = {}
         self._last: tuple[torch.Tensor, int, int, Solve] | None = None  # the last tensor asked for, by identity
 
-    def get(self, S: torch.Tensor, N: int) -> Solve:
+    def get(self, S: torch.Tensor, N: int, key=None) -> Solve:
         # The same tensor, unchanged, as last time (one module's columns ask three times): no compare.
         last = self._last
         if last is not None and last[0] is S and last[1] == S._version and last[2] == N:
             return last[3]
-        solve = self._lookup(torch.triu(S), N)  # the defined part of S (see layerprof.ops.stats)
+        if key is not None:
+            solve = self._keyed.get((key, N))
+            if solve is None:
+                solve = self._keyed[(key, N)] = Solve(torch.triu(S), N, self.damping)
+        else:
+            solve = self._lookup(torch.triu(S), N)  # the defined part of S (see layerprof.ops.stats)
         self._last = (S, S._version, N, solve)
         return solve
+
+    def release(self, key, N: int) -> None:
+        """Drop the keyed entry (and the identity shortcut if it points at it): its factors are freed."""
+        solve = self._keyed.pop((key, N), None)
+        if solve is not None and self._last is not None and self._last[3] is solve:
+            self._last = None
+
+    def held(self) -> int:
+        """Solves currently held (the memory finalize keeps in factors)."""
+        return len(self._entries) + len(self._keyed)
 
     def _lookup(self, S: torch.Tensor, N: int) -> Solve:
         for S_ref, N_ref, solve in self._entries:
@@ -247,12 +270,17 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
     modules = []
     nb_halves = acc.batches_per_half()
     half_r2: list[dict[str, float]] = [{}, {}]
+    # Modules that read one input hold one S object per half (the accumulator shares it): that pair
+    # of objects keys the input's factors, which are released after the input's last module.
+    input_of = {name: tuple(id(h[name].S) if name in h else None for h in acc.halves) for name in targets}
+    uses_left = Counter(input_of.values())
     for name, t in targets.items():
+        uses_left[input_of[name]] -= 1
         st = acc.total(name)
         if st is None or st.N == 0:
             continue
         row = {"name": name, "layer": t.layer, "kind": t.kind, "d_in": t.d_in, "d_out": t.d_out}
-        solve = cache.get(st.S, st.N)
+        solve = cache.get(st.S, st.N, key=input_of[name])
         Y = solve.whiten(st.C)
         row.update(module_columns(st, weights.get(name), rank=rank, damping=damping, cache=cache, whitened=Y))
         row["lora_params"] = rank * (t.d_in + t.d_out)
@@ -268,6 +296,8 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
                 half_r2[h][name] = float((Yh * Yh).sum())
         row.update(cross_half_columns(st, a, b, nb_halves, damping=damping, cache=cache, whitened=halves))
         modules.append(row)
+        if uses_left[input_of[name]] == 0:
+            cache.release(input_of[name], st.N)
 
     costs = cost_model(modules, heads, attention)
     layer_ids = sorted({m["layer"] for m in modules if m["layer"] is not None})

@@ -16,7 +16,9 @@ finds the target modules as ``profile`` would, and models:
   over at most ``coupling_tokens`` tokens (bf16), and one corrections solve per module (float64:
   a Cholesky factor per distinct input, d³/3, and 2·d_in²·d_out for its solve), when the
   statistics are dense in one sweep (else the profile skips it);
-* memory: the statistics (``layerprof.memory_plan``) and the tap inputs of one batch.
+* memory: the statistics (``layerprof.memory_plan``), the tap inputs of one batch, and finalize's
+  float64 working set: Σ and its Cholesky factor for one input at a time (finalize releases an
+  input's factors after its last module) plus one module's C and its whitened halves.
 
 Times come from a device's peak rates times an efficiency per kind of work (``DEVICES``): a
 model, to be replaced by measurements (`bench/gpu_check.sh` on a GPU, `bench/bench_wide.py` here).
@@ -58,6 +60,7 @@ class ProfileCost:
     sweeps: int = 1
     coupling_flops: float = 0.0
     coupling_seconds: float = 0.0
+    finalize_bytes: int = 0  # float64 working set: the largest input's Σ and L, one module's C and halves
 
     @property
     def finalize_share_of_sweep(self) -> float:
@@ -89,7 +92,8 @@ class ProfileCost:
             f"finalize = {self.finalize_share_of_sweep:.0%} of the sweep; statistics "
             f"{human_bytes(self.statistics_bytes)} (fp32, two halves and a staged batch), tap inputs "
             f"{human_bytes(self.tap_input_bytes_per_batch)} per batch, dense in {self.sweeps} sweep(s) on this "
-            "device. A model: attention's T×T work is not "
+            f"device; finalize's float64 working set {human_bytes(self.finalize_bytes)} (one input's Σ and "
+            "Cholesky factor at a time, one module's C and halves). A model: attention's T×T work is not "
             "counted; rates are peaks × assumed efficiencies (layerprof.profile_cost.DEVICES).",
         ])
 
@@ -135,6 +139,9 @@ def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 409
     nfn = sum(2.0 * t.d_out * t.d_in ** 2 for t in targets.values())
     flops = {"eigvalsh": eigen, "Cholesky": cholesky, "solves": solves, "spectrum": spectrum, "nfn": nfn}
     fin_s = (eigen + cholesky) / rates["fp64_eigen"] + (solves + spectrum + nfn) / rates["fp64_gemm"]
+    # float64: Σ and L of one input (2·d²) and one module's C, whitened C and the halves' (4·d_in·d_out).
+    fin_bytes = 8 * (2 * max(inputs.values(), default=0) ** 2
+                     + 4 * max((t.d_in * t.d_out for t in targets.values()), default=0))
     plain_s = plain / rates["bf16_gemm"]
     import torch
 
@@ -161,7 +168,8 @@ def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 409
                        finalize_flops=flops, device=rates["label"], plain_seconds=plain_s,
                        sweep_seconds=mem.sweeps * plain_s + accumulate / rates["fp32_gemm"], finalize_seconds=fin_s,
                        statistics_bytes=mem.dense_bytes, tap_input_bytes_per_batch=mem.activation_bytes,
-                       sweeps=mem.sweeps, coupling_flops=coupling_flops, coupling_seconds=coupling_s)
+                       sweeps=mem.sweeps, coupling_flops=coupling_flops, coupling_seconds=coupling_s,
+                       finalize_bytes=fin_bytes)
 
 
 def plan_from_dir(path: str, tokens: int, device: str = "h200") -> ProfileCost:

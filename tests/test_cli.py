@@ -216,6 +216,8 @@ def test_bench_plan_models_the_cost_before_anything_runs(tmp_path, capsys):
     assert r["modules"] == 14 and r["distinct_inputs"] == 2 * 4  # q/k/v share, gate/up share; o, down alone
     assert r["plain_flops"] == 1000 * 2 * (2 * per_layer + 2 * h * 300)  # fwd + input-grad bwd, with the head
     assert r["sweep_seconds"] > r["plain_seconds"] > 0 and r["finalize_share_of_sweep"] > 0
+    # finalize's float64 working set: the largest input's Σ and L (down_proj's d_in = 64), one module's C and halves.
+    assert r["finalize_bytes"] == 8 * (2 * i * i + 4 * h * i)
     # The default placement's coupling: two forwards per layer over min(tokens, 2048), plus the corrections.
     forwards = 2 * 2 * 1000 * (2 * per_layer + 2 * h * 300)
     assert forwards < r["coupling_flops"] < forwards + 1e6 and r["coupling_seconds"] > 0
