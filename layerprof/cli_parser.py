@@ -19,6 +19,7 @@ EXAMPLES = {
   layerprof study --budgets 60 300 --seeds 3 --out docs/study/bundled   # probes + placements, 2 budgets
   layerprof study --task minilm --budgets 40 200 --lr 1e-3 --out docs/study/minilm
   layerprof study --task deep --no-placements --out study_deep/            # single-layer probes only
+  layerprof study --task deep24 --no-probe --scores energy resnorm2_rank_over_noise --no-cost-cap   # fewer runs
   (an interrupted study resumes: finished runs are kept in OUT/runs.json; `validate` is the same command)
 """,
     "place": """examples:
