@@ -18,7 +18,7 @@ args = parser.parse_args()
 out = Path(args.out)
 
 card = lp.profile(load_default_model(), calibration_batches(n_batches=8), rank=8, progress=False)
-plan = card.place(layers=2)  # the two best layers by the card's score
+plan = card.place(layers=2)  # two layers: the best by the card's score in each half of the stack
 print(f"layers {plan.layers}: {plan.predicted_gain_fraction:.0%} of the gain at {plan.cost:.0%} of the cost")
 
 peft_file = export(plan, "peft", out / "adapter", r=8, lora_alpha=16)

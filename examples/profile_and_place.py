@@ -30,7 +30,8 @@ card.to_html(out / "card.html")  # open it in a browser: plots of where the gain
 print(card)
 print("layer ranking, best first:", card.ranking())
 
-# 2. Placement: the best k layers, or the cheapest placement reaching 90% of the predicted gain.
+# 2. Placement: k layers (the best of each of k depth bins), or the cheapest placement reaching 90% of the
+#    predicted gain.
 top = card.place(layers=2)
 cheap = card.place(objective="cost", target_gain=0.9)
 print(f"top-2 layers {top.layers}: {top.predicted_gain_fraction:.0%} of the gain at {top.cost:.0%} of the cost")

@@ -75,14 +75,14 @@ def plain_backward(model, batches, trainable: bool = False) -> None:
 
 def sweep_vs_plain(model, batches: list, *, reps: int = 3, backend: str = "auto",
                    backends: tuple[str, ...] | None = None, extra: dict[str, Callable[[], None]] | None = None,
-                   coupling: bool | None = None) -> dict:
+                   coupling: bool | None = False) -> dict:
     """The headline ratio, defined once: **sweep ÷ plain**, where sweep is the card's own sweep time
     (taps + accumulation over the batches, finalize excluded) and plain is a frozen forward+backward
     of the same model on the same batches. Finalize is its own figure and a share of the whole
     ``profile()``; the whole ``profile()`` over plain is reported beside it. One ``profile`` per backend
     in ``backends`` (default: ``backend``), interleaved with the plain pass (and any ``extra`` passes);
-    every figure is the median over ``reps``. ``coupling`` is passed to ``profile`` (None: its default,
-    the coupling matrix wherever the statistics are dense); its seconds are their own figure too.
+    every figure is the median over ``reps``. ``coupling`` is passed to ``profile`` (default False, as
+    ``profile``'s; None: wherever the statistics are dense); its seconds are their own figure too.
     """
     from .profiler import profile
 

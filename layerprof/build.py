@@ -24,7 +24,7 @@ from .finalize import finalize
 from .linalg import blas_threads, library
 from .memory import peak_kind, process_peak, solve_threads, threads
 from .cost import attention_shape
-from .scores import default_score
+from .scores import DEFAULT_SCORE
 from .targets import Target, linear_kind, modules_by_name, output_head_names
 
 
@@ -51,8 +51,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
     weights = {n: linear_kind(m).weight(modules[n]) for n, m in modules.items()}
     heads = output_heads(model)
     attention = attention_shape(model, seq_len)
-    # The default score follows what the card will have: the coupling matrix or not (layerprof.scores).
-    score = config.score or default_score(bool(coupling))
+    score = config.score or DEFAULT_SCORE
     t_fin = time.perf_counter()
     # The float64 solves run on the CPU unless the statistics live on a GPU; on a busy CPU one thread.
     n_threads = solve_threads() if device.type == "cpu" else torch.get_num_threads()

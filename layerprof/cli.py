@@ -154,10 +154,16 @@ def cmd_place(args) -> int:
             raise UsageError(str(e)) from None
     card = LayerCard.load(args.card)
     kw = {"by": args.by, "rank": args.rank, "rank_target": args.rank_target}
-    if args.spread:
-        if args.budget is not None or args.params is not None or args.target_gain is not None:
-            raise UsageError("--spread places k layers: use it with --layers (or no budget: the card's default k)")
-        kw["spread"] = True
+    k_only = args.budget is not None or args.params is not None or args.target_gain is not None
+    if args.spread and k_only:
+        raise UsageError("--spread places k layers: use it with --layers (or no budget: the card's default k)")
+    if args.coupled:
+        if k_only or args.spread:
+            raise UsageError("--coupled places k layers by the coupled greedy: use it with --layers (or no budget), "
+                             "without --spread")
+        kw["coupled"] = True
+    if args.spread is not None:
+        kw["spread"] = args.spread
     if args.target_gain is not None:
         plan = card.place(objective="cost", target_gain=args.target_gain, **kw)
     else:

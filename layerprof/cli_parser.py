@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_args as A
     from .scores import SCORES
     from .ops import backends
-    from .scores import DEFAULT_SCORE, DEFAULT_UNCOUPLED_SCORE
+    from .scores import DEFAULT_SCORE
     from .schema import MAX_RANK
     from .study import PLACEMENT_SCORES
 
@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), default=D.rank, help=H["rank"] + " (default: %(default)s)")
     c.add_argument("--damping", type=A.number("--damping", 0.0, 1e3), default=D.damping, help=H["damping"] + " (default: %(default)s)")
     c.add_argument("--score", choices=list(SCORES),
-                   help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE} placed by the coupled greedy, or "
-                        f"{DEFAULT_UNCOUPLED_SCORE} placed top-k with --no-coupling: the placement study's round-4 "
+                   help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE}, ρ(r)²/noise amp, placed "
+                        "stratified-k: the best layer of each of k equal depth bins; the placement study's round-6 "
                         "choice, docs/RESULTS.md)")
     c.add_argument("--steps", type=A.integer("--steps", 1, 10 ** 7), default=B.steps,
                    help="steps of the LoRA fine-tune you will run: the budget-aware scores predict it "
@@ -120,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "sweeps if needed), or k (sketch C as CΩ with k columns) (default: %(default)s)")
     c.add_argument("--max-memory", type=A.number("--max-memory", 0.0, 2.0 ** 20, lo_open=True), help="memory budget for the statistics in GiB (default: 80%% of "
                    "the free memory of the model's device)")
-    c.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=None,
-                   help="measure the layer coupling matrix the default placement needs (default: whenever the "
-                        "statistics are dense in one sweep; --no-coupling saves two forwards per layer and places "
-                        "top-k on activation energy)")
+    c.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=False,
+                   help="also measure the layer coupling matrix (two forwards per layer): the report then shows the "
+                        "coupling diagnostics and `layerprof place` can use it; the default placement does not need "
+                        "it (default: off)")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (statistics are always fp32)")
     c.add_argument("--probe-steps", type=A.integer("--probe-steps", 0, 10 ** 6), default=0,
@@ -166,9 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--params", type=A.integer("--params", 1), help="max adapter parameters")
     g.add_argument("--target-gain", type=A.number("--target-gain", 0.0, 1.0, lo_open=True), help="cheapest placement reaching this fraction of the gain")
     pl.add_argument("--by", default="score", choices=PLACE_BY, help="layer column to maximize (default: %(default)s)")
-    pl.add_argument("--spread", action="store_true",
-                    help="with --layers: stratified-k, the best layer by --by in each of k equal depth bins "
-                         "(round 5's candidate, docs/RESULTS.md)")
+    pl.add_argument("--spread", action=argparse.BooleanOptionalAction, default=None,
+                    help="with --layers (or the default k) on the card's score: stratified-k, the best layer in each "
+                         "of k equal depth bins (the default; docs/RESULTS.md round 6); --no-spread takes the "
+                         "plain top-k")
+    pl.add_argument("--coupled", action="store_true",
+                    help="with --layers: the coupled greedy on the card's coupling matrix (a card made with "
+                         "--coupling) instead of stratified-k")
     pl.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), help="LoRA rank (default: the card's)")
     pl.add_argument("--rank-target", type=A.number("--rank-target", 0.0, 1.0, lo_open=True), help="per-module ranks reaching this rank capture")
     pl.add_argument("--alpha", type=A.number("--alpha", 0.0, 1e6, lo_open=True), help="lora_alpha (default: 2·rank)")
@@ -198,9 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--reps", type=A.integer("--reps", 1, 1000), default=3, help="interleaved repetitions; medians (default: %(default)s)")
     b.add_argument("--backend", default="auto", choices=BACKENDS, help="accumulation backend (default: %(default)s)")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    b.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=None,
-                   help="profile with the coupling matrix (default: as `layerprof card`, whenever the statistics "
-                        "are dense in one sweep); its seconds are their own column")
+    b.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=False,
+                   help="profile with the coupling matrix (default: off, as `layerprof card`); its seconds are their "
+                        "own column")
     b.add_argument("--plan", type=A.model_dir("--plan"), metavar="MODEL_DIR",
                    help="print the modelled FLOPs, time and memory of profiling MODEL_DIR (built from its config on "
                         "the meta device, no weights read) and exit without timing anything")

@@ -36,8 +36,7 @@ class ProfileConfig:
         "help": f"relative damping δ: λ = δ·tr Σ / d_in (0 = exact pseudo-inverse; at most {MAX_DAMPING:g})"})
     score: str | None = field(default=None, metadata={
         "help": "per-layer score placement maximizes (layerprof.scores.SCORES); None = the placement study's "
-                "default: activation energy placed by the coupled greedy when the card has the coupling "
-                "matrix, and top-k when it does not"})
+                "default: ρ(r)²/noise amp, placed stratified-k (the best layer of each of k equal depth bins)"})
     backend: str = field(default="auto", metadata={
         "help": "statistics backend: auto, torch, cpp, cuda or triton (`layerprof doctor` lists what runs here)"})
     dtype: torch.dtype = field(default=torch.float32, metadata={
@@ -45,10 +44,11 @@ class ProfileConfig:
     max_tokens: int | None = field(default=None, metadata={
         "help": "stop after this many non-padding tokens (rows); None = every batch"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
-    coupling: bool | None = field(default=None, metadata={
-        "help": "measure the layer coupling matrix, which the default placement needs (two extra forwards per "
-                "layer on coupling_batches batches); None = whenever the statistics are dense in one sweep, "
-                "True = always (refused where they are not), False = never"})
+    coupling: bool | None = field(default=False, metadata={
+        "help": "measure the layer coupling matrix for coupled=True placements and the report's coupling "
+                "diagnostics (two extra forwards per layer on coupling_batches batches; the default placement "
+                "does not need it); None = whenever the statistics are dense in one sweep, True = always "
+                "(refused where they are not), False = never"})
     coupling_batches: int = field(default=2, metadata={"help": "batches the coupling matrix is measured on"})
     coupling_tokens: int | None = field(default=2048, metadata={
         "help": "at most this many non-padding tokens of those batches (whole sequences; rows for feature "

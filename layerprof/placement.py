@@ -87,7 +87,7 @@ def module_ranks(card: "LayerCard", rank: int | None = None, rank_target: float 
 def place(card: "LayerCard", *, layers: int | None = None, budget: float | None = None, params: int | None = None,
           objective: str = "gain", target_gain: float | None = None, by: str = "score", rank: int | None = None,
           rank_target: float | None = None, exact_max_layers: int = EXACT_MAX_LAYERS,
-          coupled: bool | None = None, spread: bool = False) -> Plan:
+          coupled: bool = False, spread: bool | None = None) -> Plan:
     """Choose the layers to adapt.
 
     ``objective="gain"`` maximizes Σ score_ℓ under exactly one budget: ``layers`` (count),
@@ -95,13 +95,11 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     parameters). ``objective="cost"`` minimizes the modelled cost subject to reaching
     ``target_gain`` (a fraction of the all-layer score). ``by`` names the layer column to
     maximize (default the card's score; baselines such as ``grad_norm`` for comparison).
-    ``coupled=True`` (with ``layers=k``, on a card with the coupling matrix) picks the layers
-    greedily by the coupled joint gain of ``layerprof.coupling`` instead of the sum; ``False`` takes
-    the top-k. The default (None) is the placement study's round-4 choice: the coupled greedy
-    whenever it applies (``layers=k`` on the card's score, a card with the coupling matrix), else
-    the additive placement. ``spread=True`` (with ``layers=k``) takes stratified-k instead: the
-    highest-``by`` layer in each of k equal depth bins (``stratified_k``; round 5's candidate in
-    docs/RESULTS.md, not yet confirmed).
+    With ``layers=k`` on the card's score the default (``spread=None``) is stratified-k, the placement
+    study's round-6 choice (docs/RESULTS.md): uniform-k's k equal depth bins, and in each the layer with
+    the highest score (``stratified_k``). ``spread=False`` takes the plain top-k; ``coupled=True``
+    (on a card with the coupling matrix) picks the k layers greedily by the coupled joint gain of
+    ``layerprof.coupling`` instead (rounds 3–4's default, not confirmed on later rows).
     """
     if not card.layers:
         raise PlacementError("the card has no per-layer rows (no module name carried a block index such as "
@@ -136,9 +134,8 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     if spread and (objective != "gain" or layers is None or coupled):
         raise PlacementError("spread=True (stratified-k) supports objective='gain' with layers=k only, "
                              "and not with coupled=True")
-    if coupled is None:
-        coupled = (bool(card.meta.get("coupling")) and objective == "gain" and layers is not None and by == "score"
-                   and not spread)
+    if spread is None:  # the default: stratified-k wherever it applies
+        spread = objective == "gain" and layers is not None and by == "score" and not coupled
     if coupled and (objective != "gain" or layers is None):
         raise PlacementError("coupled=True supports objective='gain' with layers=k only")
     extra = None  # the top-k set of a count budget, which the candidate family need not contain

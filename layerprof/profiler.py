@@ -49,11 +49,12 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     even that does not fit, the targets are profiled in several sweeps over the same batches,
     one group of whole layers each (``batches`` must then be re-iterable, e.g. a list), and
     merged into one card. ``coupling`` measures the layer coupling matrix on the first
-    ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``): by default
-    whenever the statistics are dense in one sweep, because the default placement needs it.
+    ``coupling_batches`` batches (two extra forwards per layer; ``layerprof.coupling``) when asked
+    (``coupling=True``, or ``None``: whenever the statistics are dense in one sweep); the default
+    placement does not need it, ``card.place(layers=k, coupled=True)`` does.
     ``score`` names the per-layer score placement maximizes (``layerprof.scores.SCORES``;
-    default: the placement study's round-4 choice, activation energy ``scores.DEFAULT_SCORE`` placed
-    by the coupled greedy when the card has the coupling matrix, and top-k when it does not): ``"resnorm2"`` (ρ²), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
+    default: the placement study's round-6 choice, ρ(r)²/noise amp ``scores.DEFAULT_SCORE``, placed
+    stratified-k by ``card.place``): ``"resnorm2"`` (ρ²), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
     ``"resnorm2_rank_over_noise"``, ``"energy"``, the cross-half ``"resnorm2_x"``, ``"grad_norm2_x"``,
     and the budget-aware ``"sim_gain"``, ``"lca_gain"`` (docs/RESULTS.md compares them).
     ``budget`` (a ``TrainingBudget`` or a dict of its fields: steps, lr, r, lora_alpha, ...) is the
@@ -155,8 +156,8 @@ def _profile(model: nn.Module, batches: Iterable, loss_fn: LossFn, cfg: ProfileC
 
 
 def _no_coupling(why: str) -> None:
-    warnings.warn(f"layerprof: no coupling matrix ({why}); the card places top-k by activation energy instead of "
-                  "the coupled greedy (docs/method.md §6)", stacklevel=4)
+    warnings.warn(f"layerprof: no coupling matrix ({why}); coupled=True placements and the coupling diagnostics "
+                  "are unavailable (the default placement does not need them)", stacklevel=4)
 
 
 def _memory_plan(model: nn.Module, first: Any, cfg: ProfileConfig, targets):

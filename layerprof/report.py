@@ -51,37 +51,28 @@ def _bar(share: float, width: int = 20) -> str:
 
 def _score_note(card: "LayerCard", name: str, label: str) -> str:
     """Which score placed, how, and why (the placement study's choice, or the user's)."""
-    coupled = bool(card.meta.get("coupling"))
-    how = "placed by the coupled greedy on the card's coupling matrix" if coupled else "placed top-k"
+    how = "placed stratified-k (the best layer of each of k equal depth bins)"
     if not card.meta["settings"].get("score_default"):
         why = "chosen with score= / --score"
-    elif coupled:
-        why = ("the placement study's round-4 default (docs/RESULTS.md: over 25 task-budget rows it reached 85% of "
-               "full LoRA on average, 3 points above the mean of the baselines, and fell more than 2 seed-stds "
-               "below random-k on three; not confirmed on a third decoder depth, where stratified-k on "
-               "ρ(r)²/noise amp, listed below, did better; compare with full LoRA on your eval set)")
     else:
-        why = ("the study's default score, placed without the coupling matrix (docs/RESULTS.md: top-k on energy "
-               "fell below random-k on more rows than its coupled greedy; profile with coupling on)")
+        why = ("the placement study's round-6 default (docs/RESULTS.md: over 29 task-budget rows it reached 94% of full LoRA on average, 11 points above the mean of eight baselines, and fell more than 2 seed-stds below random-k on one, where k = 1; confirmed on a 24-block decoder no study had seen; compare with full LoRA on "
+               "your eval set)")
     return (f"Score = {label}, {how}: {why}. ρ², the paper's resnorm, is in the layer table beside it; with a "
             "budget, the simulated LoRA gain for that budget is too (docs/method.md says how to read each).")
 
 
 def _baselines_line(card: "LayerCard", k: int) -> str:
     """The same k placed by the selectors a user would otherwise reach for (the study's baselines)."""
-    from .placement import middle_k, stratified_k, uniform_k
-    from .scores import SCORES
+    from .placement import middle_k, uniform_k
 
     ids = [l.layer for l in card.layers]
-    over_noise = {l.layer: float(SCORES["resnorm2_rank_over_noise"](vars(l))) for l in card.layers}
-    parts = [f"uniform-k {uniform_k(ids, k)}", f"middle-k {middle_k(ids, k)}",
-             f"stratified-k on ρ(r)²/noise amp {stratified_k(over_noise, ids, k)} (round 5's leading candidate, "
-             "not yet confirmed)",
+    parts = [f"top-k on the score {card.place(layers=k, spread=False).layers}",
+             f"uniform-k {uniform_k(ids, k)}", f"middle-k {middle_k(ids, k)}",
              f"first-k {ids[:k]}", f"last-k {ids[-k:]}",
              f"grad-norm {card.place(layers=k, by='grad_norm').layers}",
              f"act-norm {card.place(layers=k, by='act_norm').layers}"]
     if card.meta.get("coupling"):
-        parts.insert(0, f"top-k on the score {card.place(layers=k, coupled=False).layers}")
+        parts.insert(1, f"coupled greedy on the score {card.place(layers=k, coupled=True).layers}")
     return "Other placements of the same k: " + "; ".join(parts) + "."
 
 

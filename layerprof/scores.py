@@ -34,24 +34,18 @@ SCORE_LABELS = {"resnorm2": "ρ²", "resnorm2_rank": "ρ(r)²", "resnorm2_over_n
 BUDGET_SCORES = {"sim_gain": "simulate", "lca_gain": "warmup"}  # score -> the predictor that fills it
 PREDICTORS = ("simulate", "warmup")
 
-# The default placement, chosen by the placement study's round-4 rule (docs/RESULTS.md): the
-# coupled greedy (layerprof.coupling) on activation energy when the card has the coupling matrix,
-# top-k on activation energy when it does not. Energy is a forward statistic, so the calibration
-# set's gradient noise (most of ρ² on a usual one) does not reach it; round 3's cross-half ρ² fell
-# 6 seed-stds below random-k on a row run after its rule. ρ², ρ²× and the budget-aware columns
-# (sim_gain, lca_gain) stay on the card as diagnostics.
-DEFAULT_SCORE = "energy"
-DEFAULT_UNCOUPLED_SCORE = "energy"
+# The default placement, chosen by the placement study's round-6 rule (docs/RESULTS.md): stratified-k
+# (layerprof.placement.stratified_k) on ρ(r)²/noise amp, the rank-r share of the gradient signal over the
+# noise amplification of the layer's inputs. The spread keeps two adapters out of one depth bin (adjacent
+# layers are the most coupled and their gains overlap); within a bin the score picks. It needs no
+# coupling matrix. ρ², ρ²×, energy and the budget-aware columns (sim_gain, lca_gain) stay on the card as
+# diagnostics; activation energy placed by the coupled greedy (rounds 3–4's default) failed two
+# confirmations.
+DEFAULT_SCORE = "resnorm2_rank_over_noise"
 
 
 def _or_nan(v) -> float:
     return float("nan") if v is None else float(v)
-
-
-def default_score(coupling: bool) -> str:
-    """The default score: DEFAULT_SCORE (placed by the coupled greedy) when the card will have the
-    coupling matrix, else DEFAULT_UNCOUPLED_SCORE (placed top-k)."""
-    return DEFAULT_SCORE if coupling else DEFAULT_UNCOUPLED_SCORE
 
 
 def score_label(score: str) -> str:

@@ -142,7 +142,7 @@ def placement_sets(card, k: int, random_draws: int, scores: dict[str, str],
         rescored = _rescored(card, score, apply_score)
         if rescored is None:
             continue
-        out[f"{label} top-k"] = rescored.place(layers=k, coupled=False).layers
+        out[f"{label} top-k"] = rescored.place(layers=k, spread=False).layers
         out[f"{label} stratified-k"] = rescored.place(layers=k, spread=True).layers
         if cost_cap:
             # The card's cost-aware recommendation: the best predicted gain within 60% of full LoRA's modelled cost.

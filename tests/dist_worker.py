@@ -19,7 +19,8 @@ def main(out: str) -> None:
     batches = make_batches(n=4)
     # ρ² as the score: the cross-half split differs by design under torch.distributed (each rank halves
     # its own shard), so the one-process card's default ranking is not the reference here.
-    card = lp.profile(model, batches[rank::size], rank=4, dtype=torch.float64, progress=False, score="resnorm2")
+    card = lp.profile(model, batches[rank::size], rank=4, dtype=torch.float64, progress=False, score="resnorm2",
+                      coupling=True)
     card.save(f"{out}.saved{rank}")  # only rank 0 may write
     Path(f"{out}.rank{rank}").write_text(json.dumps(card.to_dict()))
     # With a budget: the simulation runs on the reduced statistics, κ and the warm-up's LCA are

@@ -56,14 +56,16 @@ def test_markdown_shows_every_layer_and_the_recommendation(card):
     for m in card.modules:
         assert m.name in md
     assert "Kendall τ" in md
-    # The same k by the other selectors, stratified-k on ρ(r)²/noise amp among them, computed independently here.
+    # The recommendation is stratified-k on ρ(r)²/noise amp (the default score), computed independently here.
     from layerprof.placement import depth_bins
 
     k = max(1, len(card.layers) // 4)
     rows = {l.layer: l.resnorm_rank ** 2 / l.noise_amp for l in card.layers}
     bins = depth_bins(sorted(rows), k)
     expected = sorted(max(b, key=lambda l: (rows[l], -l)) for b in bins)
-    assert f"stratified-k on ρ(r)²/noise amp {expected}" in md
+    assert card.place(layers=k).layers == expected and f"Adapt layers **{', '.join(map(str, expected))}**" in md
+    top = sorted(sorted(rows, key=lambda l: -rows[l])[:k])
+    assert f"top-k on the score {top}" in md
 
 
 def test_html_is_self_contained(card, tmp_path):

@@ -178,7 +178,9 @@ def test_bench_times_the_bundled_model_on_its_rows(capsys):
     assert r["rows"] == sum(int(b["attention_mask"].sum()) for b in batches) and r["batches"] == 2
     assert r["backend"] in ("cpp", "torch")
     assert r["plain_seconds"] > 0 and r["sweep_seconds"] > 0
-    assert r["coupling_seconds"] > 0  # the default profile measures the coupling matrix: its own figure
+    assert r["coupling_seconds"] is None  # the default profile has no coupling pass
+    assert main(["bench", "--batches", "2", "--reps", "1", "--coupling", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["coupling_seconds"] > 0  # asked for: its own figure
 
 
 def test_bench_table_without_coupling_says_so(capsys):

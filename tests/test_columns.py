@@ -56,10 +56,11 @@ def test_layer_aggregates_and_split_halves():
         ms = [m for m in card.modules if m.layer == l.layer]
         r2 = sum(m.resnorm ** 2 for m in ms)
         assert math.isclose(l.resnorm ** 2, r2, rel_tol=1e-12)
-        # The default score (the placement study's round-4 choice; the card has the coupling matrix) is the
-        # layer's activation energy, the mean of its modules'; the cross-half ρ² is the sum of its modules'.
-        assert card.meta["settings"]["score"] == "energy" and card.meta["coupling"]
-        assert math.isclose(l.score, sum(m.energy for m in ms) / len(ms), rel_tol=1e-12)
+        # The default score (the placement study's round-6 choice) is the layer's ρ(r)² (the sum of its
+        # modules') over its noise amp (the mean of its modules'); the cross-half ρ² is the sum of its modules'.
+        assert card.meta["settings"]["score"] == "resnorm2_rank_over_noise"
+        noise = sum(m.noise_amp for m in ms) / len(ms)
+        assert math.isclose(l.score, sum(m.resnorm_rank ** 2 for m in ms) / noise, rel_tol=1e-12)
         assert math.isclose(l.resnorm2_x, sum(m.resnorm2_x for m in ms), rel_tol=1e-12)
         assert math.isclose(l.gain_share, r2 / total, rel_tol=1e-12)
         assert math.isclose(l.predicted_gain, r2 / 2, rel_tol=1e-12)

@@ -36,7 +36,7 @@ def test_every_field_has_help_and_the_defaults_round_trip():
     cfg = ProfileConfig(budget={"steps": 30, "lr": 1e-3}, targets=("c_attn",))
     assert cfg.budget == lp.TrainingBudget(steps=30, lr=1e-3) and cfg.targets == ["c_attn"]
     assert cfg.predict == ("simulate", "warmup") and cfg.score is None
-    assert ProfileConfig().predict == () and ProfileConfig().coupling is None  # None: coupling wherever it can run
+    assert ProfileConfig().predict == () and ProfileConfig().coupling is False  # the default placement needs none
     with pytest.raises(lp.ProfileError, match="coupling must be True, False or None"):
         ProfileConfig(coupling="yes")
     assert cfg.to_dict()["budget"]["steps"] == 30 and cfg.to_dict()["dtype"] == "float32"

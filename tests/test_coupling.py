@@ -148,40 +148,43 @@ def test_profile_with_coupling_records_a_valid_matrix_and_leaves_the_model():
         plain.place(layers=2, coupled=True)
 
 
-def test_default_placement_is_the_coupled_greedy_on_energy_and_energy_top_k_without_coupling():
-    """Round 4's default (docs/RESULTS.md): coupling on wherever the statistics are dense, activation energy
-    as the score, the coupled greedy for layers=k; energy top-k when the card has no coupling matrix."""
+def test_default_placement_is_stratified_k_on_rank_over_noise_and_the_coupled_greedy_on_request():
+    """Round 6's default (docs/RESULTS.md): ρ(r)²/noise amp as the score, stratified-k for layers=k, no
+    coupling pass; a card profiled with coupling places the coupled greedy when asked."""
     from layerprof.coupling import coupled_greedy
+    from layerprof.placement import stratified_k
+    from layerprof.scores import SCORES
 
-    model = make_model("gpt2")
+    model = make_model("llama")  # 3 layers: k = 2 makes the bins [0] and [1, 2]
     card = lp.profile(model, make_batches(n=4), progress=False, rank=4)
-    assert card.meta["coupling"] and card.meta["settings"]["score"] == "energy"
-    assert card.meta["settings"]["score_default"] is True
-    scores = [l.energy for l in card.layers]
-    assert [l.score for l in card.layers] == scores
-    c = card.meta["coupling"]
+    assert not card.meta.get("coupling")
+    assert card.meta["settings"]["score"] == "resnorm2_rank_over_noise" and card.meta["settings"]["score_default"]
     ids = [l.layer for l in card.layers]
-    expected = coupled_greedy({l: max(v, 0.0) for l, v in zip(ids, scores)}, ids, np.asarray(c["rho"]), 2)
-    assert card.place(layers=2).layers == expected == card.place(layers=2, coupled=True).layers
+    scores = [float(SCORES["resnorm2_rank_over_noise"](vars(l))) for l in card.layers]
+    assert [l.score for l in card.layers] == pytest.approx(scores, rel=1e-12)
+    spread = card.place(layers=2).layers
+    assert spread == stratified_k(dict(zip(ids, scores)), ids, 2) == card.place(layers=2, spread=True).layers
+    assert spread == [0, max((1, 2), key=lambda l: (scores[l], -l))]
     top = sorted(np.argsort(-np.asarray(scores), kind="stable")[:2].tolist())
-    assert card.place(layers=2, coupled=False).layers == [ids[i] for i in top]
-    # Budget and parameter constraints keep the additive placement (the greedy is for a count).
-    assert card.place(budget=0.9).layers == card.place(budget=0.9, coupled=False).layers
-    # Baseline columns are never coupled.
+    assert card.place(layers=2, spread=False).layers == [ids[i] for i in top]
+    # Budget and parameter constraints keep the additive placement; baseline columns are plain top-k.
+    assert card.place(budget=0.9).layers == card.place(budget=0.9, spread=False).layers
     by = card.place(layers=2, by="grad_norm").layers
     assert by == sorted(np.argsort([-l.grad_norm for l in card.layers], kind="stable")[:2].tolist())
+    with pytest.raises(lp.PlacementError, match="coupling=True"):
+        card.place(layers=2, coupled=True)
 
-    uncoupled = lp.profile(model, make_batches(n=4), progress=False, rank=4, coupling=False)
-    assert "coupling" not in uncoupled.meta or not uncoupled.meta["coupling"]
-    assert uncoupled.meta["settings"]["score"] == "energy"
-    assert [l.score for l in uncoupled.layers] == [l.energy for l in uncoupled.layers]
-    # Sketched statistics cannot feed the coupling: auto turns it off, the default score follows.
-    sketched = lp.profile(model, make_batches(n=4), progress=False, rank=4, sketch=8)
-    assert not sketched.meta.get("coupling") and sketched.meta["settings"]["score"] == "energy"
-    # One batch has no split halves; energy needs none: the same default score.
+    coupled = lp.profile(model, make_batches(n=4), progress=False, rank=4, coupling=True)
+    assert coupled.meta["coupling"] and coupled.meta["settings"]["score"] == "resnorm2_rank_over_noise"
+    c = coupled.meta["coupling"]
+    col = [max(l.score, 0.0) for l in coupled.layers]
+    expected = coupled_greedy(dict(zip(ids, col)), ids, np.asarray(c["rho"]), 2)
+    assert coupled.place(layers=2, coupled=True).layers == expected
+    assert coupled.place(layers=2).layers == stratified_k(dict(zip(ids, [l.score for l in coupled.layers])), ids, 2)
+    # One batch has no split halves: the same default score, still finite (noise amp needs no halves).
     single = lp.profile(model, make_batches(n=1), progress=False, rank=4)
-    assert single.meta["settings"]["score"] == "energy"
-    assert [l.score for l in single.layers] == [l.energy for l in single.layers]
+    assert single.meta["settings"]["score"] == "resnorm2_rank_over_noise"
+    assert all(math.isfinite(l.score) for l in single.layers)
     # A score named by the user is kept, and the card says it was not the default.
     chosen = lp.profile(model, make_batches(n=4), progress=False, rank=4, score="resnorm2_x")
     assert chosen.meta["settings"]["score"] == "resnorm2_x" and chosen.meta["settings"]["score_default"] is False
@@ -210,10 +213,10 @@ def test_coupling_reads_whole_sequences_up_to_its_token_cap():
 def test_coupling_token_cap_is_recorded_and_a_cap_above_the_batches_changes_nothing():
     model = make_model("gpt2")
     batches = make_batches(n=3)
-    full = lp.profile(model, batches, progress=False, rank=4, coupling_tokens=None)
-    capped = lp.profile(model, batches, progress=False, rank=4, coupling_tokens=10 ** 6)
+    full = lp.profile(model, batches, progress=False, rank=4, coupling=True, coupling_tokens=None)
+    capped = lp.profile(model, batches, progress=False, rank=4, coupling=True, coupling_tokens=10 ** 6)
     assert full.meta["coupling"]["rho"] == capped.meta["coupling"]["rho"]
-    small = lp.profile(model, batches, progress=False, rank=4, coupling_tokens=8)
+    small = lp.profile(model, batches, progress=False, rank=4, coupling=True, coupling_tokens=8)
     c = small.meta["coupling"]
     assert c["batches"] == 1 and 1 <= c["tokens"] <= full.meta["coupling"]["tokens"]
     assert c["tokens"] <= 8 or c["tokens"] == int(batches[0]["attention_mask"][0].sum())
@@ -221,13 +224,13 @@ def test_coupling_token_cap_is_recorded_and_a_cap_above_the_batches_changes_noth
 
 def test_coupling_in_chunks_equals_one_pass_and_too_little_memory_falls_back(monkeypatch):
     """K is a sum over rows: chunks of sequences sized to the memory give the same matrix; when not even one
-    sequence's directions fit, the default profile warns and places by energy, coupling=True refuses."""
+    sequence's directions fit, coupling=None (wherever it can) warns and goes without, coupling=True refuses."""
     import layerprof.predict as predict
     from layerprof.memory_plan import free_memory
 
     model = make_model("gpt2")
     batches = make_batches(n=3)
-    whole = lp.profile(model, batches, progress=False, rank=4)
+    whole = lp.profile(model, batches, progress=False, rank=4, coupling=True)
     assert whole.meta["coupling"]["chunks"] == 2  # the two coupling batches, each whole
     logits_per_sequence = int(model(**{k: v[:1] for k, v in batches[0].items()}).logits.numel())
     layers = len(whole.layers)
@@ -236,16 +239,16 @@ def test_coupling_in_chunks_equals_one_pass_and_too_little_memory_falls_back(mon
     one = whole.meta["coupling"]["sequence_bytes"]
     assert one >= 8 * 3 * layers * logits_per_sequence
     monkeypatch.setattr(predict, "COUPLING_MEMORY_FRACTION", 1.5 * one / free_memory(torch.device("cpu")))
-    chunked = lp.profile(model, batches, progress=False, rank=4)
+    chunked = lp.profile(model, batches, progress=False, rank=4, coupling=True)
     c = chunked.meta["coupling"]
     assert c["chunks"] == sum(b["input_ids"].shape[0] for b in batches[:2])
     # Equal up to the float32 forward's rounding, which depends on the batch shape (~1e-8 here).
     np.testing.assert_allclose(c["K"], whole.meta["coupling"]["K"], rtol=1e-6, atol=1e-300)
-    assert chunked.place(layers=2).layers == whole.place(layers=2).layers
+    assert chunked.place(layers=2, coupled=True).layers == whole.place(layers=2, coupled=True).layers
     monkeypatch.setattr(predict, "COUPLING_MEMORY_FRACTION", 0.5 * one / free_memory(torch.device("cpu")))
     with pytest.warns(UserWarning, match="no coupling matrix .*more than"):
-        fallback = lp.profile(model, batches, progress=False, rank=4)
-    assert not fallback.meta.get("coupling") and fallback.meta["settings"]["score"] == "energy"
+        fallback = lp.profile(model, batches, progress=False, rank=4, coupling=None)
+    assert not fallback.meta.get("coupling") and fallback.meta["settings"]["score"] == "resnorm2_rank_over_noise"
     with pytest.raises(lp.ProfileError, match="coupling=False"):
         lp.profile(model, batches, progress=False, rank=4, coupling=True)
 
@@ -271,10 +274,10 @@ def test_coupling_of_16_bit_weights_by_forward_mode_ad(arch):
         assert cos(fd[layer], ad[layer]) > 1 - 1e-6 and cos(fd[layer], ad16[layer]) > 1 - 1e-3
 
     snap = snapshot(low)
-    card = lp.profile(low, make_batches(n=3), progress=False, rank=4)
+    card = lp.profile(low, make_batches(n=3), progress=False, rank=4, coupling=True)
     assert_untouched(low, snap)
     c = card.meta["coupling"]
     rho = np.asarray(c["rho"])
     assert c["method"].startswith("forward-mode AD") and np.allclose(rho, rho.T) and np.allclose(np.diag(rho), 1.0)
-    assert card.meta["settings"]["score"] == "energy"
-    assert lp.profile(model, make_batches(n=3), progress=False, rank=4).meta["coupling"]["method"].startswith("central")
+    assert lp.profile(model, make_batches(n=3), progress=False, rank=4,
+                      coupling=True).meta["coupling"]["method"].startswith("central")

@@ -35,7 +35,7 @@ def test_two_rank_card_equals_one_process_card(tmp_path):
     assert cards[0].modules == cards[1].modules and cards[0].layers == cards[1].layers  # every rank, same card
     # The coupling matrix too (corrections from the global sums, K summed over the ranks' rows), and so the plan.
     assert cards[0].meta["coupling"]["K"] == cards[1].meta["coupling"]["K"]
-    assert cards[0].place(layers=2).layers == cards[1].place(layers=2).layers
+    assert cards[0].place(layers=2, coupled=True).layers == cards[1].place(layers=2, coupled=True).layers
     with_budget = [lp.LayerCard.from_dict(json.loads(Path(f"{out}.budget{r}").read_text())) for r in (0, 1)]
     assert with_budget[0].layers == with_budget[1].layers and with_budget[0].modules == with_budget[1].modules
     assert all(l.sim_gain is not None and l.lca_gain is not None for l in with_budget[0].layers)

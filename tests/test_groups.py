@@ -43,16 +43,16 @@ def test_planner_groups_whole_layers_that_fit():
 def test_card_from_several_sweeps_equals_one_sweep(arch):
     model = make_model(arch)
     batches = make_batches(n=4)
-    # Coupling needs one sweep, so the several-sweep card has none (and the default score follows):
+    # Coupling needs one sweep, so the several-sweep card has none (and coupling=None goes without):
     # compare with the one-sweep card without it.
     one = lp.profile(model, batches, rank=4, sketch=None, progress=False, coupling=False)
     targets = find_targets(model)
     rows = batches[0]["input_ids"].numel()
     need = [sum(3 * (t.d_in ** 2 + t.d_in * t.d_out) * 4 + rows * t.d_in * 4 for t in targets.values()
                 if t.layer == l) for l in range(3)]
-    many = lp.profile(model, batches, rank=4, sketch=None, progress=False, max_memory=max(need))
+    many = lp.profile(model, batches, rank=4, sketch=None, progress=False, max_memory=max(need), coupling=None)
     assert many.meta["memory_plan"]["sweeps"] == 3 and many.meta["sweep"]["sweeps"] == 3
-    assert not many.meta.get("coupling") and many.meta["settings"]["score"] == "energy"
+    assert not many.meta.get("coupling") and many.meta["settings"]["score"] == "resnorm2_rank_over_noise"
     assert [m.name for m in many.modules] == [m.name for m in one.modules]
     for a, b in [*zip(one.modules, many.modules), *zip(one.layers, many.layers)]:
         for f in dataclasses.fields(a):

@@ -56,9 +56,11 @@ def test_spread_places_stratified_k_on_the_score():
     plan = card.place(layers=2, spread=True)  # bins [0, 1, 2], [3, 4, 5, 6]: top-2 would be [0, 5] too
     assert plan.layers == [0, 5]
     card = synthetic_card([5.0, 4.0, 3.0, 0.2, 0.1, 0.05, 0.3])
-    assert card.place(layers=2).layers == [0, 1]
+    assert card.place(layers=2, spread=False).layers == [0, 1]  # the plain top-k
     plan = card.place(layers=2, spread=True)
     assert plan.layers == [0, 6] and plan.modules == ["model.layers.0.mlp", "model.layers.6.mlp"]
+    assert card.place(layers=2).layers == [0, 6]  # stratified-k is the default for layers=k on the score
+    assert card.place(layers=2, by="energy").layers == card.place(layers=2, by="energy", spread=False).layers
     for bad in (dict(budget=0.7, spread=True), dict(layers=2, spread=True, coupled=True),
                 dict(objective="cost", target_gain=0.5, spread=True)):
         with pytest.raises(lp.PlacementError, match="spread=True"):

@@ -107,8 +107,8 @@ def test_top_k_ranks_signed_scores_and_gain_ignores_negative_layers():
     for r, s in zip(rows, [-3.0, -1.0, 2.0]):
         r["score"] = s
     signed = lp.LayerCard(card.modules, rows, card.meta)
-    assert signed.place(layers=2, coupled=False).layers == [1, 2]  # -1 beats -3
-    assert signed.place(layers=2, coupled=False).predicted_gain_fraction == pytest.approx(1.0)  # only layer 2 counts
+    assert signed.place(layers=2, spread=False).layers == [1, 2]  # -1 beats -3
+    assert signed.place(layers=2, spread=False).predicted_gain_fraction == pytest.approx(1.0)  # only layer 2 counts
 
 
 def test_protocol_validation():
