@@ -54,8 +54,9 @@ def wide_case(args) -> tuple[WideMLP, list[dict]]:
 def main(argv=None) -> None:
     ap = case_arguments(__doc__.splitlines()[0], reps=3)
     ap.add_argument("--backend", default="auto")
-    ap.add_argument("--no-coupling", action="store_true",
-                    help="profile without the coupling matrix (the default profile measures it)")
+    ap.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=False,
+                    help="also measure the coupling matrix (opt-in since round 6, as in lp.profile; "
+                         "--no-coupling, the default, is kept for the older commands)")
     args = ap.parse_args(argv)
     model, batches = wide_case(args)
     loss_fn = lambda out, b: nn.functional.cross_entropy(out, b["y"])  # noqa: E731
@@ -72,12 +73,12 @@ def main(argv=None) -> None:
 
     def profile():
         return lp.profile(model, batches, loss_fn=loss_fn, targets=targets, progress=False, backend=args.backend,
-                          coupling=False if args.no_coupling else None)
+                          coupling=args.coupling)
 
     r = profile_vs_plain(plain, profile, args.reps)
     print(f"{machine()}\nwide MLP {len(model.layers)} × Linear({args.d}, {args.d}), {args.batches} batches × "
           f"{args.rows} rows, backend {r['card'].meta['settings']['backend']}, process CPU time, median of {args.reps}"
-          f"{', without the coupling matrix' if args.no_coupling else ''}")
+          f"{', with the coupling matrix' if args.coupling else ''}")
     print_profile_table(r)
 
 if __name__ == "__main__":
