@@ -21,8 +21,6 @@ from pathlib import Path
 import torch
 
 import layerprof as lp
-from layerprof.placement import stratified_k
-from layerprof.scores import SCORES
 
 ROOT = Path(__file__).resolve().parent.parent / "docs" / "study"
 # Candidate name (as the study names card placements: "card <score> <method>") -> the score it bins.
@@ -31,11 +29,12 @@ CANDIDATES = {"card energy stratified-k": "energy",
 
 
 def candidate_layers(card, k: int) -> dict[str, list[int]]:
-    """Each candidate's layers on one card at k."""
-    rows = {l.layer: vars(l) for l in card.layers}
-    ids = sorted(rows)
-    return {name: stratified_k({l: float(SCORES[score](rows[l])) for l in ids}, ids, k)
-            for name, score in CANDIDATES.items()}
+    """Each candidate's layers on one card at k: the study's own stratified-k on each score."""
+    from layerprof.study import placement_sets
+
+    labels = {name.removesuffix(" stratified-k"): score for name, score in CANDIDATES.items()}
+    sets = placement_sets(card, k, 0, labels, cost_cap=False)
+    return {name: sets[name] for name in CANDIDATES}
 
 
 def main(argv=None) -> None:
