@@ -248,7 +248,7 @@ def cmd_bench(args) -> int:
     if args.plan:
         from .profile_cost import plan_from_dir
 
-        cost = plan_from_dir(args.plan, args.tokens, args.device)
+        cost = plan_from_dir(args.plan, args.tokens, args.device, coupling=args.coupling)
         print(json.dumps(cost.to_dict(), indent=1) if args.json else cost.table())
         return 0
 

@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     b.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=False,
                    help="profile with the coupling matrix (default: off, as `layerprof card`); its seconds are their "
-                        "own column")
+                        "own column; with --plan: model the coupling pass too")
     b.add_argument("--plan", type=A.model_dir("--plan"), metavar="MODEL_DIR",
                    help="print the modelled FLOPs, time and memory of profiling MODEL_DIR (built from its config on "
                         "the meta device, no weights read) and exit without timing anything")

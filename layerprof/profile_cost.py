@@ -12,16 +12,21 @@ finds the target modules as ``profile`` would, and models:
   memory-bound) and one Cholesky factor (d³/3); per module: two triangular solves (2·d_in²·d_out),
   the leading spectrum (the smaller Gram matrix and its eigenvalues, or block Krylov above 2048)
   and tr(WΣWᵀ) for nfn (2·d_out·d_in²);
-* the coupling matrix the default placement needs (``layerprof.coupling``): two forwards per layer
-  over at most ``coupling_tokens`` tokens (bf16), and one corrections solve per module (float64:
-  a Cholesky factor per distinct input, d³/3, and 2·d_in²·d_out for its solve), when the
-  statistics are dense in one sweep (else the profile skips it);
+* the coupling matrix, when asked (``coupling=True``, as ``profile(coupling=True)``; the default
+  placement does not need it; ``layerprof.coupling``): two forwards per layer over at most
+  ``coupling_tokens`` tokens (bf16), and one corrections solve per module (float64: a Cholesky
+  factor per distinct input, d³/3, and 2·d_in²·d_out for its solve), when the statistics are dense
+  in one sweep (else the profile skips it);
 * memory: the statistics (``layerprof.memory_plan``), the tap inputs of one batch, and finalize's
   float64 working set: Σ and its Cholesky factor for one input at a time (finalize releases an
   input's factors after its last module) plus one module's C and its whitened halves.
 
 Times come from a device's peak rates times an efficiency per kind of work (``DEVICES``): a
 model, to be replaced by measurements (`bench/gpu_check.sh` on a GPU, `bench/bench_wide.py` here).
+Two figures do not depend on the assumed efficiencies: finalize at the device's full FP64 peak (a
+floor for exact float64 columns: if even that is a large share of the sweep, no kernel tuning gets
+under it) and the calibration tokens from which the modelled finalize falls under 10% of the
+modelled sweep (the sweep grows with the tokens, finalize does not).
 Modules that share an input (q/k/v, gate/up) are grouped by name when the model cannot be run
 (meta tensors): same block and parent, same d_in, and not an output projection.
 """
@@ -34,9 +39,10 @@ from dataclasses import asdict, dataclass
 # Peak dense rates from the vendors' data sheets; the efficiencies are assumptions until measured.
 DEVICES = {
     "h200": {"fp32_gemm": 0.6 * 494e12, "bf16_gemm": 0.6 * 989e12, "fp64_gemm": 0.6 * 67e12, "fp64_eigen": 0.1 * 67e12,
-             "memory": 141e9,
+             "fp64_peak": 67e12, "memory": 141e9,
              "label": "NVIDIA H200 SXM (dense peaks 494 TF32 / 989 BF16 / 67 FP64 TFLOP/s; 60% GEMM, 10% eigen)"},
-    "cpu": {"fp32_gemm": 40e9, "bf16_gemm": 40e9, "fp64_gemm": 20e9, "fp64_eigen": 8e9, "memory": 24 * 2 ** 30,
+    "cpu": {"fp32_gemm": 40e9, "bf16_gemm": 40e9, "fp64_gemm": 20e9, "fp64_eigen": 8e9, "fp64_peak": 20e9,
+            "memory": 24 * 2 ** 30,
             "label": "one core of the 2-core AMD EPYC VM (measured: ~40 GF/s fp32 GEMM, ~20 fp64, eigen ~8)"},
 }
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "down_proj", "c_proj", "dense", "fc2", "wo", "w2")
@@ -61,13 +67,24 @@ class ProfileCost:
     coupling_flops: float = 0.0
     coupling_seconds: float = 0.0
     finalize_bytes: int = 0  # float64 working set: the largest input's Σ and L, one module's C and halves
+    finalize_floor_seconds: float = 0.0  # finalize's FLOPs at the device's full FP64 peak
+    coupling_note: str = ""  # why the coupling row is empty
+
+    @property
+    def tokens_for_finalize_share(self) -> float:
+        """Calibration tokens from which the modelled finalize is ≤ 10% of the modelled sweep (the sweep's
+        seconds are linear in the tokens at a fixed number of sweeps; finalize's do not depend on them)."""
+        return self.tokens * self.finalize_seconds / (0.10 * self.sweep_seconds) if self.sweep_seconds else float("nan")
 
     @property
     def finalize_share_of_sweep(self) -> float:
         return self.finalize_seconds / self.sweep_seconds if self.sweep_seconds else float("nan")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "finalize_share_of_sweep": self.finalize_share_of_sweep}
+        return {**asdict(self), "finalize_share_of_sweep": self.finalize_share_of_sweep,
+                "finalize_floor_share_of_sweep": self.finalize_floor_seconds / self.sweep_seconds
+                if self.sweep_seconds else float("nan"),
+                "tokens_for_finalize_share": self.tokens_for_finalize_share}
 
     def table(self) -> str:
         from .memory import human_bytes
@@ -87,14 +104,19 @@ class ProfileCost:
             f"{self.finalize_seconds:.1f} | {self.finalize_seconds / self.plain_seconds:.2f} |",
             (f"| coupling (2 forwards per layer, bf16; corrections, fp64) | {self.coupling_flops / 1e12:.1f} | "
              f"{self.coupling_seconds:.1f} | {self.coupling_seconds / self.plain_seconds:.2f} |"
-             if self.coupling_flops else "| coupling | – | skipped: the statistics are not dense in one sweep | – |"),
+             if self.coupling_flops else f"| coupling | – | {self.coupling_note} | – |"),
             "",
             f"finalize = {self.finalize_share_of_sweep:.0%} of the sweep; statistics "
             f"{human_bytes(self.statistics_bytes)} (fp32, two halves and a staged batch), tap inputs "
             f"{human_bytes(self.tap_input_bytes_per_batch)} per batch, dense in {self.sweeps} sweep(s) on this "
             f"device; finalize's float64 working set {human_bytes(self.finalize_bytes)} (one input's Σ and "
-            "Cholesky factor at a time, one module's C and halves). A model: attention's T×T work is not "
-            "counted; rates are peaks × assumed efficiencies (layerprof.profile_cost.DEVICES).",
+            "Cholesky factor at a time, one module's C and halves).",
+            f"At the full FP64 peak finalize would take {self.finalize_floor_seconds:.1f} s "
+            f"({self.finalize_floor_seconds / self.sweep_seconds:.0%} of the sweep): the floor of exact float64 "
+            f"columns. Finalize does not grow with the tokens: it is ≤ 10% of the sweep from "
+            f"{self.tokens_for_finalize_share:,.0f} tokens on.",
+            "A model: attention's T×T work is not counted; rates are peaks × assumed efficiencies "
+            "(layerprof.profile_cost.DEVICES).",
         ])
 
 
@@ -109,8 +131,9 @@ def _group_inputs(targets) -> dict[str, str]:
 
 
 def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 4096, name: str = "",
-               coupling_tokens: int | None = 2048) -> ProfileCost:
-    """The cost model for a model (real or on the meta device) and ``tokens`` calibration tokens."""
+               coupling_tokens: int | None = 2048, coupling: bool = False) -> ProfileCost:
+    """The cost model for a model (real or on the meta device) and ``tokens`` calibration tokens;
+    ``coupling=True`` adds the coupling pass (off by default, as in ``profile``)."""
     from .finalize import EXACT_SPECTRUM_MAX
     from .memory_plan import plan_memory
     from .targets import find_targets, linear_kind, modules_by_name, output_head_names
@@ -160,19 +183,22 @@ def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 409
     c_tokens = min(tokens, coupling_tokens) if coupling_tokens is not None else tokens
     couple_fwd = 2 * layers * c_tokens * linear
     couple_solve = cholesky + solves / 2  # one solve with C per module (finalize does two: the halves)
-    coupling_flops = couple_fwd + couple_solve if dense_one_sweep else 0.0
+    run_coupling = coupling and dense_one_sweep
+    coupling_flops = couple_fwd + couple_solve if run_coupling else 0.0
     coupling_s = (couple_fwd / rates["bf16_gemm"] + cholesky / rates["fp64_eigen"]
-                  + (solves / 2) / rates["fp64_gemm"]) if dense_one_sweep else 0.0
+                  + (solves / 2) / rates["fp64_gemm"]) if run_coupling else 0.0
     return ProfileCost(model=name or type(model).__name__, tokens=tokens, modules=len(targets),
                        distinct_inputs=len(inputs), plain_flops=plain, sweep_extra_flops=accumulate,
                        finalize_flops=flops, device=rates["label"], plain_seconds=plain_s,
                        sweep_seconds=mem.sweeps * plain_s + accumulate / rates["fp32_gemm"], finalize_seconds=fin_s,
                        statistics_bytes=mem.dense_bytes, tap_input_bytes_per_batch=mem.activation_bytes,
                        sweeps=mem.sweeps, coupling_flops=coupling_flops, coupling_seconds=coupling_s,
-                       finalize_bytes=fin_bytes)
+                       finalize_bytes=fin_bytes, finalize_floor_seconds=sum(flops.values()) / rates["fp64_peak"],
+                       coupling_note="not asked (coupling=True adds it)" if not coupling
+                       else "skipped: the statistics are not dense in one sweep")
 
 
-def plan_from_dir(path: str, tokens: int, device: str = "h200") -> ProfileCost:
+def plan_from_dir(path: str, tokens: int, device: str = "h200", coupling: bool = False) -> ProfileCost:
     """``model_cost`` of a local model directory, built from its config on the meta device (no weights read)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -180,4 +206,4 @@ def plan_from_dir(path: str, tokens: int, device: str = "h200") -> ProfileCost:
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    return model_cost(model, tokens, device, name=f"{type(model).__name__} ({path})")
+    return model_cost(model, tokens, device, name=f"{type(model).__name__} ({path})", coupling=coupling)

@@ -220,11 +220,21 @@ def test_bench_plan_models_the_cost_before_anything_runs(tmp_path, capsys):
     assert r["sweep_seconds"] > r["plain_seconds"] > 0 and r["finalize_share_of_sweep"] > 0
     # finalize's float64 working set: the largest input's Σ and L (down_proj's d_in = 64), one module's C and halves.
     assert r["finalize_bytes"] == 8 * (2 * i * i + 4 * h * i)
-    # The default placement's coupling: two forwards per layer over min(tokens, 2048), plus the corrections.
+    # Finalize at the full FP64 peak (a floor) and the tokens from which it is ≤ 10% of the sweep (linear in tokens).
+    fin = sum(r["finalize_flops"].values())
+    assert r["finalize_floor_seconds"] == pytest.approx(fin / 20e9) and r["finalize_floor_seconds"] <= r["finalize_seconds"]
+    assert r["tokens_for_finalize_share"] == pytest.approx(1000 * r["finalize_seconds"] / (0.1 * r["sweep_seconds"]))
+    # The coupling pass only when asked (the default placement does not need it), as profile() does.
+    assert r["coupling_flops"] == 0 and r["coupling_seconds"] == 0
+    assert main(["bench", "--plan", str(tmp_path / "m"), "--tokens", "1000", "--device", "cpu", "--json",
+                 "--coupling"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    # Two forwards per layer over min(tokens, 2048), plus the corrections.
     forwards = 2 * 2 * 1000 * (2 * per_layer + 2 * h * 300)
     assert forwards < r["coupling_flops"] < forwards + 1e6 and r["coupling_seconds"] > 0
     assert main(["bench", "--plan", str(tmp_path / "m"), "--tokens", "1000"]) == 0
-    assert "finalize =" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "finalize =" in out and "not asked (coupling=True adds it)" in out and "At the full FP64 peak" in out
 
 
 def test_card_measures_the_step_cost_on_request(tmp_path, capsys):
