@@ -9,6 +9,9 @@ bf16 matmul roofline, and a Qwen3-8B-shaped model's sweep vs its plain forward+b
   head_dim 128, vocab 151936) with --layers blocks, frozen; plain fwd+bwd (input grads)
   vs lp.profile with each GPU backend, dense and with sketch k = 128, on the same
   131,072 tokens; peak memory (statistics included) and finalize time each.
+* finalize primitives: float64 eigvalsh, Cholesky, a triangular solve and a GEMM at d ∈ {4096,
+  12288}, their TFLOP/s and share of the FP64 peak: the efficiencies `layerprof bench --plan`
+  assumes (``layerprof.profile_cost.DEVICES``: 60% GEMM, 10% eigen), measured.
 Prints one summary table and appends rows to bench/results.csv.
 """
 from __future__ import annotations
@@ -117,6 +120,34 @@ def qwen3_sweep(args, summary, rows_out):
                             f"statistics {stats[f'{n}+sketch128'] / max(stats[n], 1e-12):.0%} of dense", ""))
 
 
+def finalize_primitives(args, summary, rows_out):
+    """The float64 work of finalize at Qwen3-8B's input widths, against the cost model's assumed rates."""
+    from layerprof.profile_cost import DEVICES
+
+    peak = DEVICES["h200"]["fp64_peak"]
+    device = args.device
+    for d in args.dims:
+        gen = torch.Generator(device=device).manual_seed(0)
+        X = torch.randn(2 * d, d, dtype=torch.float64, device=device, generator=gen)
+        sigma = X.t() @ X / (2 * d) + 1e-3 * torch.eye(d, dtype=torch.float64, device=device)
+        L = torch.linalg.cholesky(sigma)
+        C = torch.randn(d, 4096, dtype=torch.float64, device=device, generator=gen)
+        fns = {"eigvalsh": lambda: torch.linalg.eigvalsh(sigma),
+               "cholesky": lambda: torch.linalg.cholesky(sigma),
+               "solve_triangular (d x 4096)": lambda: torch.linalg.solve_triangular(L, C, upper=False),
+               "gemm (4096 x d x d)": lambda: C.t() @ sigma}
+        flops = {"eigvalsh": 4.0 / 3.0 * d ** 3, "cholesky": d ** 3 / 3.0,
+                 "solve_triangular (d x 4096)": 1.0 * d * d * 4096, "gemm (4096 x d x d)": 2.0 * 4096 * d * d}
+        t = interleaved(fns, args.reps, device)
+        for k, v in t.items():
+            rate = flops[k] / v
+            summary.append((f"finalize fp64 d={d}", k, f"{v * 1e3:.1f} ms", f"{rate / 1e9:,.0f} GF/s",
+                            f"{rate / peak:.0%} of the H200 FP64 peak" if device == "cuda" else ""))
+            rows_out.append({"bench": "finalize_fp64", "op": k, "d_in": d, "device": device, "seconds": round(v, 6),
+                             "tflops": round(rate / 1e12, 3)})
+        del X, sigma, L, C
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dims", type=int, nargs="+", default=[4096, 12288])
@@ -127,16 +158,22 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--skip-sweep", action="store_true")
+    ap.add_argument("--only-finalize", action="store_true",
+                    help="the float64 finalize primitives only (runs on --device cpu too, with small --dims)")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = ap.parse_args()
     summary, rows_out = [], []
     t0 = time.time()
-    for section in (roofline_ops,) + (() if args.skip_sweep else (qwen3_sweep,)):
+    sections = (finalize_primitives,) if args.only_finalize else \
+        (roofline_ops,) + (() if args.skip_sweep else (qwen3_sweep,)) + (finalize_primitives,)
+    for section in sections:
         try:
             section(args, summary, rows_out)
         except Exception:  # report and keep going: one script, one summary
             traceback.print_exc()
             summary.append((section.__name__, "FAILED", "see traceback above", "", ""))
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     print(f"\n# {machine()}  ({time.time() - t0:.0f} s)")
     widths = [max(len(str(r[i])) for r in summary) for i in range(5)] if summary else [0] * 5
     for r in summary:

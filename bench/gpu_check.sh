@@ -9,5 +9,5 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 echo "== build"; time python -m pip install --no-build-isolation --no-deps -e . -q 2>&1 | tail -5
 python -m layerprof.cli doctor
 echo "== GPU tests"; timeout 200 python -m pytest -q tests/test_gpu.py tests/test_columns.py 2>&1 | tail -5
-echo "== bench"; (cd bench && timeout 300 python bench_gpu.py)
+echo "== bench"; (cd bench && timeout 330 python bench_gpu.py)
 if [ -n "${OUT:-}" ]; then cp bench/results.csv "$OUT/" 2>/dev/null; fi
