@@ -5,7 +5,7 @@ slower per call than in the plain pass: with the statistics' large buffers live,
 returning freed pages to the OS, and every new activation tensor page-faults on first touch. This
 runs the same measurement in two child processes, one with glibc's defaults and one with
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` set so that freed memory is
-kept (what jemalloc or tcmalloc via ``LD_PRELOAD`` also give). Each child times, interleaved, process
+kept, and, where the system has them, jemalloc and tcmalloc through ``LD_PRELOAD``. Each child times, interleaved, process
 CPU time, one thread: plain frozen forward+backward, and ``lp.profile`` up to the end of the sweep
 (finalize is stubbed out: it is the same in both and timed elsewhere), coupling off.
 
@@ -64,6 +64,22 @@ def child(reps: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def preloaded_allocators() -> list[tuple[str, dict]]:
+    """jemalloc and tcmalloc through LD_PRELOAD, where the system has them (Debian: apt-get install
+    libjemalloc2 libtcmalloc-minimal4); a row is printed only for those found."""
+    import ctypes.util
+
+    found = []
+    for label, lib in (("jemalloc (LD_PRELOAD)", "jemalloc"), ("tcmalloc (LD_PRELOAD)", "tcmalloc_minimal")):
+        name = ctypes.util.find_library(lib)
+        path = next((os.path.join(d, name) for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+                                                      "/usr/lib", "/usr/local/lib")
+                     if name and os.path.exists(os.path.join(d, name))), None)
+        if path:
+            found.append((label, {"LD_PRELOAD": path}))
+    return found
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2)
@@ -76,7 +92,8 @@ def main(argv=None) -> None:
 
     print(f"{machine()}\nGPT-2-small shape, 2 batches × 2 × 512 tokens, process CPU time, median of {args.reps}\n")
     print("| malloc | plain s | sweep s | sweep / plain |\n|---|---:|---:|---:|")
-    for label, extra in (("glibc defaults", {}), ("keeps freed pages (MALLOC_*_ env)", KEEP_PAGES)):
+    for label, extra in (("glibc defaults", {}), ("keeps freed pages (MALLOC_*_ env)", KEEP_PAGES),
+                         *preloaded_allocators()):
         env = {**os.environ, **extra, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, __file__, "--child", "--reps", str(args.reps)], env=env,
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]

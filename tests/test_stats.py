@@ -221,3 +221,46 @@ def test_auto_never_picks_an_unmeasured_gpu_kernel():
     assert ops.AUTO["cuda"] == ("torch",)
     assert ops.resolve_backend("auto", "cuda") == "torch"
     assert ops.resolve_backend("auto", "cpu") in ops.AUTO["cpu"]
+
+
+def test_accumulator_halves_take_the_staged_buffers_and_stay_exact():
+    """A half's first commit takes the batch's Gram and staged C (no copy); every later batch adds into them.
+
+    Five batches: modules a and b read one shared input (one Gram, one S between them), c reads its own
+    input, and in batch 3 b reads a second input too (its S splits off). Each half must equal the float64
+    sum of its own batches, and no buffer a half owns may be handed to a later batch's staging."""
+    from layerprof.accumulate import Accumulator
+
+    gen = torch.Generator().manual_seed(3)
+    dims = {"a": (6, 4), "b": (6, 3), "c": (5, 2)}
+    acc = Accumulator(dims, torch.float32, "torch")
+    want = tuple({n: [torch.zeros(d_in, d_in, dtype=torch.float64), torch.zeros(d_in, d_out, dtype=torch.float64)]
+                  for n, (d_in, d_out) in dims.items()} for _ in range(2))
+    for batch in range(5):
+        x = torch.randn(7, 6, generator=gen)
+        xc = torch.randn(7, 5, generator=gen)
+        calls = [("a", x, 1), ("b", x, 1), ("c", xc, 2)]
+        if batch == 3:
+            calls.append(("b", torch.randn(7, 6, generator=gen), 3))
+        for name, xi, iid in calls:
+            g = torch.randn(7, dims[name][1], generator=gen)
+            acc.update(name, xi, g, None, 7, input_id=iid)
+            w = want[batch % 2][name]
+            w[0] += xi.double().t() @ xi.double()
+            w[1] += xi.double().t() @ g.double()
+        staged = {n: st.C for n, st in acc.pending.items()}
+        grams = dict(acc.grams)
+        acc.commit()
+        if batch < 2:  # the half's first commit: its C and (unshared-key) S are the staged buffers themselves
+            half = acc.halves[batch]
+            assert all(half[n].C is staged[n] for n in dims)
+            assert half["a"].S is grams[1] and half["a"].S is half["b"].S and half["c"].S is grams[2]
+        owned = {id(t) for h in acc.halves for st in h.values() for t in (st.S, st.C)}
+        assert not owned & {id(st.C) for st in acc.pending.values()}
+        assert not owned & {id(S) for bufs in acc._free.values() for S in bufs}
+    for h in range(2):
+        for n in dims:
+            got = acc.halves[h][n]
+            torch.testing.assert_close(torch.triu(got.S.double()), torch.triu(want[h][n][0]), rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(got.C.double(), want[h][n][1], rtol=1e-5, atol=1e-4)
+    assert acc.halves[1]["a"].S is not acc.halves[1]["b"].S  # b read a second input in batch 3: split off
