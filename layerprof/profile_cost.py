@@ -41,6 +41,7 @@ DEVICES = {
     "h200": {"fp32_gemm": 0.6 * 494e12, "bf16_gemm": 0.6 * 989e12, "fp64_gemm": 0.6 * 67e12, "fp64_eigen": 0.1 * 67e12,
              "fp64_peak": 67e12, "memory": 141e9,
              "label": "NVIDIA H200 SXM (dense peaks 494 TF32 / 989 BF16 / 67 FP64 TFLOP/s; 60% GEMM, 10% eigen)"},
+    # On the CPU the "peak" is the measured fp64 GEMM rate: the floor it gives is a practical one.
     "cpu": {"fp32_gemm": 40e9, "bf16_gemm": 40e9, "fp64_gemm": 20e9, "fp64_eigen": 8e9, "fp64_peak": 20e9,
             "memory": 24 * 2 ** 30,
             "label": "one core of the 2-core AMD EPYC VM (measured: ~40 GF/s fp32 GEMM, ~20 fp64, eigen ~8)"},
