@@ -6,31 +6,23 @@ trained (``docs/study/TASK/study.json``, the candidates of ``TASK/candidates.jso
 reach the gain, and their cost under the card's own cost model (``layerprof.placement.card_cost_model``,
 the model `card.place(budget=...)` optimizes; deterministic, unlike the study's contended step
 seconds). A row where none does says that no rule choosing among those placements meets the goal
-there; it does not prove that no untried layer set would.
+there; it does not prove that no untried set would.
 
     python bench/cost_feasible.py [--gain 0.9] [--cost 0.6] [--root docs/study]
 """
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "docs", "study")
+from placement_rule import ROOT, study_rows
 
 
-def trained_sets(study_dir: str, budget: str) -> dict[tuple, float]:
-    """Distinct layer sets trained on one row -> their mean gain as a share of full LoRA (None: no full run)."""
-    with open(os.path.join(study_dir, "study.json")) as f:
-        placements = dict(json.load(f)["budgets"][budget]["placements"])
-    extra = os.path.join(study_dir, "candidates.json")
-    if os.path.exists(extra):
-        with open(extra) as f:
-            placements.update(json.load(f).get(budget, {}))
+def trained_sets(placements: dict, extra: dict) -> dict[tuple, float]:
+    """Distinct layer sets trained on one row -> their mean gain as a share of full LoRA."""
     full = placements.get("full", {}).get("mean")
     out = {}
-    for name, p in placements.items():
+    for name, p in {**placements, **extra}.items():
         # candidates.json keeps the mean gain only: its share of full LoRA is taken here.
         share = p.get("fraction_of_full", p["mean"] / full if full and "mean" in p else None)
         if name != "full" and share is not None:
@@ -50,23 +42,20 @@ def main() -> None:
     print(f"| row | distinct sets trained | reaching ≥ {args.gain:.0%} at modelled cost ≤ {args.cost:.0%} | best of them |")
     print("|---|---:|---:|---|")
     rows = feasible = 0
-    for path in sorted(glob.glob(os.path.join(args.root, "*", "study.json"))):
-        study_dir = os.path.dirname(path)
-        with open(path) as f:
-            study = json.load(f)
-        for budget in study["budgets"]:
-            card_path = os.path.join(study_dir, f"card_{budget}steps.json")
-            if "full" not in study["budgets"][budget]["placements"] or not os.path.exists(card_path):
-                continue
-            model = card_cost_model(lp.LayerCard.load(card_path))
-            r = study["protocol"]["r"]
-            sets = trained_sets(study_dir, budget)
-            ok = sorted(((gain, layers, model.cost(list(layers), r).fraction) for layers, gain in sets.items()
-                         if gain >= args.gain and model.cost(list(layers), r).fraction <= args.cost), reverse=True)
-            rows += 1
-            feasible += bool(ok)
-            best = f"{list(ok[0][1])}: {ok[0][0]:.0%} at {ok[0][2]:.0%}" if ok else "–"
-            print(f"| {os.path.basename(study_dir)} @ {budget} | {len(sets)} | {len(ok)} | {best} |")
+    for study_dir, budget, study, extra in study_rows(args.root):
+        placements = study["budgets"][budget]["placements"]
+        card_path = os.path.join(study_dir, f"card_{budget}steps.json")
+        if "full" not in placements or not os.path.exists(card_path):
+            continue
+        model = card_cost_model(lp.LayerCard.load(card_path))
+        sets = trained_sets(placements, extra)
+        costs = {layers: model.cost(list(layers), study["protocol"]["r"]).fraction for layers in sets}
+        ok = sorted(((gain, layers, costs[layers]) for layers, gain in sets.items()
+                     if gain >= args.gain and costs[layers] <= args.cost), reverse=True)
+        rows += 1
+        feasible += bool(ok)
+        best = f"{list(ok[0][1])}: {ok[0][0]:.0%} at {ok[0][2]:.0%}" if ok else "–"
+        print(f"| {os.path.basename(study_dir)} @ {budget} | {len(sets)} | {len(ok)} | {best} |")
     print(f"\n{feasible} of {rows} rows have at least one trained placement that meets both.")
 
 

@@ -29,35 +29,41 @@ BASELINES = ("first-k", "last-k", "uniform-k", "middle-k", "grad-norm top-k", "a
 ROOT = os.path.join(os.path.dirname(__file__), "..", "docs", "study")
 
 
+def study_rows(root: str = ROOT):
+    """(study directory, budget, its study.json, that budget's placements in TASK/candidates.json) per row
+    that trained any placement; the task is the directory's name."""
+    for path in sorted(glob.glob(os.path.join(root, "*", "study.json"))):
+        study_dir = os.path.dirname(path)
+        with open(path) as f:
+            study = json.load(f)
+        extra_path = os.path.join(study_dir, "candidates.json")
+        extra = json.load(open(extra_path)) if os.path.exists(extra_path) else {}
+        for budget, b in study["budgets"].items():
+            if b.get("placements"):
+                yield study_dir, budget, study, extra.get(budget, {})
+
+
 def load_rows(root: str = ROOT, baselines: bool = False) -> dict:
     """row -> {"full": mean gain or None, "random": (mean gain, std), "baselines": [gains], "card": {name: (gain, std)}}.
 
     ``card`` holds the study's card placements, those of TASK/candidates.json, and with ``baselines``
     each baseline under the name "baseline NAME"."""
     rows = {}
-    for path in sorted(glob.glob(os.path.join(root, "*", "study.json"))):
-        task = os.path.basename(os.path.dirname(path))
-        with open(path) as f:
-            study = json.load(f)
-        extra_path = os.path.join(os.path.dirname(path), "candidates.json")
-        extra = json.load(open(extra_path)) if os.path.exists(extra_path) else {}
-        for budget, b in study["budgets"].items():
-            pl = b.get("placements") or {}
-            if not pl:
-                continue
-            cands = {n: p for n, p in pl.items() if n.startswith("card ")}
-            cands.update(extra.get(budget, {}))
-            if baselines:
-                cands.update({f"baseline {n}": pl[n] for n in BASELINES if n in pl})
-            draws = [p for n, p in pl.items() if n.startswith("random-k draw")]
-            full = pl.get("full", {}).get("mean")
-            full = full if full is not None and full > 0 else None  # full LoRA that lost is no reference
-            rows[f"{task}@{budget}"] = {
-                "full": full,
-                "random": (statistics.mean(p["mean"] for p in draws), statistics.mean(p["std"] for p in draws)),
-                "baselines": [pl[n]["mean"] for n in BASELINES if n in pl],
-                "card": {n: (p["mean"], p["std"]) for n, p in cands.items()},
-            }
+    for study_dir, budget, study, extra in study_rows(root):
+        task, pl = os.path.basename(study_dir), study["budgets"][budget]["placements"]
+        cands = {n: p for n, p in pl.items() if n.startswith("card ")}
+        cands.update(extra)
+        if baselines:
+            cands.update({f"baseline {n}": pl[n] for n in BASELINES if n in pl})
+        draws = [p for n, p in pl.items() if n.startswith("random-k draw")]
+        full = pl.get("full", {}).get("mean")
+        full = full if full is not None and full > 0 else None  # full LoRA that lost is no reference
+        rows[f"{task}@{budget}"] = {
+            "full": full,
+            "random": (statistics.mean(p["mean"] for p in draws), statistics.mean(p["std"] for p in draws)),
+            "baselines": [pl[n]["mean"] for n in BASELINES if n in pl],
+            "card": {n: (p["mean"], p["std"]) for n, p in cands.items()},
+        }
     return rows
 
 

@@ -81,10 +81,13 @@ class ProfileCost:
     def finalize_share_of_sweep(self) -> float:
         return self.finalize_seconds / self.sweep_seconds if self.sweep_seconds else float("nan")
 
+    @property
+    def finalize_floor_share_of_sweep(self) -> float:
+        return self.finalize_floor_seconds / self.sweep_seconds if self.sweep_seconds else float("nan")
+
     def to_dict(self) -> dict:
         return {**asdict(self), "finalize_share_of_sweep": self.finalize_share_of_sweep,
-                "finalize_floor_share_of_sweep": self.finalize_floor_seconds / self.sweep_seconds
-                if self.sweep_seconds else float("nan"),
+                "finalize_floor_share_of_sweep": self.finalize_floor_share_of_sweep,
                 "tokens_for_finalize_share": self.tokens_for_finalize_share}
 
     def table(self) -> str:
@@ -113,7 +116,7 @@ class ProfileCost:
             f"device; finalize's float64 working set {human_bytes(self.finalize_bytes)} (one input's Σ and "
             "Cholesky factor at a time, one module's C and halves).",
             f"At the full FP64 peak finalize would take {self.finalize_floor_seconds:.1f} s "
-            f"({self.finalize_floor_seconds / self.sweep_seconds:.0%} of the sweep): the floor of exact float64 "
+            f"({self.finalize_floor_share_of_sweep:.0%} of the sweep): the floor of exact float64 "
             f"columns. Finalize does not grow with the tokens: it is ≤ 10% of the sweep from "
             f"{self.tokens_for_finalize_share:,.0f} tokens on.",
             "A model: attention's T×T work is not counted; rates are peaks × assumed efficiencies "

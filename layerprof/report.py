@@ -55,7 +55,7 @@ def _score_note(card: "LayerCard", name: str, label: str) -> str:
     if not card.meta["settings"].get("score_default"):
         why = "chosen with score= / --score"
     else:
-        why = ("the placement study's round-6 default (docs/RESULTS.md: over 29 task-budget rows it reached 94% of full LoRA on average, 11 points above the mean of eight baselines, and fell more than 2 seed-stds below random-k on one, where k = 1; confirmed on a 24-block decoder no study had seen; compare with full LoRA on "
+        why = ("the placement study's round-6 default (docs/RESULTS.md: over 31 task-budget rows it reached 94% of full LoRA on average, 11 points above the mean of eight baselines, and fell more than 2 seed-stds below random-k on one, where k = 1; confirmed on a 24-block decoder no study had seen (rounds 6 and 7); weak on the one encoder studied; compare with full LoRA on "
                "your eval set)")
     return (f"Score = {label}, {how}: {why}. ρ², the paper's resnorm, is in the layer table beside it; with a "
             "budget, the simulated LoRA gain for that budget is too (docs/method.md says how to read each).")
