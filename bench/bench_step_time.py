@@ -10,6 +10,7 @@ machine). The plan's measured gain share comes from the study (``docs/study/TASK
     OMP_NUM_THREADS=1 python bench/bench_step_time.py --steps 40 --tasks bundled deep
     OMP_NUM_THREADS=1 python bench/bench_step_time.py --steps 60 --tasks all   # every study task
     OMP_NUM_THREADS=1 python bench/bench_step_time.py --steps 60 --tasks all --measured-cost --by energy
+    OMP_NUM_THREADS=1 python bench/bench_step_time.py --steps 60 --tasks all --measured-cost   # today's default score
 
 ``--measured-cost`` first times LoRA steps of five placement shapes on this machine
 (``layerprof.measure_step_cost``) and places with the fitted cost model. A plan the study never
@@ -50,7 +51,8 @@ def _peft(task, modules, kinds, r=8):
 
 def main(argv=None) -> None:
     from layerprof.benchmark import machine
-    from layerprof.study import with_attention
+    from layerprof.scores import DEFAULT_SCORE
+    from layerprof.study import rescore, with_attention
     from layerprof.tasks import TASKS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -58,7 +60,10 @@ def main(argv=None) -> None:
                     help="study tasks (any with a card in docs/study/TASK); --tasks all for every one")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--budget", type=float, default=0.6)
-    ap.add_argument("--by", default="score", help="layer column to place by (default: the card's own score)")
+    ap.add_argument("--by", default="score", help="layer column to place by (default: the score, see --score)")
+    ap.add_argument("--score", default=None,
+                    help="rescore each stored card with this score before placing (default: the library's "
+                         f"default score); 'stored' keeps the score the card was saved with")
     ap.add_argument("--measured-cost", action="store_true",
                     help="place with a cost model fitted to LoRA steps timed here (layerprof.measure_step_cost)")
     ap.add_argument("--calibration-steps", type=int, default=10, help="timed steps per shape with --measured-cost")
@@ -74,6 +79,9 @@ def main(argv=None) -> None:
         path = short_budget_card(name)  # its attention term filled below for older cards
         task = TASKS[name]()
         card = with_attention(lp.LayerCard.load(path), task)
+        if args.score != "stored":
+            # Study cards keep the score of the version that made them; place by today's default.
+            card = rescore(card, args.score or DEFAULT_SCORE)
         flop_plan = card.place(budget=args.budget, by=args.by) if args.measured_cost else None
         if args.measured_cost:
             card = lp.measure_step_cost(task.model(), task.calibration, card, steps=args.calibration_steps,

@@ -133,13 +133,12 @@ def placement_sets(card, k: int, random_draws: int, scores: dict[str, str],
     top-k, its stratified-k (the best layer of each of uniform-k's depth bins), with ``cost_cap``
     its cost-aware placement, and, when the card has coupling, the coupled greedy on it.
     """
-    from .scores import apply_score
     from .placement import middle_k, uniform_k
 
     layers = [l.layer for l in card.layers]
     out: dict[str, list[int]] = {}
     for label, score in scores.items():
-        rescored = _rescored(card, score, apply_score)
+        rescored = rescore(card, score)
         if rescored is None:
             continue
         out[f"{label} top-k"] = rescored.place(layers=k, spread=False).layers
@@ -162,8 +161,11 @@ def placement_sets(card, k: int, random_draws: int, scores: dict[str, str],
     return out
 
 
-def _rescored(card, score: str, apply_score):
+def rescore(card, score: str):
+    """A copy of ``card`` whose layers' ``score`` and ``rank`` are ``score`` (a name in ``layerprof.scores.SCORES``);
+    None where the card lacks a column the score needs (an older card, or a budget score never computed)."""
     from .card import LayerCard
+    from .scores import apply_score
 
     rows = [asdict(l) for l in card.layers]
     try:
