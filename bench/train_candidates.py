@@ -9,7 +9,7 @@ it measured the same layers, and trains the rest with the study's protocol and s
 resumes). Results go to ``docs/study/TASK/candidates.json``, which ``bench/placement_rule.py`` reads
 beside the study's own placements.
 
-    OMP_NUM_THREADS=1 python bench/train_candidates.py [--tasks bundled code ...] [--root docs/study]
+    OMP_NUM_THREADS=1 python bench/train_candidates.py [--tasks bundled code ...] [--candidates NAME ...] [--root docs/study]
 """
 from __future__ import annotations
 
@@ -23,18 +23,29 @@ import torch
 import layerprof as lp
 
 ROOT = Path(__file__).resolve().parent.parent / "docs" / "study"
-# Candidate name (as the study names card placements: "card <score> <method>") -> the score it bins.
+# Candidate name (as the study names card placements: "card <score label> <method>") -> the score it places
+# by. Round 5: stratified-k on energy and ρ(r)²/noise amp; round 9: the cross-half (Rule 1) ρ(r)²×/noise amp,
+# stratified-k and top-k (its cards need the column: bench/add_rank_cross.py).
 CANDIDATES = {"card energy stratified-k": "energy",
-              "card ρ(r)²/noise stratified-k": "resnorm2_rank_over_noise"}
+              "card ρ(r)²/noise stratified-k": "resnorm2_rank_over_noise",
+              "card ρ(r)²×/noise stratified-k": "resnorm2_rank_x_over_noise",
+              "card ρ(r)²×/noise top-k": "resnorm2_rank_x_over_noise"}
+METHODS = ("stratified-k", "top-k")
 
 
-def candidate_layers(card, k: int) -> dict[str, list[int]]:
-    """Each candidate's layers on one card at k: the study's own stratified-k on each score."""
+def candidate_layers(card, k: int, names=None) -> dict[str, list[int]]:
+    """Each candidate's layers on one card at k, as the study places them (``placement_sets``); a
+    candidate whose score the card lacks is left out."""
     from layerprof.study import placement_sets
 
-    labels = {name.removesuffix(" stratified-k"): score for name, score in CANDIDATES.items()}
-    sets = placement_sets(card, k, 0, labels, cost_cap=False)
-    return {name: sets[name] for name in CANDIDATES}
+    out = {}
+    for name in names or CANDIDATES:
+        method = next(m for m in METHODS if name.endswith(" " + m))
+        label = name.removesuffix(" " + method)
+        sets = placement_sets(card, k, 0, {label: CANDIDATES[name]}, cost_cap=False)
+        if name in sets:
+            out[name] = sets[name]
+    return out
 
 
 def main(argv=None) -> None:
@@ -44,6 +55,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=ROOT, help="folder of TASK/study.json (default: docs/study)")
     ap.add_argument("--tasks", nargs="*", help="tasks to run (default: every study under --root)")
+    ap.add_argument("--candidates", nargs="*", choices=sorted(CANDIDATES), metavar="NAME",
+                    help=f"candidates to place (default: all of {', '.join(CANDIDATES)})")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     folders = sorted(p.parent for p in args.root.glob("*/study.json"))
@@ -67,7 +80,7 @@ def main(argv=None) -> None:
             k = len(placements["uniform-k"]["layers"])
             kinds = {m.name: m.kind for m in card.modules}
             row = out.setdefault(budget, {})
-            for cand, layers in candidate_layers(card, k).items():
+            for cand, layers in candidate_layers(card, k, args.candidates).items():
                 known = measured_gains(placements, layers)
                 if known is not None:
                     gains = known

@@ -24,7 +24,7 @@ from .finalize import finalize
 from .linalg import blas_threads, library
 from .memory import peak_kind, process_peak, solve_threads, threads
 from .cost import attention_shape
-from .scores import DEFAULT_SCORE
+from .scores import DEFAULT_SCORE, RANK_CROSS_SCORES
 from .targets import Target, linear_kind, modules_by_name, output_head_names
 
 
@@ -52,6 +52,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
     heads = output_heads(model)
     attention = attention_shape(model, seq_len)
     score = config.score or DEFAULT_SCORE
+    rank_cross = config.rank_cross if config.rank_cross is not None else score in RANK_CROSS_SCORES
     t_fin = time.perf_counter()
     # The float64 solves run on the CPU unless the statistics live on a GPU; on a busy CPU one thread.
     n_threads = solve_threads() if device.type == "cpu" else torch.get_num_threads()
@@ -59,7 +60,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
         modules_rows, layer_rows, stability = finalize(
             acc, {n: targets[n] for n in sorted(fired, key=list(targets).index)},
             weights, rank=config.rank, damping=config.damping,
-            heads=heads, score=score, attention=attention)
+            heads=heads, score=score, attention=attention, rank_cross=rank_cross)
     finalize_s = time.perf_counter() - t_fin
     meta = {
         "model": model_identity(model),
@@ -68,6 +69,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
                      "backend_requested": config.backend,
                      "dtype": str(config.dtype).replace("torch.", ""),
                      "targets": config.targets, "score": score, "score_default": config.score is None,
+                     "rank_cross": rank_cross,
                      "sketch": config.sketch,
                      "sketched_modules": sum(acc.sketched(n) for n in fired)},
         "versions": versions(),

@@ -46,6 +46,7 @@ class ModuleRow:
     sv2: list = field(default_factory=list, repr=False)
     resnorm2_x: float | None = None    # cross-half ρ² (unbiased for the signal; may be negative)
     grad_norm2_x: float | None = None  # cross-half ‖C‖²
+    resnorm2_rank_x: float | None = None  # cross-half rank-r ρ² (each half's top-r subspace, the other half's M)
     sim_gain: float | None = None      # simulated LoRA gain for meta.budget (layerprof.simulate)
     lca_gain: float | None = None      # warm-up loss-change allocation (layerprof.warmup)
 
@@ -75,6 +76,7 @@ class LayerRow:
     measured_gain: float | None = None  # single-layer LoRA probe (`layerprof card --probe-steps K`)
     resnorm2_x: float | None = None     # Σ over modules of the cross-half ρ²
     grad_norm2_x: float | None = None   # Σ over modules of the cross-half ‖C‖²
+    resnorm2_rank_x: float | None = None  # Σ over modules of the cross-half rank-r ρ²
     noise_share: float | None = None    # (ρ² − ρ²×) / ρ²: the part of the naive ρ² that is sampling noise
     batches_to_halve_noise: int | None = None  # calibration batches that would halve noise_share
     sim_gain: float | None = None       # simulated LoRA held-out gain for meta.budget (nats/token)

@@ -36,7 +36,8 @@ def profile_config(args) -> "ProfileConfig":
                                 lora_alpha=args.lora_alpha if args.lora_alpha is not None else 2 * args.rank)
     return ProfileConfig(rank=args.rank, damping=args.damping, backend=args.backend, score=args.score, sketch=sketch,
                          max_memory=int(args.max_memory * 2 ** 30) if args.max_memory is not None else None,
-                         coupling=args.coupling, max_tokens=args.max_tokens, progress=not args.no_progress,
+                         coupling=args.coupling, rank_cross=args.rank_cross or None, max_tokens=args.max_tokens,
+                         progress=not args.no_progress,
                          targets=args.targets, budget=budget)
 
 

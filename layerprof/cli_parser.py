@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     D, B, H = ProfileConfig(), TrainingBudget(), ProfileConfig.help()  # the card options' defaults and help
     PLACE_BY = ["score", "resnorm", "resnorm_rank", "energy", "grad_norm", "act_norm", "nfn", "predicted_gain",
-                "resnorm2_x", "grad_norm2_x", "sim_gain", "lca_gain", "measured_gain"]
+                "resnorm2_x", "resnorm2_rank_x", "grad_norm2_x", "sim_gain", "lca_gain", "measured_gain"]
 
     c = command("card", help="profile a model and write card.json, card.md, card.html, lora_config.json")
     c.add_argument("--model", type=A.model_dir("--model"), help="local Hugging Face model directory (default: the bundled Shakespeare GPT-2)")
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the layer coupling matrix (two forwards per layer): the report then shows the "
                         "coupling diagnostics and `layerprof place` can use it; the default placement does not need "
                         "it (default: off)")
+    c.add_argument("--rank-cross", action="store_true",
+                   help="also compute the cross-half rank-r ρ² (resnorm2_rank_x; about +60%% finalize time; on "
+                        "by itself when --score needs it)")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (statistics are always fp32)")
     c.add_argument("--probe-steps", type=A.integer("--probe-steps", 0, 10 ** 6), default=0,

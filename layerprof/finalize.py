@@ -223,8 +223,51 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
     }
 
 
+def _leading_subspace(A: torch.Tensor, k: int) -> torch.Tensor:
+    """Orthonormal basis (columns) of the k leading eigenvectors of A Aᵀ: A's top-k left singular subspace.
+
+    Up to EXACT_SPECTRUM_MAX rows exactly (``linalg.leading_gram_eigvecs``); larger, the block Krylov
+    subspace of ``_leading_sv2``, kept only when every Ritz vector's residual is below KRYLOV_TOL·θ_1."""
+    m = A.shape[0]
+    if m > max(EXACT_SPECTRUM_MAX, 4 * k):
+        g = torch.Generator(device="cpu").manual_seed(0)
+        block = torch.randn(m, 2 * k, generator=g, dtype=torch.float64).to(A.device)
+        basis = []
+        for _ in range(4):
+            block = torch.linalg.qr(block).Q
+            basis.append(block)
+            block = A @ (A.t() @ block)
+        Q = torch.linalg.qr(torch.cat(basis, dim=1)).Q
+        B = A.t() @ Q
+        theta, Z = torch.linalg.eigh(B.t() @ B)
+        theta, U = theta.flip(0)[:k], Q @ Z.flip(1)[:, :k]
+        residual = torch.linalg.vector_norm(A @ (A.t() @ U) - U * theta, dim=0)
+        if float(residual.max()) <= KRYLOV_TOL * float(theta[0].clamp_min(1e-300)):
+            return U
+    return linalg.leading_gram_eigvecs(A, k)
+
+
+def rank_cross(Ma: torch.Tensor, Mb: torch.Tensor, rank: int) -> float:
+    """½(⟨T_r(M_a), M_b⟩ + ⟨M_a, T_r(M_b)⟩), T_r the rank-r truncation (Rule 1's rank-r cross term).
+
+    Each half's top-r singular subspace is measured against the other half's matrix, which enters
+    linearly: its noise is independent of that subspace, so the term has the signal's expectation
+    and zero for pure noise. ⟨T_r(X), Y⟩ = ⟨UᵀX, UᵀY⟩ with U X's top-r left singular vectors (taken
+    on the short side of X, where the Gram matrix is smaller)."""
+    if Ma.shape[0] > Ma.shape[1]:
+        Ma, Mb = Ma.t(), Mb.t()
+    if rank >= Ma.shape[0]:
+        return float((Ma * Mb).sum())  # rank r keeps everything: the full cross term
+    total = 0.0
+    for X, Y in ((Ma, Mb), (Mb, Ma)):
+        U = _leading_subspace(X, rank)
+        total += float(((U.t() @ X) * (U.t() @ Y)).sum())
+    return total / 2
+
+
 def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats | None, nb: tuple[int, int], *,
-                       damping: float, cache: "SolveCache", whitened: tuple | None = None) -> dict:
+                       damping: float, cache: "SolveCache", whitened: tuple | None = None,
+                       rank: int | None = None) -> dict:
     """Rule 1: ρ² and ‖C‖² estimated across the split halves, without their noise bias.
 
     With G_h = C_h / nb_h the mean batch gradient of half h (halves hold alternate batches,
@@ -234,18 +277,20 @@ def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats
 
         ρ²×  = n² · tr(G_aᵀ P G_b),    ‖C‖²× = n² · ⟨G_a, G_b⟩
 
-    have the signal's expectation and zero for pure noise, so they can be negative.
-    noise share = (naive − ×) / naive. Both are None with fewer than two batches.
-    ``whitened``: (L⁻¹C_a, L⁻¹C_b) when the caller has them already.
+    have the signal's expectation and zero for pure noise, so they can be negative. With ``rank``,
+    also the rank-r ρ²× (``rank_cross``): the debiased counterpart of resnorm_rank², what a rank-r
+    adapter can reach of the signal. noise share = (naive − ×) / naive. All are None with fewer than
+    two batches. ``whitened``: (L⁻¹C_a, L⁻¹C_b) when the caller has them already.
     """
     if a is None or b is None or a.N == 0 or b.N == 0 or min(nb) < 1:
-        return {"resnorm2_x": None, "grad_norm2_x": None}
+        return {"resnorm2_x": None, "grad_norm2_x": None, "resnorm2_rank_x": None}
     solve = cache.get(total.S, total.N)
     n = nb[0] + nb[1]
     scale = (n / nb[0]) * (n / nb[1])
     Ca, Cb = (h.C.to(solve.sigma.device, torch.float64) for h in (a, b))
     Ma, Mb = whitened if whitened is not None else (solve.whiten(Ca), solve.whiten(Cb))
-    return {"resnorm2_x": scale * float((Ma * Mb).sum()), "grad_norm2_x": scale * float((Ca * Cb).sum())}
+    return {"resnorm2_x": scale * float((Ma * Mb).sum()), "grad_norm2_x": scale * float((Ca * Cb).sum()),
+            "resnorm2_rank_x": None if rank is None else scale * rank_cross(Ma, Mb, rank)}
 
 
 def noise_columns(naive: float, cross: float | None, batches: int) -> dict:
@@ -264,8 +309,10 @@ def noise_columns(naive: float, cross: float | None, batches: int) -> dict:
 
 def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[str, torch.Tensor], *,
              rank: int, damping: float, heads: list[dict] = (),
-             score: str = "resnorm2", attention: dict | None = None) -> tuple[list[dict], list[dict], dict]:
-    """Module rows, layer rows and the split-half stability record for a finished sweep."""
+             score: str = "resnorm2", attention: dict | None = None,
+             rank_cross: bool = False) -> tuple[list[dict], list[dict], dict]:
+    """Module rows, layer rows and the split-half stability record for a finished sweep (``rank_cross``:
+    also the cross-half rank-r ρ², ``resnorm2_rank_x``)."""
     cache = SolveCache(damping)
     modules = []
     nb_halves = acc.batches_per_half()
@@ -294,7 +341,8 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
             # Split halves: each half's C against the whole sweep's Σ (same damping rule).
             for h, Yh in enumerate(halves):
                 half_r2[h][name] = float((Yh * Yh).sum())
-        row.update(cross_half_columns(st, a, b, nb_halves, damping=damping, cache=cache, whitened=halves))
+        row.update(cross_half_columns(st, a, b, nb_halves, damping=damping, cache=cache, whitened=halves,
+                                      rank=rank if rank_cross else None))
         modules.append(row)
         if uses_left[input_of[name]] == 0:
             cache.release(input_of[name], st.N)
@@ -336,9 +384,12 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
 def layer_cross_columns(ms: list[dict], naive_r2: float, batches: int) -> dict:
     """A layer's cross-half sums over its modules and its noise share (None without halves)."""
     if any(m.get("resnorm2_x") is None for m in ms):
-        return {"resnorm2_x": None, "grad_norm2_x": None, "noise_share": None, "batches_to_halve_noise": None}
+        return {"resnorm2_x": None, "grad_norm2_x": None, "resnorm2_rank_x": None, "noise_share": None,
+                "batches_to_halve_noise": None}
     cross = sum(m["resnorm2_x"] for m in ms)
+    rank_x = [m.get("resnorm2_rank_x") for m in ms]
     return {"resnorm2_x": cross, "grad_norm2_x": sum(m["grad_norm2_x"] for m in ms),
+            "resnorm2_rank_x": None if None in rank_x else sum(rank_x),
             **noise_columns(naive_r2, cross, batches)}
 
 

@@ -98,6 +98,21 @@ def leading_gram_eigvals(A: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(mu[::-1][:k].copy()).clamp_min(0.0)
 
 
+def leading_gram_eigvecs(A: torch.Tensor, k: int) -> torch.Tensor:
+    """Orthonormal eigenvectors of A Aᵀ for its k largest eigenvalues (columns, descending)."""
+    m = A.shape[0]
+    k = min(k, m)
+    if not _scipy(A):
+        return torch.linalg.eigh(A @ A.t()).eigenvectors.flip(1)[:, :k]
+    from scipy.linalg import blas, eigh as _eigh
+
+    G = blas.dsyrk(1.0, A.numpy().T, trans=1, lower=0)
+    # Only the k leading pairs (LAPACK's dsyevr on an index range): the reduction to tridiagonal
+    # form is the whole cost, as for eigvalsh.
+    _, V = _eigh(G, lower=False, check_finite=False, driver="evr", subset_by_index=[m - k, m - 1])
+    return torch.from_numpy(V[:, ::-1].copy(order="C"))  # a copy: torch takes no negative strides
+
+
 def weighted_trace(W: torch.Tensor, sigma: torch.Tensor, L: torch.Tensor | None, lam: float) -> float:
     """tr(W Σ Wᵀ); with L the Cholesky factor of Σ + λI, as ‖W L‖² − λ‖W‖² (a triangular product)."""
     if L is None or not _scipy(W):

@@ -76,6 +76,7 @@ class ModuleSchema(BaseModel):
     sv2: Annotated[list[NonNeg], Field(max_length=4096)] = []
     resnorm2_x: Optional[Finite] = None
     grad_norm2_x: Optional[Finite] = None
+    resnorm2_rank_x: Optional[Finite] = None
     sim_gain: Optional[Finite] = None
     lca_gain: Optional[Finite] = None
 
@@ -115,6 +116,7 @@ class LayerSchema(BaseModel):
     measured_gain: Optional[Finite] = None
     resnorm2_x: Optional[Finite] = None
     grad_norm2_x: Optional[Finite] = None
+    resnorm2_rank_x: Optional[Finite] = None
     noise_share: Optional[Finite] = None
     batches_to_halve_noise: Optional[Count] = None
     sim_gain: Optional[Finite] = None

@@ -17,6 +17,9 @@ SCORES = {
     # Rule 1: quadratic forms in the gradient estimated across the split halves (unbiased for
     # the signal, zero in expectation for noise; may be negative).
     "resnorm2_x": lambda l: _or_nan(l.get("resnorm2_x")),
+    # The default's numerator without its noise bias: rank-r ρ² across the halves (may be negative).
+    "resnorm2_rank_x_over_noise": lambda l: (_or_nan(l.get("resnorm2_rank_x")) / l["noise_amp"]
+                                             if l["noise_amp"] > 0 else 0.0),
     "grad_norm2_x": lambda l: _or_nan(l.get("grad_norm2_x")),
     # Budget-aware predicted gains (nats per token of the mean batch loss) for the fine-tune in
     # meta.budget: simulated LoRA on the local quadratic model, scored held out (layerprof.simulate),
@@ -27,12 +30,16 @@ SCORES = {
 SCORE_LABELS = {"resnorm2": "ρ²", "resnorm2_rank": "ρ(r)²", "resnorm2_over_noise": "ρ²/noise amp",
                 "resnorm2_rank_over_noise": "ρ(r)²/noise amp",
                 "energy": "activation energy tr Σ", "resnorm2_x": "ρ²× (cross-half)",
+                "resnorm2_rank_x_over_noise": "ρ(r)²×/noise amp (cross-half)",
                 "grad_norm2_x": "‖C‖²× (cross-half)", "sim_gain": "simulated LoRA gain",
                 "lca_gain": "warm-up LCA gain"}
 # Scores that need more than the sweep: the budget-aware columns are filled only when profile()
 # is given a budget (and, for lca_gain, runs the warm-up).
 BUDGET_SCORES = {"sim_gain": "simulate", "lca_gain": "warmup"}  # score -> the predictor that fills it
 PREDICTORS = ("simulate", "warmup")
+# Scores that need the cross-half rank-r ρ² (finalize computes it only when asked: two top-r subspaces
+# per module, about +60% of finalize at d = 1024; ProfileConfig.rank_cross).
+RANK_CROSS_SCORES = {"resnorm2_rank_x_over_noise"}
 
 # The default placement, chosen by the placement study's round-6 rule (docs/RESULTS.md): stratified-k
 # (layerprof.placement.stratified_k) on ρ(r)²/noise amp, the rank-r share of the gradient signal over the

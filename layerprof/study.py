@@ -27,7 +27,7 @@ from .study_lora import StudyConfig, Task, layer_candidates, train_lora
 # The card's candidate scores placed top-k (and coupled greedy) in the study: label -> SCORES name.
 PLACEMENT_SCORES = {"card ρ²": "resnorm2", "card ρ²×": "resnorm2_x", "card ‖C‖²×": "grad_norm2_x",
                     "card simulated": "sim_gain", "card warm-up LCA": "lca_gain", "card energy": "energy",
-                    "card ρ(r)²/noise": "resnorm2_rank_over_noise"}
+                    "card ρ(r)²/noise": "resnorm2_rank_over_noise", "card ρ(r)²×/noise": "resnorm2_rank_x_over_noise"}
 COST_BUDGET = 0.6  # the cost-aware placement's cap: a fraction of full-LoRA training cost (the goal's 60%)
 RANDOM_BASE_SEED = 1000  # random-k draw i uses random.Random(RANDOM_BASE_SEED + i), as the first study did
 
@@ -79,7 +79,7 @@ def study_cards(task: Task, proto: Protocol, out: Path, progress: bool = False) 
             continue
         budget = TrainingBudget(steps=steps, lr=proto.lr, r=proto.r, lora_alpha=proto.lora_alpha)
         card = profile(task.model(), task.calibration, rank=proto.r, coupling=True, budget=budget,
-                          progress=progress)
+                       rank_cross=True, progress=progress)
         path.parent.mkdir(parents=True, exist_ok=True)
         card.save(path)
         cards[steps] = card

@@ -1,8 +1,9 @@
 """The budget-aware and noise-free card columns against independent computations.
 
-* ρ²×, ‖C‖²× (Rule 1): from the float64 reference twin's statistics of the even and odd
-  batches (tests/reference.py), by explicit solves — float64 model and statistics, so the
-  only differences are summation order and linear algebra (1e-8 relative, as test_columns).
+* ρ²×, ‖C‖²×, rank-r ρ²× (Rule 1): from the float64 reference twin's statistics of the even and
+  odd batches (tests/reference.py), by explicit solves and numpy's SVD of the symmetrically whitened
+  gradients — float64 model and statistics, so the only differences are summation order and linear
+  algebra (1e-8 relative, as test_columns).
 * the simulated LoRA run: against a twin that forms ΔW = (α/r) B A explicitly and lets
   autograd take the gradients of the quadratic model, stepped by the same torch AdamW.
 * κ: exactly 2 / d_out for a linear layer under mean-squared error (the loss is quadratic).
@@ -35,10 +36,30 @@ def _explicit_cross(sa, sb, total, nb, damping):
     return n * n * float(np.trace(Ga.T @ np.linalg.solve(A, Gb))), n * n * float((Ga * Gb).sum())
 
 
+def _explicit_rank_cross(Xa, Xb, r):
+    """½(⟨T_r(Xa), Xb⟩ + ⟨Xa, T_r(Xb)⟩) by numpy's full SVD."""
+    def trunc(X):
+        U, s, Vt = np.linalg.svd(X, full_matrices=False)
+        return (U[:, :r] * s[:r]) @ Vt[:r]
+    return (float((trunc(Xa) * Xb).sum()) + float((Xa * trunc(Xb)).sum())) / 2
+
+
+def _explicit_rank_cross_stats(sa, sb, total, nb, damping, r):
+    """Rank-r ρ²× with the symmetric (Σ + λI)^{-1/2}: the truncation commutes with any whitening
+    W, WᵀW = (Σ + λI)⁻¹ (they differ by a rotation), so it must equal finalize's Cholesky version."""
+    d = total["S"].shape[0]
+    sigma = total["S"] / total["N"]
+    mu, V = np.linalg.eigh(sigma + damping * np.trace(sigma) / d * np.eye(d))
+    W = (V / np.sqrt(mu)) @ V.T
+    n = nb[0] + nb[1]
+    return n * n * _explicit_rank_cross(W @ (sa["C"] / nb[0]), W @ (sb["C"] / nb[1]), r)
+
+
 def test_cross_half_columns_match_explicit_float64():
     model = make_model("gpt2").double()
     batches = make_batches(n=5, seed=3)
-    card = lp.profile(model, batches, rank=2, dtype=torch.float64, progress=False)
+    card = lp.profile(model, batches, rank=2, dtype=torch.float64, rank_cross=True, progress=False)
+    assert card.meta["settings"]["rank_cross"] is True
     names = [m.name for m in card.modules]
     # Halves hold alternate batches: 0, 2, 4 and 1, 3.
     a = reference_stats(model, batches[0::2], names)
@@ -48,9 +69,13 @@ def test_cross_half_columns_match_explicit_float64():
         rho_x, grad_x = _explicit_cross(a[row.name], b[row.name], tot[row.name], (3, 2), 1e-3)
         assert math.isclose(row.resnorm2_x, rho_x, rel_tol=1e-8, abs_tol=1e-12), row.name
         assert math.isclose(row.grad_norm2_x, grad_x, rel_tol=1e-8, abs_tol=1e-12), row.name
+        rank_x = _explicit_rank_cross_stats(a[row.name], b[row.name], tot[row.name], (3, 2), 1e-3, 2)
+        assert math.isclose(row.resnorm2_rank_x, rank_x, rel_tol=1e-8, abs_tol=1e-12), row.name
+        assert row.resnorm2_rank_x != pytest.approx(row.resnorm2_x, rel=1e-3)  # rank 2 truncates here
     for layer in card.layers:
         ms = [m for m in card.modules if m.layer == layer.layer]
         assert math.isclose(layer.resnorm2_x, sum(m.resnorm2_x for m in ms), rel_tol=1e-12)
+        assert math.isclose(layer.resnorm2_rank_x, sum(m.resnorm2_rank_x for m in ms), rel_tol=1e-12)
         assert math.isclose(layer.noise_share, (layer.resnorm ** 2 - layer.resnorm2_x) / layer.resnorm ** 2,
                             rel_tol=1e-9)
 
@@ -83,6 +108,69 @@ def test_cross_half_removes_the_noise_bias_that_naive_rho_carries():
     assert naive.mean() > 0
     assert abs(cross.mean()) < 4 * cross.std(ddof=1) / math.sqrt(len(cross))
     assert abs(naive.mean()) > 10 * naive.std(ddof=1) / math.sqrt(len(naive))
+
+
+def test_rank_cross_is_computed_when_asked_or_when_the_score_needs_it():
+    model = make_model("gpt2")
+    batches = make_batches(n=4, seed=2)
+    plain = lp.profile(model, batches, rank=2, progress=False)
+    assert plain.meta["settings"]["rank_cross"] is False
+    assert all(m.resnorm2_rank_x is None for m in plain.modules) and all(l.resnorm2_rank_x is None for l in plain.layers)
+    scored = lp.profile(model, batches, rank=2, score="resnorm2_rank_x_over_noise", progress=False)
+    assert scored.meta["settings"]["rank_cross"] is True
+    for l in scored.layers:
+        assert l.score == pytest.approx(l.resnorm2_rank_x / l.noise_amp, rel=1e-12)
+    # The card round-trips the column through its file schema.
+    again = lp.LayerCard.from_dict(scored.to_dict())
+    assert [l.resnorm2_rank_x for l in again.layers] == [l.resnorm2_rank_x for l in scored.layers]
+
+
+@pytest.mark.parametrize("shape", [(40, 70), (70, 40)])
+@pytest.mark.parametrize("krylov", [False, True])
+def test_rank_cross_matches_numpy_svd(monkeypatch, shape, krylov):
+    """Both orientations (the short side carries the Gram), the exact and the block-Krylov subspace."""
+    import layerprof.finalize as fin
+
+    if krylov:  # force the Krylov path at this size (it runs above EXACT_SPECTRUM_MAX rows)
+        monkeypatch.setattr(fin, "EXACT_SPECTRUM_MAX", 8)
+    gen = np.random.default_rng(1)
+    m, n = shape
+    # A shared low-rank signal with a decaying spectrum, plus independent noise per half.
+    signal = (gen.standard_normal((m, 6)) * np.array([9.0, 7, 5, 4, 3, 2])) @ gen.standard_normal((6, n))
+    Xa = signal + 0.3 * gen.standard_normal((m, n))
+    Xb = signal + 0.3 * gen.standard_normal((m, n))
+    for r in (1, 3, 5):
+        got = fin.rank_cross(torch.from_numpy(Xa), torch.from_numpy(Xb), r)
+        assert got == pytest.approx(_explicit_rank_cross(Xa, Xb, r), rel=1e-9)
+    # A rank at or above the short side keeps everything: the full cross term.
+    assert fin.rank_cross(torch.from_numpy(Xa), torch.from_numpy(Xb), min(shape)) == pytest.approx(float((Xa * Xb).sum()))
+
+
+def test_rank_cross_removes_the_noise_bias_of_rank_r_rho():
+    """Pure noise: the naive rank-r ρ² (the default score's numerator) is all bias, its cross-half
+    counterpart averages to zero."""
+    from layerprof.finalize import SolveCache, cross_half_columns
+
+    torch.manual_seed(1)
+    d_in, d_out, nb, rows, r = 6, 5, 8, 64, 2
+    naive, cross = [], []
+    for trial in range(200):
+        halves = [ModuleStats(0, torch.zeros(d_in, d_in, dtype=torch.float64),
+                              torch.zeros(d_in, d_out, dtype=torch.float64), torch.zeros((), dtype=torch.float64))
+                  for _ in range(2)]
+        for i in range(nb):
+            X = torch.randn(rows, d_in, dtype=torch.float64)
+            G = torch.randn(rows, d_out, dtype=torch.float64) / rows
+            halves[i % 2].add_(ModuleStats(rows, X.t() @ X, X.t() @ G, (G * G).sum()))
+        total = halves[0] + halves[1]
+        out = cross_half_columns(total, *halves, (nb // 2, nb // 2), damping=1e-3, cache=SolveCache(1e-3), rank=r)
+        sigma = total.S / total.N
+        P = torch.linalg.inv(sigma + 1e-3 * torch.trace(sigma) / d_in * torch.eye(d_in, dtype=torch.float64))
+        naive.append(float(torch.linalg.eigvalsh(total.C.t() @ P @ total.C)[-r:].sum()))
+        cross.append(out["resnorm2_rank_x"])
+    naive, cross = np.array(naive), np.array(cross)
+    assert abs(cross.mean()) < 4 * cross.std(ddof=1) / math.sqrt(len(cross))
+    assert naive.mean() > 10 * naive.std(ddof=1) / math.sqrt(len(naive))
 
 
 def test_noise_columns_batches_to_halve():
