@@ -85,9 +85,12 @@ def _noise_and_predictions(card: "LayerCard") -> list[str]:
              "ρ²× = ρ² estimated across the split halves (unbiased for the signal; negative when the gradient is "
              "mostly sampling noise); noise share = (ρ² − ρ²×) / ρ², flagged above 0.5 with the calibration "
              "batches that would halve it."
+             + (" ρ(r)²× is the rank-r ρ(r)² estimated the same way (each half's top-r subspace against the "
+                "other half)." if any(l.resnorm2_rank_x is not None for l in card.layers) else "")
              + (f" Predicted gains (nats/token) are for the fine-tune of the budget: {budget['steps']} steps, "
                 f"lr {budget['lr']:g}, r {budget['r']}, alpha {budget['lora_alpha']:g}." if budget else ""), ""]
-    headers = ["layer", "ρ²", "ρ²×", "noise share", "batches to halve", "‖C‖²×"]
+    has_rank_x = any(l.resnorm2_rank_x is not None for l in card.layers)
+    headers = ["layer", "ρ²", "ρ²×", "noise share", "batches to halve", "‖C‖²×"] + (["ρ(r)²", "ρ(r)²×"] if has_rank_x else [])
     has_sim = any(l.sim_gain is not None for l in card.layers)
     has_lca = any(l.lca_gain is not None for l in card.layers)
     headers += (["simulated gain", "κ"] if has_sim else []) + (["warm-up LCA gain"] if has_lca else [])
@@ -97,6 +100,7 @@ def _noise_and_predictions(card: "LayerCard") -> list[str]:
         row = [str(l.layer), l.resnorm ** 2, l.resnorm2_x, l.noise_share,
                (str(l.batches_to_halve_noise) if l.batches_to_halve_noise else "–") + (" (noisy)" if flag else ""),
                l.grad_norm2_x]
+        row += [l.resnorm_rank ** 2, l.resnorm2_rank_x] if has_rank_x else []
         row += ([l.sim_gain, l.kappa] if has_sim else []) + ([l.lca_gain] if has_lca else [])
         rows.append(row)
     return lines + _table(headers, rows)

@@ -120,6 +120,8 @@ def test_rank_cross_is_computed_when_asked_or_when_the_score_needs_it():
     assert scored.meta["settings"]["rank_cross"] is True
     for l in scored.layers:
         assert l.score == pytest.approx(l.resnorm2_rank_x / l.noise_amp, rel=1e-12)
+    # The report's noise table shows it beside ρ(r)² only where the card has it.
+    assert "| ρ(r)²× |" in scored.to_markdown() and "ρ(r)²×" not in plain.to_markdown()
     # The card round-trips the column through its file schema.
     again = lp.LayerCard.from_dict(scored.to_dict())
     assert [l.resnorm2_rank_x for l in again.layers] == [l.resnorm2_rank_x for l in scored.layers]
