@@ -71,6 +71,23 @@ def test_leading_gram_eigvals_are_the_squared_singular_values(library, shape):
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-11)
 
 
+@pytest.mark.parametrize("shape", [(40, 70), (70, 40)])
+@pytest.mark.parametrize("lanczos", ["converges", "falls back"])
+def test_leading_gram_eigvecs_span_the_top_singular_subspace(library, monkeypatch, shape, lanczos):
+    """The projector onto the k leading eigenvectors of A Aᵀ equals numpy's from the SVD of A, by
+    ARPACK's Lanczos and by the exact fallback taken when its residual check fails."""
+    if lanczos == "falls back":
+        monkeypatch.setattr(linalg, "LANCZOS_TOL", 0.0)  # no residual passes: the dsyevr path runs
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(*shape, generator=g, dtype=torch.float64) * torch.linspace(0.2, 2.0, shape[1], dtype=torch.float64)
+    for k in (1, 5):
+        U = linalg.leading_gram_eigvecs(A, k)
+        ref = np.linalg.svd(A.numpy())[0][:, :k]
+        assert U.shape == (shape[0], k)
+        np.testing.assert_allclose(U.t() @ U, np.eye(k), atol=1e-12)
+        np.testing.assert_allclose((U @ U.t()).numpy(), ref @ ref.T, atol=1e-9)
+
+
 def test_weighted_trace(library):
     sigma = _spd(45, 100)
     lam = 0.02
