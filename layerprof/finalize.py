@@ -151,31 +151,41 @@ EXACT_SPECTRUM_MAX = 2048  # Gram matrices up to this size: every σ² exactly; 
 KRYLOV_TOL = 1e-10  # a Krylov estimate is kept only if every leading Ritz value's residual is below this, relative
 
 
+def _krylov_ritz(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The k leading eigenpairs (θ descending, U) of A Aᵀ from a block Krylov subspace, or None.
+
+    A fixed Gaussian block of 2k columns, four blocks deep, then Rayleigh–Ritz: O(rows·cols·k)
+    instead of O(rows³). Kept only when each residual ‖A Aᵀu − θu‖ is below KRYLOV_TOL·θ_1 (for a
+    symmetric matrix that bounds the pair's error); None sends the caller to its exact path."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    block = torch.randn(A.shape[0], 2 * k, generator=g, dtype=torch.float64).to(A.device)
+    basis = []
+    for _ in range(4):
+        block = torch.linalg.qr(block).Q
+        basis.append(block)
+        block = A @ (A.t() @ block)
+    Q = torch.linalg.qr(torch.cat(basis, dim=1)).Q
+    B = A.t() @ Q
+    theta, Z = torch.linalg.eigh(B.t() @ B)
+    theta, U = theta.flip(0)[:k], Q @ Z.flip(1)[:, :k]
+    residual = torch.linalg.vector_norm(A @ (A.t() @ U) - U * theta, dim=0)
+    if float(residual.max()) <= KRYLOV_TOL * float(theta[0].clamp_min(1e-300)):
+        return theta, U
+    return None
+
+
 def _leading_sv2(Y: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest squared singular values of Y, descending.
 
-    Up to EXACT_SPECTRUM_MAX: all eigenvalues of the smaller Gram matrix. Larger: a block Krylov
-    subspace of A Aᵀ (A the short side of Y) from a fixed Gaussian block of 2k columns, four
-    blocks deep, then Rayleigh–Ritz, at O(d_in·d_out·k) instead of O(min(d_in, d_out)³). The
-    Ritz values are kept only when each residual ‖A Aᵀu − θu‖ is below KRYLOV_TOL·θ_1 (for a
-    symmetric matrix that bounds the value's error); otherwise the exact Gram path runs."""
+    Up to EXACT_SPECTRUM_MAX: all eigenvalues of the smaller Gram matrix. Larger: the block Krylov
+    estimate of ``_krylov_ritz`` on A Aᵀ (A the short side of Y) where it passes its residual check,
+    else the exact Gram path."""
     m = min(Y.shape)
     A = Y if Y.shape[0] <= Y.shape[1] else Y.t()  # the short side first: A Aᵀ is the smaller Gram
     if m > max(EXACT_SPECTRUM_MAX, 4 * k):
-        g = torch.Generator(device="cpu").manual_seed(0)
-        block = torch.randn(A.shape[0], 2 * k, generator=g, dtype=torch.float64).to(A.device)
-        basis = []
-        for _ in range(4):
-            block = torch.linalg.qr(block).Q
-            basis.append(block)
-            block = A @ (A.t() @ block)
-        Q = torch.linalg.qr(torch.cat(basis, dim=1)).Q
-        B = A.t() @ Q
-        theta, Z = torch.linalg.eigh(B.t() @ B)
-        theta, U = theta.flip(0)[:k], Q @ Z.flip(1)[:, :k]
-        residual = torch.linalg.vector_norm(A @ (A.t() @ U) - U * theta, dim=0)
-        if float(residual.max()) <= KRYLOV_TOL * float(theta[0].clamp_min(1e-300)):
-            return theta.clamp_min(0.0)
+        ritz = _krylov_ritz(A, k)
+        if ritz is not None:
+            return ritz[0].clamp_min(0.0)
     return linalg.leading_gram_eigvals(A, k)
 
 
@@ -226,24 +236,12 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
 def _leading_subspace(A: torch.Tensor, k: int) -> torch.Tensor:
     """Orthonormal basis (columns) of the k leading eigenvectors of A Aᵀ: A's top-k left singular subspace.
 
-    Up to EXACT_SPECTRUM_MAX rows exactly (``linalg.leading_gram_eigvecs``); larger, the block Krylov
-    subspace of ``_leading_sv2``, kept only when every Ritz vector's residual is below KRYLOV_TOL·θ_1."""
-    m = A.shape[0]
-    if m > max(EXACT_SPECTRUM_MAX, 4 * k):
-        g = torch.Generator(device="cpu").manual_seed(0)
-        block = torch.randn(m, 2 * k, generator=g, dtype=torch.float64).to(A.device)
-        basis = []
-        for _ in range(4):
-            block = torch.linalg.qr(block).Q
-            basis.append(block)
-            block = A @ (A.t() @ block)
-        Q = torch.linalg.qr(torch.cat(basis, dim=1)).Q
-        B = A.t() @ Q
-        theta, Z = torch.linalg.eigh(B.t() @ B)
-        theta, U = theta.flip(0)[:k], Q @ Z.flip(1)[:, :k]
-        residual = torch.linalg.vector_norm(A @ (A.t() @ U) - U * theta, dim=0)
-        if float(residual.max()) <= KRYLOV_TOL * float(theta[0].clamp_min(1e-300)):
-            return U
+    Up to EXACT_SPECTRUM_MAX rows by ``linalg.leading_gram_eigvecs`` (Lanczos or LAPACK, both checked);
+    larger, ``_krylov_ritz``'s vectors where they pass its residual check."""
+    if A.shape[0] > max(EXACT_SPECTRUM_MAX, 4 * k):
+        ritz = _krylov_ritz(A, k)
+        if ritz is not None:
+            return ritz[1]
     return linalg.leading_gram_eigvecs(A, k)
 
 

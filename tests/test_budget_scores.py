@@ -80,6 +80,18 @@ def test_cross_half_columns_match_explicit_float64():
                             rel_tol=1e-9)
 
 
+def _pure_noise_halves(d_in: int, d_out: int, nb: int, rows: int) -> list[ModuleStats]:
+    """Two halves of nb batches (alternating) whose gradients are zero-mean noise: no signal."""
+    halves = [ModuleStats(0, torch.zeros(d_in, d_in, dtype=torch.float64),
+                          torch.zeros(d_in, d_out, dtype=torch.float64), torch.zeros((), dtype=torch.float64))
+              for _ in range(2)]
+    for i in range(nb):
+        X = torch.randn(rows, d_in, dtype=torch.float64)
+        G = torch.randn(rows, d_out, dtype=torch.float64) / rows
+        halves[i % 2].add_(ModuleStats(rows, X.t() @ X, X.t() @ G, (G * G).sum()))
+    return halves
+
+
 def test_cross_half_removes_the_noise_bias_that_naive_rho_carries():
     """Pure-noise gradients: naive ρ² is all bias, the cross-half estimate averages to zero."""
     torch.manual_seed(0)
@@ -88,13 +100,7 @@ def test_cross_half_removes_the_noise_bias_that_naive_rho_carries():
     from layerprof.finalize import SolveCache, cross_half_columns
 
     for trial in range(200):
-        halves = [ModuleStats(0, torch.zeros(d_in, d_in, dtype=torch.float64),
-                              torch.zeros(d_in, d_out, dtype=torch.float64), torch.zeros((), dtype=torch.float64))
-                  for _ in range(2)]
-        for i in range(nb):
-            X = torch.randn(rows, d_in, dtype=torch.float64)
-            G = torch.randn(rows, d_out, dtype=torch.float64) / rows  # zero-mean: no signal
-            halves[i % 2].add_(ModuleStats(rows, X.t() @ X, X.t() @ G, (G * G).sum()))
+        halves = _pure_noise_halves(d_in, d_out, nb, rows)
         total = halves[0] + halves[1]
         cache = SolveCache(1e-3)
         out = cross_half_columns(total, *halves, (nb // 2, nb // 2), damping=1e-3, cache=cache)
@@ -157,13 +163,7 @@ def test_rank_cross_removes_the_noise_bias_of_rank_r_rho():
     d_in, d_out, nb, rows, r = 6, 5, 8, 64, 2
     naive, cross = [], []
     for trial in range(200):
-        halves = [ModuleStats(0, torch.zeros(d_in, d_in, dtype=torch.float64),
-                              torch.zeros(d_in, d_out, dtype=torch.float64), torch.zeros((), dtype=torch.float64))
-                  for _ in range(2)]
-        for i in range(nb):
-            X = torch.randn(rows, d_in, dtype=torch.float64)
-            G = torch.randn(rows, d_out, dtype=torch.float64) / rows
-            halves[i % 2].add_(ModuleStats(rows, X.t() @ X, X.t() @ G, (G * G).sum()))
+        halves = _pure_noise_halves(d_in, d_out, nb, rows)
         total = halves[0] + halves[1]
         out = cross_half_columns(total, *halves, (nb // 2, nb // 2), damping=1e-3, cache=SolveCache(1e-3), rank=r)
         sigma = total.S / total.N
