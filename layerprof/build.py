@@ -9,6 +9,7 @@ stability, heads (for the cost model) and calls per module.
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import time
 import warnings
@@ -24,7 +25,7 @@ from .finalize import finalize
 from .linalg import blas_threads, library
 from .memory import peak_kind, process_peak, solve_threads, threads
 from .cost import attention_shape
-from .scores import DEFAULT_SCORE, RANK_CROSS_SCORES
+from .scores import DEFAULT_SCORE, FALLBACK_SCORES, RANK_CROSS_SCORES, apply_score
 from .targets import Target, linear_kind, modules_by_name, output_head_names
 
 
@@ -62,6 +63,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
             weights, rank=config.rank, damping=config.damping,
             heads=heads, score=score, attention=attention, rank_cross=rank_cross)
     finalize_s = time.perf_counter() - t_fin
+    score, score_fallback = score_or_fallback(layer_rows, score, acc.batches)
     meta = {
         "model": model_identity(model),
         "data": {"rows": rows, "batches": acc.batches, "hash": data_hash, "world_size": world()[1]},
@@ -69,7 +71,7 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
                      "backend_requested": config.backend,
                      "dtype": str(config.dtype).replace("torch.", ""),
                      "targets": config.targets, "score": score, "score_default": config.score is None,
-                     "rank_cross": rank_cross,
+                     "score_fallback": score_fallback, "rank_cross": rank_cross,
                      "sketch": config.sketch,
                      "sketched_modules": sum(acc.sketched(n) for n in fired)},
         "versions": versions(),
@@ -128,3 +130,21 @@ def versions() -> dict:
         if mod is not None:
             out[pkg] = getattr(mod, "__version__", None)
     return out
+
+
+def score_or_fallback(layer_rows: list[dict], score: str, batches: int) -> tuple[str, str | None]:
+    """The score the card places by, and why it is not ``score`` (None when it is).
+
+    A cross-half score has no value where a module lacks one split half; its layers would be
+    unrankable. Then every layer takes the score's naive counterpart (``FALLBACK_SCORES``), with a
+    warning that names the fix, so the card stays placeable and says what it did."""
+    if score not in FALLBACK_SCORES or all(math.isfinite(l["score"]) for l in layer_rows):
+        return score, None
+    fallback = FALLBACK_SCORES[score]
+    why = ("one calibration batch: no split halves" if batches < 2 else
+           "some module fired in only one split half (its layer has no cross-half estimate)")
+    warnings.warn(f"layerprof: {why}, so {score!r} is unavailable; placing by {fallback!r} (its naive counterpart, "
+                  "which counts sampling noise as signal). Profile two or more batches that reach every target "
+                  "module to get the debiased score.", stacklevel=3)
+    apply_score(layer_rows, fallback)
+    return fallback, why

@@ -21,7 +21,7 @@ import torch
 from .budget import TrainingBudget, as_budget
 from .damping import MAX_DAMPING
 from .errors import ProfileError
-from .scores import BUDGET_SCORES, PREDICTORS, SCORES
+from .scores import BUDGET_SCORES, DEFAULT_SCORE, PREDICTORS, RANK_CROSS_SCORES, SCORES
 
 
 @dataclass
@@ -36,7 +36,8 @@ class ProfileConfig:
         "help": f"relative damping δ: λ = δ·tr Σ / d_in (0 = exact pseudo-inverse; at most {MAX_DAMPING:g})"})
     score: str | None = field(default=None, metadata={
         "help": "per-layer score placement maximizes (layerprof.scores.SCORES); None = the placement study's "
-                "default: ρ(r)²/noise amp, placed stratified-k (the best layer of each of k equal depth bins)"})
+                "default: ρ(r)²×/noise amp (the rank-r signal across the split halves over the inputs' noise "
+                "amplification), placed stratified-k (the best layer of each of k equal depth bins)"})
     backend: str = field(default="auto", metadata={
         "help": "statistics backend: auto, torch, cpp, cuda or triton (`layerprof doctor` lists what runs here)"})
     dtype: torch.dtype = field(default=torch.float32, metadata={
@@ -116,6 +117,12 @@ class ProfileConfig:
             raise ProfileError(f"score={self.score!r} is a budget-aware prediction: pass budget=TrainingBudget("
                                f"steps=..., lr=..., r=..., lora_alpha=...) (and keep {self.score!r}'s predictor in "
                                "predict=)")
+        if self.rank_cross not in (None, True, False):
+            raise ProfileError(f"rank_cross must be True, False or None (when the score needs it), got {self.rank_cross!r}")
+        if self.rank_cross is False and (self.score or DEFAULT_SCORE) in RANK_CROSS_SCORES:
+            raise ProfileError(f"rank_cross=False, but the score {(self.score or DEFAULT_SCORE)!r} is made from that "
+                               "column; leave rank_cross unset, or place by another score (e.g. "
+                               "score='resnorm2_rank_over_noise', its naive counterpart)")
 
     @classmethod
     def build(cls, config: "ProfileConfig | None" = None, overrides: Mapping[str, Any] | None = None

@@ -9,7 +9,7 @@ import dataclasses
 
 from .errors import ProfileError
 from .finalize import stability_record
-from .scores import rank_layers
+from .scores import apply_score, rank_layers
 
 
 def merge_group_cards(parts: list):
@@ -31,6 +31,12 @@ def merge_group_cards(parts: list):
         if p.meta["data"]["hash"] != meta["data"]["hash"] or p.meta["data"]["rows"] != meta["data"]["rows"]:
             raise ProfileError("the batches changed between sweeps (different data fingerprint): profiling in "
                                "several sweeps needs batches that iterate the same way every time")
+    scores = {p.meta["settings"]["score"] for p in parts}
+    if len(scores) > 1:  # some group fell back to the naive score (build.score_or_fallback): all of them do
+        fell = next(p for p in parts if p.meta["settings"].get("score_fallback"))
+        meta = {**meta, "settings": {**meta["settings"], "score": fell.meta["settings"]["score"],
+                                     "score_fallback": fell.meta["settings"]["score_fallback"]}}
+        apply_score(layers, meta["settings"]["score"])
     costs = cost_model(modules, meta.get("heads", []), meta.get("attention"))  # every layer's modules and the heads
     total = sum(l["resnorm"] ** 2 for l in layers)
     rank = meta["settings"]["rank"]

@@ -53,9 +53,11 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     (``coupling=True``, or ``None``: whenever the statistics are dense in one sweep); the default
     placement does not need it, ``card.place(layers=k, coupled=True)`` does.
     ``score`` names the per-layer score placement maximizes (``layerprof.scores.SCORES``;
-    default: the placement study's round-6 choice, ρ(r)²/noise amp ``scores.DEFAULT_SCORE``, placed
-    stratified-k by ``card.place``): ``"resnorm2"`` (ρ²), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
-    ``"resnorm2_rank_over_noise"``, ``"energy"``, the cross-half ``"resnorm2_x"``, ``"grad_norm2_x"``,
+    default: the placement study's round-9 choice, ρ(r)²×/noise amp ``scores.DEFAULT_SCORE``, placed
+    stratified-k by ``card.place``; with fewer than two split halves it falls back to its naive
+    counterpart and says so): ``"resnorm2"`` (ρ²), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
+    ``"resnorm2_rank_over_noise"``, ``"resnorm2_rank_x_over_noise"``, ``"energy"``, the cross-half
+    ``"resnorm2_x"``, ``"grad_norm2_x"``,
     and the budget-aware ``"sim_gain"``, ``"lca_gain"`` (docs/RESULTS.md compares them).
     ``budget`` (a ``TrainingBudget`` or a dict of its fields: steps, lr, r, lora_alpha, ...) is the
     fine-tune the placement is for; with it the card gets the predicted-gain columns named in

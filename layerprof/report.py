@@ -55,8 +55,10 @@ def _score_note(card: "LayerCard", name: str, label: str) -> str:
     if not card.meta["settings"].get("score_default"):
         why = "chosen with score= / --score"
     else:
-        why = ("the placement study's round-6 default (docs/RESULTS.md: over 31 task-budget rows it reached 94% of full LoRA on average, 11 points above the mean of eight baselines, and fell more than 2 seed-stds below random-k on one, where k = 1; confirmed on a 24-block decoder no study had seen (rounds 6 and 7); weak on the one encoder studied; compare with full LoRA on "
+        why = ("the placement study's round-9 default (docs/RESULTS.md: over 31 task-budget rows it reached 95% of full LoRA on average, 12.7 points above the mean of eight baselines, and fell more than 2 seed-stds below random-k on none; its naive form, round 6's default, was confirmed on a 24-block decoder no study had seen (rounds 6 and 7); its own confirmation on an unseen task is still to run; compare with full LoRA on "
                "your eval set)")
+        if card.meta["settings"].get("score_fallback"):
+            why += f"; this card fell back to it because of {card.meta['settings']['score_fallback']}"
     return (f"Score = {label}, {how}: {why}. ρ², the paper's resnorm, is in the layer table beside it; with a "
             "budget, the simulated LoRA gain for that budget is too (docs/method.md says how to read each).")
 

@@ -41,14 +41,19 @@ PREDICTORS = ("simulate", "warmup")
 # per module, about +35% of finalize at d = 1024; ProfileConfig.rank_cross).
 RANK_CROSS_SCORES = {"resnorm2_rank_x_over_noise"}
 
-# The default placement, chosen by the placement study's round-6 rule (docs/RESULTS.md): stratified-k
-# (layerprof.placement.stratified_k) on ρ(r)²/noise amp, the rank-r share of the gradient signal over the
-# noise amplification of the layer's inputs. The spread keeps two adapters out of one depth bin (adjacent
+# The default placement, chosen by the placement study's round-9 rule (docs/RESULTS.md): stratified-k
+# (layerprof.placement.stratified_k) on ρ(r)²×/noise amp, the rank-r share of the gradient signal,
+# estimated across the split halves so that its sampling noise does not count (Rule 1), over the noise
+# amplification of the layer's inputs. The spread keeps two adapters out of one depth bin (adjacent
 # layers are the most coupled and their gains overlap); within a bin the score picks. It needs no
-# coupling matrix. ρ², ρ²×, energy and the budget-aware columns (sim_gain, lca_gain) stay on the card as
-# diagnostics; activation energy placed by the coupled greedy (rounds 3–4's default) failed two
-# confirmations.
-DEFAULT_SCORE = "resnorm2_rank_over_noise"
+# coupling matrix. Round 6's default was the same with the naive ρ(r)², which kept the noise of a
+# layer whose gradients span few directions (an encoder's top layer under a small classifier head).
+# ρ², ρ²×, energy and the budget-aware columns (sim_gain, lca_gain) stay on the card as diagnostics.
+DEFAULT_SCORE = "resnorm2_rank_x_over_noise"
+# Without two split halves for every module (one calibration batch, or a module that fired in only one
+# half) a cross-half score has no value for some layer: the card then places by its naive counterpart
+# and says so (layerprof.build).
+FALLBACK_SCORES = {"resnorm2_rank_x_over_noise": "resnorm2_rank_over_noise"}
 
 
 def _or_nan(v) -> float:

@@ -119,11 +119,14 @@ def test_cross_half_removes_the_noise_bias_that_naive_rho_carries():
 def test_rank_cross_is_computed_when_asked_or_when_the_score_needs_it():
     model = make_model("gpt2")
     batches = make_batches(n=4, seed=2)
-    plain = lp.profile(model, batches, rank=2, progress=False)
+    plain = lp.profile(model, batches, rank=2, score="resnorm2_rank_over_noise", progress=False)
     assert plain.meta["settings"]["rank_cross"] is False
     assert all(m.resnorm2_rank_x is None for m in plain.modules) and all(l.resnorm2_rank_x is None for l in plain.layers)
-    scored = lp.profile(model, batches, rank=2, score="resnorm2_rank_x_over_noise", progress=False)
+    scored = lp.profile(model, batches, rank=2, progress=False)  # the default score needs it
     assert scored.meta["settings"]["rank_cross"] is True
+    assert scored.meta["settings"]["score"] == "resnorm2_rank_x_over_noise"
+    with pytest.raises(lp.ProfileError, match="rank_cross=False.*resnorm2_rank_over_noise"):
+        lp.profile(model, batches, rank=2, rank_cross=False, progress=False)
     for l in scored.layers:
         assert l.score == pytest.approx(l.resnorm2_rank_x / l.noise_amp, rel=1e-12)
     # The report's noise table shows it beside ρ(r)² only where the card has it.

@@ -72,11 +72,11 @@ def test_callback_writes_card_and_placement_and_leaves_training_unchanged(tmp_pa
     assert budget["betas"] == [0.9, 0.999] and budget["weight_decay"] == 0.0
     assert all(l.sim_gain is not None and l.lca_gain is not None for l in cb.card.layers)
     out = tmp_path / "a" / "layerprof"
-    # The default placement (docs/RESULTS.md, round 6) is stratified-k on ρ(r)²/noise amp, with or without
+    # The default placement (docs/RESULTS.md, round 9) is stratified-k on ρ(r)²×/noise amp, with or without
     # a budget (the budget's predictions are diagnostics beside it); the saved card is the card the
     # callback holds.
-    assert cb.card.meta["settings"]["score"] == "resnorm2_rank_over_noise" and not cb.card.meta.get("coupling")
-    over_noise = {l.layer: l.resnorm_rank ** 2 / l.noise_amp for l in cb.card.layers}
+    assert cb.card.meta["settings"]["score"] == "resnorm2_rank_x_over_noise" and not cb.card.meta.get("coupling")
+    over_noise = {l.layer: l.resnorm2_rank_x / l.noise_amp for l in cb.card.layers}
     assert cb.card.ranking() == sorted(over_noise, key=lambda l: -over_noise[l])
     assert lp.LayerCard.load(out / "card.json").ranking() == cb.card.ranking()
     assert (out / "card.md").read_text().startswith("# Layer Card")

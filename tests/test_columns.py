@@ -56,11 +56,12 @@ def test_layer_aggregates_and_split_halves():
         ms = [m for m in card.modules if m.layer == l.layer]
         r2 = sum(m.resnorm ** 2 for m in ms)
         assert math.isclose(l.resnorm ** 2, r2, rel_tol=1e-12)
-        # The default score (the placement study's round-6 choice) is the layer's ρ(r)² (the sum of its
-        # modules') over its noise amp (the mean of its modules'); the cross-half ρ² is the sum of its modules'.
-        assert card.meta["settings"]["score"] == "resnorm2_rank_over_noise"
+        # The default score (the placement study's round-9 choice) is the layer's cross-half rank-r ρ² (the
+        # sum of its modules') over its noise amp (the mean of its modules'); the cross-half ρ² is the sum of
+        # its modules'.
+        assert card.meta["settings"]["score"] == "resnorm2_rank_x_over_noise"
         noise = sum(m.noise_amp for m in ms) / len(ms)
-        assert math.isclose(l.score, sum(m.resnorm_rank ** 2 for m in ms) / noise, rel_tol=1e-12)
+        assert math.isclose(l.score, sum(m.resnorm2_rank_x for m in ms) / noise, rel_tol=1e-12)
         assert math.isclose(l.resnorm2_x, sum(m.resnorm2_x for m in ms), rel_tol=1e-12)
         assert math.isclose(l.gain_share, r2 / total, rel_tol=1e-12)
         assert math.isclose(l.predicted_gain, r2 / 2, rel_tol=1e-12)
@@ -185,12 +186,13 @@ def test_every_backend_gives_the_torch_backends_card(backend):
 
 
 @pytest.mark.parametrize("score", ["resnorm2", "resnorm2_rank", "resnorm2_over_noise", "resnorm2_rank_over_noise",
-                                   "energy"])
+                                   "resnorm2_rank_x_over_noise", "energy"])
 def test_score_option_sets_the_layer_score(score):
     card = lp.profile(make_model("llama"), make_batches(), rank=4, progress=False, score=score)
     want = {"resnorm2": lambda l: l.resnorm ** 2, "resnorm2_rank": lambda l: l.resnorm_rank ** 2,
             "resnorm2_over_noise": lambda l: l.resnorm ** 2 / l.noise_amp,
-            "resnorm2_rank_over_noise": lambda l: l.resnorm_rank ** 2 / l.noise_amp, "energy": lambda l: l.energy}[score]
+            "resnorm2_rank_over_noise": lambda l: l.resnorm_rank ** 2 / l.noise_amp,
+            "resnorm2_rank_x_over_noise": lambda l: l.resnorm2_rank_x / l.noise_amp, "energy": lambda l: l.energy}[score]
     for l in card.layers:
         assert l.score == pytest.approx(want(l), rel=1e-12)
         assert l.gain_share == pytest.approx(l.resnorm ** 2 / sum(x.resnorm ** 2 for x in card.layers), rel=1e-12)

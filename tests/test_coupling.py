@@ -148,9 +148,10 @@ def test_profile_with_coupling_records_a_valid_matrix_and_leaves_the_model():
         plain.place(layers=2, coupled=True)
 
 
-def test_default_placement_is_stratified_k_on_rank_over_noise_and_the_coupled_greedy_on_request():
-    """Round 6's default (docs/RESULTS.md): ρ(r)²/noise amp as the score, stratified-k for layers=k, no
-    coupling pass; a card profiled with coupling places the coupled greedy when asked."""
+def test_default_placement_is_stratified_k_on_rank_x_over_noise_and_the_coupled_greedy_on_request():
+    """Round 9's default (docs/RESULTS.md): ρ(r)²×/noise amp as the score, stratified-k for layers=k, no
+    coupling pass; a card profiled with coupling places the coupled greedy when asked; with one batch
+    (no halves) the naive ρ(r)²/noise amp, with a warning."""
     from layerprof.coupling import coupled_greedy
     from layerprof.placement import stratified_k
     from layerprof.scores import SCORES
@@ -158,9 +159,10 @@ def test_default_placement_is_stratified_k_on_rank_over_noise_and_the_coupled_gr
     model = make_model("llama")  # 3 layers: k = 2 makes the bins [0] and [1, 2]
     card = lp.profile(model, make_batches(n=4), progress=False, rank=4)
     assert not card.meta.get("coupling")
-    assert card.meta["settings"]["score"] == "resnorm2_rank_over_noise" and card.meta["settings"]["score_default"]
+    assert card.meta["settings"]["score"] == "resnorm2_rank_x_over_noise" and card.meta["settings"]["score_default"]
+    assert card.meta["settings"]["rank_cross"] and card.meta["settings"]["score_fallback"] is None
     ids = [l.layer for l in card.layers]
-    scores = [float(SCORES["resnorm2_rank_over_noise"](vars(l))) for l in card.layers]
+    scores = [float(SCORES["resnorm2_rank_x_over_noise"](vars(l))) for l in card.layers]
     assert [l.score for l in card.layers] == pytest.approx(scores, rel=1e-12)
     spread = card.place(layers=2).layers
     assert spread == stratified_k(dict(zip(ids, scores)), ids, 2) == card.place(layers=2, spread=True).layers
@@ -175,16 +177,20 @@ def test_default_placement_is_stratified_k_on_rank_over_noise_and_the_coupled_gr
         card.place(layers=2, coupled=True)
 
     coupled = lp.profile(model, make_batches(n=4), progress=False, rank=4, coupling=True)
-    assert coupled.meta["coupling"] and coupled.meta["settings"]["score"] == "resnorm2_rank_over_noise"
+    assert coupled.meta["coupling"] and coupled.meta["settings"]["score"] == "resnorm2_rank_x_over_noise"
     c = coupled.meta["coupling"]
     col = [max(l.score, 0.0) for l in coupled.layers]
     expected = coupled_greedy(dict(zip(ids, col)), ids, np.asarray(c["rho"]), 2)
     assert coupled.place(layers=2, coupled=True).layers == expected
     assert coupled.place(layers=2).layers == stratified_k(dict(zip(ids, [l.score for l in coupled.layers])), ids, 2)
-    # One batch has no split halves: the same default score, still finite (noise amp needs no halves).
-    single = lp.profile(model, make_batches(n=1), progress=False, rank=4)
+    # One batch has no split halves: the naive counterpart, finite (noise amp needs no halves), said so.
+    with pytest.warns(UserWarning, match="one calibration batch.*resnorm2_rank_over_noise"):
+        single = lp.profile(model, make_batches(n=1), progress=False, rank=4)
     assert single.meta["settings"]["score"] == "resnorm2_rank_over_noise"
-    assert all(math.isfinite(l.score) for l in single.layers)
+    assert single.meta["settings"]["score_fallback"] == "one calibration batch: no split halves"
+    assert [l.score for l in single.layers] == pytest.approx(
+        [float(SCORES["resnorm2_rank_over_noise"](vars(l))) for l in single.layers], rel=1e-12)
+    assert "fell back to it because of one calibration batch" in single.to_markdown()
     # A score named by the user is kept, and the card says it was not the default.
     chosen = lp.profile(model, make_batches(n=4), progress=False, rank=4, score="resnorm2_x")
     assert chosen.meta["settings"]["score"] == "resnorm2_x" and chosen.meta["settings"]["score_default"] is False
@@ -248,7 +254,7 @@ def test_coupling_in_chunks_equals_one_pass_and_too_little_memory_falls_back(mon
     monkeypatch.setattr(predict, "COUPLING_MEMORY_FRACTION", 0.5 * one / free_memory(torch.device("cpu")))
     with pytest.warns(UserWarning, match="no coupling matrix .*more than"):
         fallback = lp.profile(model, batches, progress=False, rank=4, coupling=None)
-    assert not fallback.meta.get("coupling") and fallback.meta["settings"]["score"] == "resnorm2_rank_over_noise"
+    assert not fallback.meta.get("coupling") and fallback.meta["settings"]["score"] == "resnorm2_rank_x_over_noise"
     with pytest.raises(lp.ProfileError, match="coupling=False"):
         lp.profile(model, batches, progress=False, rank=4, coupling=True)
 

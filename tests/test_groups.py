@@ -52,7 +52,7 @@ def test_card_from_several_sweeps_equals_one_sweep(arch):
                 if t.layer == l) for l in range(3)]
     many = lp.profile(model, batches, rank=4, sketch=None, progress=False, max_memory=max(need), coupling=None)
     assert many.meta["memory_plan"]["sweeps"] == 3 and many.meta["sweep"]["sweeps"] == 3
-    assert not many.meta.get("coupling") and many.meta["settings"]["score"] == "resnorm2_rank_over_noise"
+    assert not many.meta.get("coupling") and many.meta["settings"]["score"] == "resnorm2_rank_x_over_noise"
     assert [m.name for m in many.modules] == [m.name for m in one.modules]
     for a, b in [*zip(one.modules, many.modules), *zip(one.layers, many.layers)]:
         for f in dataclasses.fields(a):
