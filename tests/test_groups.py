@@ -106,3 +106,23 @@ def test_planner_counts_shared_inputs_once():
     assert card.meta["memory_plan"]["mode"] == "dense" and card.meta["memory_plan"]["sweeps"] == 1
     assert card.meta["sweep"]["statistics_bytes"] <= card.meta["memory_plan"]["statistics_bytes"]
     assert_untouched(model, before)
+
+
+def test_merging_a_group_that_fell_back_places_every_layer_by_the_fallback():
+    """If one group's card had to fall back to the naive score (a module it profiled fired in only one
+    split half), the merged card does too: one score for all layers, and the reason kept."""
+    from layerprof.merge import merge_group_cards
+    from layerprof.scores import SCORES
+
+    model, batches = make_model("llama"), make_batches(n=4)
+    parts = [lp.profile(model, batches, rank=4, progress=False, targets=rf"model\.layers\.{i}\..*") for i in (0, 1, 2)]
+    assert {p.meta["settings"]["score"] for p in parts} == {"resnorm2_rank_x_over_noise"}
+    why = "some module fired in only one split half (its layer has no cross-half estimate)"
+    fell = parts[1]
+    fell.meta["settings"] = {**fell.meta["settings"], "score": "resnorm2_rank_over_noise", "score_fallback": why}
+    merged = merge_group_cards(parts)
+    assert merged.meta["settings"]["score"] == "resnorm2_rank_over_noise"
+    assert merged.meta["settings"]["score_fallback"] == why
+    naive = [SCORES["resnorm2_rank_over_noise"](dataclasses.asdict(l)) for l in merged.layers]
+    assert [l.score for l in merged.layers] == pytest.approx(naive, rel=1e-12)
+    assert [l.layer for l in merged.layers] == [0, 1, 2]
