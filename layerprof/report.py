@@ -83,15 +83,15 @@ def _noise_and_predictions(card: "LayerCard") -> list[str]:
     if all(l.resnorm2_x is None for l in card.layers):
         return []
     budget = card.meta.get("budget")
+    has_rank_x = any(l.resnorm2_rank_x is not None for l in card.layers)
     lines = ["", "### Noise and predicted gains", "",
              "ρ²× = ρ² estimated across the split halves (unbiased for the signal; negative when the gradient is "
              "mostly sampling noise); noise share = (ρ² − ρ²×) / ρ², flagged above 0.5 with the calibration "
              "batches that would halve it."
              + (" ρ(r)²× is the rank-r ρ(r)² estimated the same way (each half's top-r subspace against the "
-                "other half)." if any(l.resnorm2_rank_x is not None for l in card.layers) else "")
+                "other half)." if has_rank_x else "")
              + (f" Predicted gains (nats/token) are for the fine-tune of the budget: {budget['steps']} steps, "
                 f"lr {budget['lr']:g}, r {budget['r']}, alpha {budget['lora_alpha']:g}." if budget else ""), ""]
-    has_rank_x = any(l.resnorm2_rank_x is not None for l in card.layers)
     headers = ["layer", "ρ²", "ρ²×", "noise share", "batches to halve", "‖C‖²×"] + (["ρ(r)²", "ρ(r)²×"] if has_rank_x else [])
     has_sim = any(l.sim_gain is not None for l in card.layers)
     has_lca = any(l.lca_gain is not None for l in card.layers)
