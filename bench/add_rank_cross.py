@@ -9,7 +9,8 @@ calibration batches with the card's own settings (rank, damping, statistics dtyp
 before writing the new module and layer column into each stored card of the task. A task that does
 not reproduce is reported and left as it was.
 
-    OMP_NUM_THREADS=1 python bench/add_rank_cross.py [--tasks deep mid ...] [--rtol 1e-4] [--dry-run]
+    OMP_NUM_THREADS=1 python bench/add_rank_cross.py [--tasks deep mid ...] [--folders FOLDER=TASK ...] [--rtol 1e-4]
+        [--dry-run]
 """
 from __future__ import annotations
 
@@ -45,16 +46,21 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=None, help="study tasks (default: every docs/study/TASK with cards)")
+    ap.add_argument("--folders", nargs="+", default=(), metavar="FOLDER=TASK",
+                    help="also these docs/study folders, named otherwise than their task "
+                         "(e.g. deep24-comments-probes=deep24-comments)")
     ap.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance of the reproduction check")
     ap.add_argument("--dry-run", action="store_true", help="check only; write nothing")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    names = args.tasks or sorted(p.name for p in ROOT.iterdir() if p.name in TASKS and any(p.glob("card_*steps.json")))
-    for name in names:
+    names = args.tasks or ([] if args.folders else  # --folders alone: only those
+                           sorted(p.name for p in ROOT.iterdir() if p.name in TASKS and any(p.glob("card_*steps.json"))))
+    folders = [(name, name) for name in names] + [tuple(f.split("=", 1)) for f in args.folders]
+    for name, task_name in folders:
         paths = sorted((ROOT / name).glob("card_*steps.json"))
         stored = [lp.LayerCard.load(p) for p in paths]
         s = stored[0].meta["settings"]
-        task = TASKS[name]()
+        task = TASKS[task_name]()
         dtype = getattr(torch, s.get("dtype", "float32"))
         fresh = lp.profile(task.model(), task.calibration, rank=s["rank"], damping=s["damping"], dtype=dtype,
                            rank_cross=True, progress=False)
