@@ -1,0 +1,95 @@
+"""The Spearman goal on every stored probe row: Spearman(score, measured single-layer gain), 95% interval.
+
+For each ``docs/study/FOLDER/study.json`` with single-layer probes at a budget, rescore that budget's
+stored card (``card_{budget}steps.json``) with each score and correlate it with the layers' mean
+gains; the interval resamples each layer's seed runs (``layerprof.study.bootstrap_spearman``). Depth
+(the layer index) is printed beside the scores as the no-statistics reference. A row counts for the
+goal when its gains are separable (range > 3 × seed std, as the study records); a score without its
+column on that card prints –.
+
+Then, per task probed at two budgets, Spearman(gains at the short budget, gains at the long one) and
+what it implies for a score that does not know the budget (the card's columns but sim_gain and
+lca_gain): Spearman is the cosine of the centred rank vectors, so a score within angle acos(g) of both
+rankings needs their angle ≤ 2·acos(g), i.e. Spearman(short, long) ≥ 2g² − 1 (−0.02 for g = 0.7).
+Below that, no budget-free score meets the goal at both budgets of the task, whatever it measures.
+
+    python bench/spearman_table.py [--scores resnorm2_rank_x_over_noise energy ...] [--goal 0.7]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+
+from layerprof.card import LayerCard
+from layerprof.rankcorr import spearman
+from layerprof.scores import DEFAULT_SCORE, SCORES
+from layerprof.study import bootstrap_spearman, rescore
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "docs", "study")
+
+
+def probe_rows(root: str = ROOT):
+    """(row name, card path, per-layer seed gains, separable) for every budget with probes and a card."""
+    for path in sorted(glob.glob(os.path.join(root, "*", "study.json"))):
+        folder = os.path.dirname(path)
+        with open(path) as f:
+            budgets = json.load(f)["budgets"]
+        for budget, rec in budgets.items():
+            probe = rec.get("probe") or {}
+            card = os.path.join(folder, f"card_{budget}steps.json")
+            if probe.get("gains") and os.path.exists(card):
+                gains = [probe["gains"][str(i)] for i in range(len(probe["gains"]))]
+                yield f"{os.path.basename(folder)}@{budget}", card, gains, bool(probe.get("separable"))
+
+
+def cell(rho, lo, hi) -> str:
+    return "–" if rho is None else f"{rho:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scores", nargs="+", choices=list(SCORES),
+                    default=[DEFAULT_SCORE, "resnorm2_rank_over_noise", "energy", "sim_gain", "lca_gain"])
+    ap.add_argument("--goal", type=float, default=0.7)
+    ap.add_argument("--root", default=ROOT)
+    args = ap.parse_args(argv)
+    print("| row | separable | " + " | ".join(args.scores) + " | depth |")
+    print("|---|---|" + "---|" * (len(args.scores) + 1))
+    met = {s: [0, 0] for s in args.scores + ["depth"]}
+    by_task = defaultdict(dict)
+    for name, card_path, gains, separable in probe_rows(args.root):
+        task, budget = name.rsplit("@", 1)
+        by_task[task][int(budget)] = [float(np.mean(g)) for g in gains]
+        card = LayerCard.load(card_path)
+        cells = []
+        for s in args.scores:
+            scored = rescore(card, s)
+            r = bootstrap_spearman([l.score for l in scored.layers], gains) if scored else (None, None, None)
+            cells.append(cell(*r))
+            if separable and r[0] is not None:
+                met[s][0] += r[0] >= args.goal
+                met[s][1] += 1
+        depth = bootstrap_spearman(list(range(len(gains))), gains)
+        if separable:
+            met["depth"][0] += depth[0] >= args.goal
+            met["depth"][1] += 1
+        print(f"| {name} | {'yes' if separable else 'no'} | " + " | ".join(cells) + f" | {cell(*depth)} |")
+    print("\nseparable rows at Spearman ≥ %.2f: " % args.goal
+          + "; ".join(f"{s} {a} of {n}" for s, (a, n) in met.items()))
+    bound = 2 * args.goal ** 2 - 1
+    print(f"\n| task | budgets | Spearman(short gains, long gains) | a budget-free score reaching {args.goal:.2f} "
+          f"at both (needs ≥ {bound:+.2f}) |\n|---|---|---:|---|")
+    for task, rows in by_task.items():
+        if len(rows) >= 2:
+            (b1, g1), (b2, g2) = sorted(rows.items())[:1] + sorted(rows.items())[-1:]
+            r = spearman(g1, g2)
+            print(f"| {task} | {b1}, {b2} | {r:+.2f} | {'not ruled out' if r >= bound else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
