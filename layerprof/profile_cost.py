@@ -11,7 +11,11 @@ finds the target modules as ``profile`` would, and models:
 * finalize, float64, per distinct input: eigenvalues of Σ (≈ 4/3·d³, a tridiagonal reduction,
   memory-bound) and one Cholesky factor (d³/3); per module: two triangular solves (2·d_in²·d_out),
   the leading spectrum (the smaller Gram matrix and its eigenvalues, or block Krylov above 2048)
-  and tr(WΣWᵀ) for nfn (2·d_out·d_in²);
+  and tr(WΣWᵀ) for nfn (2·d_out·d_in²); and, as the default score asks (``rank_cross``), each split
+  half's top-r singular subspace of the whitened C (short side m, long side n): up to 2048 the
+  eigenvectors of the m × m Gram matrix (2·m²·n, and ≈ 4·m³ for an eigendecomposition with vectors:
+  the GPU's path, an upper bound for the CPU's Lanczos), above it block Krylov (≈ 52·r·m·n), plus
+  the two projections (4·r·m·n);
 * the coupling matrix, when asked (``coupling=True``, as ``profile(coupling=True)``; the default
   placement does not need it; ``layerprof.coupling``): two forwards per layer over at most
   ``coupling_tokens`` tokens (bf16), and one corrections solve per module (float64: a Cholesky
@@ -135,9 +139,11 @@ def _group_inputs(targets) -> dict[str, str]:
 
 
 def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 4096, name: str = "",
-               coupling_tokens: int | None = 2048, coupling: bool = False) -> ProfileCost:
+               coupling_tokens: int | None = 2048, coupling: bool = False, rank: int = 8,
+               rank_cross: bool = True) -> ProfileCost:
     """The cost model for a model (real or on the meta device) and ``tokens`` calibration tokens;
-    ``coupling=True`` adds the coupling pass (off by default, as in ``profile``)."""
+    ``coupling=True`` adds the coupling pass (off by default, as in ``profile``); ``rank_cross`` the
+    halves' rank-r subspaces (on by default: the default score is made from them)."""
     from .finalize import EXACT_SPECTRUM_MAX
     from .memory_plan import plan_memory
     from .targets import find_targets, linear_kind, modules_by_name, output_head_names
@@ -164,8 +170,20 @@ def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 409
         spectrum += (2.0 * small * small * large + 4.0 / 3.0 * small ** 3) if small <= EXACT_SPECTRUM_MAX \
             else 4 * 2 * 2.0 * small * large * 128 + 2.0 * large * small * 512
     nfn = sum(2.0 * t.d_out * t.d_in ** 2 for t in targets.values())
+    cross_gemm = cross_eigen = 0.0  # two halves per module
+    for t in targets.values() if rank_cross else ():
+        small, large = sorted((t.d_in, t.d_out))
+        if small <= EXACT_SPECTRUM_MAX:
+            cross_gemm += 2 * (2.0 * small * small * large + 2.0 * 2 * rank * small * large)
+            cross_eigen += 2 * 4.0 * small ** 3
+        else:  # _krylov_ritz: 4 blocks of 2r, two products each; B = AᵀQ; the residual; the projections
+            cross_gemm += 2 * (4 * 2 * 2.0 * small * large * 2 * rank + 2.0 * small * large * 8 * rank
+                               + 2 * 2.0 * small * large * rank + 2.0 * 2 * rank * small * large)
     flops = {"eigvalsh": eigen, "Cholesky": cholesky, "solves": solves, "spectrum": spectrum, "nfn": nfn}
-    fin_s = (eigen + cholesky) / rates["fp64_eigen"] + (solves + spectrum + nfn) / rates["fp64_gemm"]
+    if rank_cross:
+        flops["rank-r cross"] = cross_gemm + cross_eigen
+    fin_s = ((eigen + cholesky + cross_eigen) / rates["fp64_eigen"]
+             + (solves + spectrum + nfn + cross_gemm) / rates["fp64_gemm"])
     # float64: Σ and L of one input (2·d²) and one module's C, whitened C and the halves' (4·d_in·d_out).
     fin_bytes = 8 * (2 * max(inputs.values(), default=0) ** 2
                      + 4 * max((t.d_in * t.d_out for t in targets.values()), default=0))

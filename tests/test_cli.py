@@ -220,6 +220,11 @@ def test_bench_plan_models_the_cost_before_anything_runs(tmp_path, capsys):
     assert r["sweep_seconds"] > r["plain_seconds"] > 0 and r["finalize_share_of_sweep"] > 0
     # finalize's float64 working set: the largest input's Σ and L (down_proj's d_in = 64), one module's C and halves.
     assert r["finalize_bytes"] == 8 * (2 * i * i + 4 * h * i)
+    # The default score's rank-r cross term: per module and half, the Gram of the short side m (2·m²·n), its
+    # eigendecomposition (4·m³) and the two rank-8 projections (4·8·m·n).
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)] * 2
+    cross = sum(2 * (2 * min(a, b) ** 2 * max(a, b) + 4 * min(a, b) ** 3 + 4 * 8 * a * b) for a, b in shapes)
+    assert r["finalize_flops"]["rank-r cross"] == pytest.approx(cross)
     # Finalize at the full FP64 peak (a floor) and the tokens from which it is ≤ 10% of the sweep (linear in tokens).
     fin = sum(r["finalize_flops"].values())
     assert r["finalize_floor_seconds"] == pytest.approx(fin / 20e9) and r["finalize_floor_seconds"] <= r["finalize_seconds"]
