@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "coupling diagnostics and `layerprof place` can use it; the default placement does not need "
                         "it (default: off)")
     c.add_argument("--rank-cross", action="store_true",
-                   help="also compute the cross-half rank-r ρ² (resnorm2_rank_x; about +30%% finalize time; on "
+                   help="also compute the cross-half rank-r ρ² (resnorm2_rank_x; about +20%% finalize time; on "
                         "by itself when --score needs it)")
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="model dtype (statistics are always fp32)")

@@ -47,7 +47,7 @@ class ProfileConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
     rank_cross: bool | None = field(default=None, metadata={
         "help": "also compute the cross-half rank-r ρ² (resnorm2_rank_x: each split half's top-r singular subspace "
-                "against the other half; about +30% finalize time at d = 1024); None = only when the score needs it"})
+                "against the other half; about +20% finalize time at d = 1024); None = only when the score needs it"})
     coupling: bool | None = field(default=False, metadata={
         "help": "measure the layer coupling matrix for coupled=True placements and the report's coupling "
                 "diagnostics (two extra forwards per layer on coupling_batches batches; the default placement "

@@ -38,7 +38,7 @@ SCORE_LABELS = {"resnorm2": "ρ²", "resnorm2_rank": "ρ(r)²", "resnorm2_over_n
 BUDGET_SCORES = {"sim_gain": "simulate", "lca_gain": "warmup"}  # score -> the predictor that fills it
 PREDICTORS = ("simulate", "warmup")
 # Scores that need the cross-half rank-r ρ² (finalize computes it only when asked: two top-r subspaces
-# per module, about +30% of finalize at d = 1024; ProfileConfig.rank_cross).
+# per module, about +20% of finalize at d = 1024; ProfileConfig.rank_cross).
 RANK_CROSS_SCORES = {"resnorm2_rank_x_over_noise"}
 
 # The default placement, chosen by the placement study's round-9 rule (docs/RESULTS.md): stratified-k
