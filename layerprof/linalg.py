@@ -114,7 +114,6 @@ def leading_gram_eigvecs(A: torch.Tensor, k: int) -> torch.Tensor:
     k = min(k, m)
     if not _scipy(A):
         return torch.linalg.eigh(A @ A.t()).eigenvectors.flip(1)[:, :k]
-    from scipy.linalg import blas, eigh as _eigh
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     a = A.numpy()
@@ -130,9 +129,17 @@ def leading_gram_eigvecs(A: torch.Tensor, k: int) -> torch.Tensor:
             residual = np.linalg.norm(a @ (a.T @ V) - V * theta, axis=0)
             if theta[0] > 0 and residual.max() <= LANCZOS_TOL * theta[0]:
                 return torch.from_numpy(np.ascontiguousarray(V))
+    return leading_gram_eigvecs_lapack(A, k)
+
+
+def leading_gram_eigvecs_lapack(A: torch.Tensor, k: int) -> torch.Tensor:
+    """``leading_gram_eigvecs``'s fallback on the CPU: the Gram matrix by dsyrk, then LAPACK's dsyevr
+    for the k leading pairs only (the reduction to tridiagonal form is the whole cost, as for eigvalsh)."""
+    from scipy.linalg import blas, eigh as _eigh
+
+    a, m = A.numpy(), A.shape[0]
+    k = min(k, m)
     G = blas.dsyrk(1.0, a.T, trans=1, lower=0)
-    # Only the k leading pairs (LAPACK's dsyevr on an index range): the reduction to tridiagonal
-    # form is the whole cost, as for eigvalsh.
     _, V = _eigh(G, lower=False, check_finite=False, driver="evr", subset_by_index=[m - k, m - 1])
     return torch.from_numpy(V[:, ::-1].copy(order="C"))  # a copy: torch takes no negative strides
 
