@@ -7,7 +7,8 @@ runs the same measurement in two child processes, one with glibc's defaults and 
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` set so that freed memory is
 kept, and, where the system has them, jemalloc and tcmalloc through ``LD_PRELOAD``. Each child times, interleaved, process
 CPU time, one thread: plain frozen forward+backward, and ``lp.profile`` up to the end of the sweep
-(finalize is stubbed out: it is the same in both and timed elsewhere), coupling off.
+(finalize is stubbed out: it is the same in both and timed elsewhere), coupling off, and counts the
+minor page faults of each pass (first touches of fresh pages; median per call).
 
     OMP_NUM_THREADS=1 python bench/bench_allocator.py [--reps 2]
 """
@@ -54,14 +55,19 @@ def child(reps: int) -> dict:
         except SweepDone:
             pass
 
+    import resource
+
     times = {"plain": [], "sweep": []}
+    faults = {"plain_faults": [], "sweep_faults": []}  # minor page faults: pages touched for the first time
     for rep in range(reps + 1):
         for name, fn in (("plain", lambda: plain_backward(model, batches)), ("sweep", sweep)):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t = time.process_time()
             fn()
             if rep:
                 times[name].append(time.process_time() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+                faults[f"{name}_faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return {k: statistics.median(v) for k, v in {**times, **faults}.items()}
 
 
 def preloaded_allocators() -> list[tuple[str, dict]]:
@@ -91,14 +97,16 @@ def main(argv=None) -> None:
     from harness import machine
 
     print(f"{machine()}\nGPT-2-small shape, 2 batches × 2 × 512 tokens, process CPU time, median of {args.reps}\n")
-    print("| malloc | plain s | sweep s | sweep / plain |\n|---|---:|---:|---:|")
+    print("| malloc | plain s | sweep s | sweep / plain | page faults, plain | page faults, sweep |\n"
+          "|---|---:|---:|---:|---:|---:|")
     for label, extra in (("glibc defaults", {}), ("keeps freed pages (MALLOC_*_ env)", KEEP_PAGES),
                          *preloaded_allocators()):
         env = {**os.environ, **extra, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, __file__, "--child", "--reps", str(args.reps)], env=env,
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
-        print(f"| {label} | {r['plain']:.2f} | {r['sweep']:.2f} | {r['sweep'] / r['plain']:.2f} |", flush=True)
+        print(f"| {label} | {r['plain']:.2f} | {r['sweep']:.2f} | {r['sweep'] / r['plain']:.2f} | "
+              f"{r['plain_faults']:,.0f} | {r['sweep_faults']:,.0f} |", flush=True)
 
 
 if __name__ == "__main__":
