@@ -25,11 +25,15 @@ import layerprof as lp
 ROOT = Path(__file__).resolve().parent.parent / "docs" / "study"
 # Candidate name (as the study names card placements: "card <score label> <method>") -> the score it places
 # by. Round 5: stratified-k on energy and ρ(r)²/noise amp; round 9: the cross-half (Rule 1) ρ(r)²×/noise amp,
-# stratified-k and top-k (its cards need the column: bench/add_rank_cross.py).
+# stratified-k and top-k (its cards need the column: bench/add_rank_cross.py); round 10: the simulated and
+# warm-up LCA gains, stratified-k.
 CANDIDATES = {"card energy stratified-k": "energy",
               "card ρ(r)²/noise stratified-k": "resnorm2_rank_over_noise",
               "card ρ(r)²×/noise stratified-k": "resnorm2_rank_x_over_noise",
-              "card ρ(r)²×/noise top-k": "resnorm2_rank_x_over_noise"}
+              "card ρ(r)²×/noise top-k": "resnorm2_rank_x_over_noise",
+              # Round 10: the budget-aware columns (for the row's own step budget) with the placement that won.
+              "card simulated stratified-k": "sim_gain",
+              "card warm-up LCA stratified-k": "lca_gain"}
 METHODS = ("stratified-k", "top-k")
 
 
