@@ -9,9 +9,10 @@ compare every card placement (score × top-k / coupled greedy / cost-capped) wit
   nfn), in points of full LoRA.
 
 Candidates are ranked by (rows > 2 stds below random-k, −mean margin). ``--rows`` restricts the
-table to named rows (the confirmation rows, say); rows without a full-LoRA reference are listed
-with their random-k comparison only. Candidates trained after a study (``TASK/candidates.json``,
-bench/train_candidates.py) join its own; ``--baselines`` ranks each baseline as if it were one.
+table to named rows (the confirmation rows, say); rows without a full-LoRA reference (full LoRA
+that lost, or gained less than 2 seed-stds) are listed with their random-k comparison only.
+Candidates trained after a study (``TASK/candidates.json``, bench/train_candidates.py) join its
+own; ``--baselines`` ranks each baseline as if it were one.
 
     python bench/placement_rule.py [--rows comments@60 comments@300 ...] [--show NAME ...] [--root DIR]
     python bench/placement_rule.py --exclude "cost ≤" simulated warm-up     # round 4's eligible candidates
@@ -56,8 +57,10 @@ def load_rows(root: str = ROOT, baselines: bool = False) -> dict:
         if baselines:
             cands.update({f"baseline {n}": pl[n] for n in BASELINES if n in pl})
         draws = [p for n, p in pl.items() if n.startswith("random-k draw")]
-        full = pl.get("full", {}).get("mean")
-        full = full if full is not None and full > 0 else None  # full LoRA that lost is no reference
+        full, full_std = pl.get("full", {}).get("mean"), pl.get("full", {}).get("std", 0.0)
+        # Full LoRA that lost, or whose gain is within 2 seed-stds of zero (deep24-docstrings @ 60: 0.003 ±
+        # 0.004 nats), is no reference: shares of it are noise.
+        full = full if full is not None and full > 2 * full_std and full > 0 else None
         rows[f"{task}@{budget}"] = {
             "full": full,
             "random": (statistics.mean(p["mean"] for p in draws), statistics.mean(p["std"] for p in draws)),
