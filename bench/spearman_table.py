@@ -9,7 +9,7 @@ column on that card prints –.
 
 Then, per task probed at two budgets, Spearman(gains at the short budget, gains at the long one) and
 the best min(Spearman at either budget) a score blind to the budget can reach
-(``layerprof.study.shared_ranking_bound``): where it is below the goal, no such score meets the goal
+(``study_summary.budget_agreement``, through ``layerprof.study.shared_ranking_bound``): where it is below the goal, no such score meets the goal
 on that task, whatever it measures.
 
     python bench/spearman_table.py [--scores resnorm2_rank_x_over_noise energy ...] [--goal 0.7]
@@ -20,14 +20,12 @@ import argparse
 import glob
 import json
 import os
-from collections import defaultdict
-
-import numpy as np
+from pathlib import Path
 
 from layerprof.card import LayerCard
-from layerprof.rankcorr import spearman
 from layerprof.scores import DEFAULT_SCORE, SCORES
-from layerprof.study import bootstrap_spearman, rescore, shared_ranking_bound
+from layerprof.study import bootstrap_spearman, rescore
+from study_summary import budget_agreement
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "docs", "study")
 
@@ -60,10 +58,7 @@ def main(argv=None) -> None:
     print("| row | separable | " + " | ".join(args.scores) + " | depth |")
     print("|---|---|" + "---|" * (len(args.scores) + 1))
     met = {s: [0, 0] for s in args.scores + ["depth"]}
-    by_task = defaultdict(dict)
     for name, card_path, gains, separable in probe_rows(args.root):
-        task, budget = name.rsplit("@", 1)
-        by_task[task][int(budget)] = [float(np.mean(g)) for g in gains]
         card = LayerCard.load(card_path)
         cells = []
         for s in args.scores:
@@ -82,12 +77,11 @@ def main(argv=None) -> None:
           + "; ".join(f"{s} {a} of {n}" for s, (a, n) in met.items()))
     print(f"\n| task | budgets | Spearman(short gains, long gains) | best a budget-blind score reaches at both |"
           f"\n|---|---|---:|---:|")
-    for task, rows in by_task.items():
-        if len(rows) >= 2:
-            (b1, g1), (b2, g2) = sorted(rows.items())[:1] + sorted(rows.items())[-1:]
-            r = spearman(g1, g2)
-            best = shared_ranking_bound(r)
-            print(f"| {task} | {b1}, {b2} | {r:+.2f} | {best:+.2f}{'' if best >= args.goal else ' (below the goal)'} |")
+    studies = {os.path.basename(os.path.dirname(p)): json.load(open(p))
+               for p in sorted(glob.glob(os.path.join(args.root, "*", "study.json")))}
+    for row in budget_agreement(studies, Path(args.root)):
+        (b1, b2), r, best = row["budgets"], row["measured_agreement"], row["budget_blind_bound"]
+        print(f"| {row['task']} | {b1}, {b2} | {r:+.2f} | {best:+.2f}{'' if best >= args.goal else ' (below the goal)'} |")
 
 if __name__ == "__main__":
     main()
