@@ -1,4 +1,4 @@
-"""Running statistics N, S, C, q per target module (docs/method.md "streaming statistics").
+"""Running statistics N, S, C, q (and y2) per target module (docs/method.md "streaming statistics").
 
 All statistics are plain sums, so batches, halves and ranks combine by addition. The
 accumulator keeps them in two halves (alternate committed batches, for the split-half
@@ -18,32 +18,44 @@ from . import ops
 
 @dataclass
 class ModuleStats:
-    """Sums over rows t of one module: N, S = Σ x xᵀ, C = Σ x gᵀ, q = Σ ‖g‖²."""
+    """Sums over rows t of one module: N, S = Σ x xᵀ, C = Σ x gᵀ, q = Σ ‖g‖², and y2 = Σ ‖W x‖²
+    (read off the module's output by the tap, ``layerprof.capture.output_energy``; None where some
+    call's output could not give it, and finalize then computes tr(W Σ Wᵀ) from W and Σ)."""
 
     N: int
     S: torch.Tensor
     C: torch.Tensor
     q: torch.Tensor
+    y2: torch.Tensor | None = None
 
     def add_(self, other: "ModuleStats") -> "ModuleStats":
         self.N += other.N
         self.S.add_(other.S)
         self.C.add_(other.C)
         self.q.add_(other.q)
+        self.y2 = _add_y2(self.y2, other.y2)
         return self
 
     def __add__(self, other: "ModuleStats") -> "ModuleStats":
-        return ModuleStats(self.N + other.N, self.S + other.S, self.C + other.C, self.q + other.q)
+        return ModuleStats(self.N + other.N, self.S + other.S, self.C + other.C, self.q + other.q,
+                           _add_y2(self.y2, other.y2))
+
+
+def _add_y2(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    # Known only while every part knows it: one call without it makes the sum unknown.
+    return None if a is None or b is None else a + b
 
 
 @dataclass
 class _Staged:
-    """One module's part of the current batch: its C, q, N and the inputs (Gram ids) it read."""
+    """One module's part of the current batch: its C, q, N, y2 and the inputs (Gram ids) it read."""
 
     N: int
     C: torch.Tensor
     q: torch.Tensor
     inputs: list = field(default_factory=list)
+    y2: torch.Tensor | None = None
+    y2_known: bool = True  # False once a call of this batch came without y2
 
 
 @dataclass
@@ -74,11 +86,12 @@ class Accumulator:
     _solo: int = 0
 
     def update(self, name: str, x: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None, rows: int,
-               input_id: int | None = None) -> None:
+               input_id: int | None = None, y2: torch.Tensor | None = None) -> None:
         """Stage one call's (X, G) for module ``name``; ``rows`` = number of unmasked rows.
 
         ``input_id`` names the input tensor within this batch (equal ids: the same tensor,
-        read by several modules); None means not shared.
+        read by several modules); None means not shared. ``y2``: the call's Σ ‖W x‖² over those
+        rows, where the tap could read it off the output.
         """
         d_in, d_out = self.dims[name]
         st = self.pending.get(name)
@@ -111,6 +124,11 @@ class Accumulator:
                 st.q.add_(gs.to(self.dtype).pow(2).sum())
         if sketched:
             st.q.add_(q)
+        if y2 is None:
+            st.y2_known = False
+        elif st.y2_known:
+            y2 = y2.to(st.q.device, self.dtype)
+            st.y2 = y2 if st.y2 is None else st.y2 + y2
         st.N += rows
         st.inputs.append(input_id)
 
@@ -148,7 +166,8 @@ class Accumulator:
     def pending_is_finite(self) -> bool:
         # tr S is non-finite iff some x was; q iff some g was; C then inherits from either.
         return all(bool(torch.isfinite(S.diagonal().sum())) for S in self.grams.values()) and all(
-            bool(torch.isfinite(st.q)) for st in self.pending.values() if st.inputs)
+            bool(torch.isfinite(st.q)) and (st.y2 is None or bool(torch.isfinite(st.y2)))
+            for st in self.pending.values() if st.inputs)
 
     def commit(self) -> None:
         """Add the staged batch into the next half (halves alternate by committed batch).
@@ -202,13 +221,15 @@ class Accumulator:
                 holders[id(S)] = set(new)
             for name in names:
                 st = self.pending[name]
+                y2 = st.y2 if st.y2_known else None
                 if name in half:
                     stats = half[name]
                     stats.N += st.N
                     stats.C.add_(st.C)
                     stats.q.add_(st.q)
+                    stats.y2 = _add_y2(stats.y2, y2)
                 else:
-                    half[name] = ModuleStats(st.N, S, st.C, st.q.clone())  # the staged C becomes the half's
+                    half[name] = ModuleStats(st.N, S, st.C, st.q.clone(), y2)  # the staged C becomes the half's
                     taken_stages.append(name)
                 self.calls[name] = self.calls.get(name, 0) + len(st.inputs)
         for i in taken_grams:
@@ -247,6 +268,7 @@ class Accumulator:
             st.C.zero_()
             st.q.zero_()
             st.inputs.clear()
+            st.y2, st.y2_known = None, True
         for S in self.grams.values():
             S.zero_()
             self._free.setdefault((S.shape[0], S.device), []).append(S)

@@ -10,6 +10,12 @@ On a fully frozen model nothing downstream of the taps would require grad, so ea
 tap owns a scalar "anchor" leaf that it feeds into the identity function: the graph
 then reaches every tapped module, the backward computes input gradients only, and no
 parameter ever gets a ``.grad``.
+
+The forward hook also reads one scalar off the output: Σ_t ‖y_t − b‖² = Σ_t ‖W x_t‖² over
+the counted rows (``output_energy``), which nfn needs as tr(W Σ Wᵀ). The output is already
+there, so it costs one pass over y instead of a d_out·d_in² product per module in finalize.
+It travels with the backward node and reaches the sink with (x, g), so it counts exactly
+when the statistics do.
 """
 from __future__ import annotations
 
@@ -19,7 +25,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-Sink = Callable[[str, torch.Tensor, torch.Tensor, "RowMask | None", "int | None"], None]
+from .targets import linear_kind
+
+# (name, x, g, row mask, input id, Σ‖W x‖² of the call or None)
+Sink = Callable[[str, torch.Tensor, torch.Tensor, "RowMask | None", "int | None", "torch.Tensor | None"], None]
 
 
 class InputKeys:
@@ -61,12 +70,27 @@ class RowMask:
         return None
 
 
+def output_energy(y: torch.Tensor, b: torch.Tensor | None, mask: RowMask | None) -> torch.Tensor | None:
+    """Σ over the rows the statistics count of ‖y_t − b‖² (= ‖W x_t‖² for y = W x + b), in float32
+    or wider; None when b does not fit y's last dimension (then finalize computes tr(W Σ Wᵀ) itself)."""
+    y = y.detach()
+    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    if b is not None:
+        if b.shape != y.shape[-1:]:
+            return None
+        y = y.to(dtype) - b.detach().to(dtype)  # in float32: y − b cancels where b is large
+    rows = mask.for_rows(y.shape[:-1]) if mask is not None else None
+    per_row = torch.linalg.vector_norm(y.reshape(-1, y.shape[-1]), dim=-1, dtype=dtype).square()
+    return (per_row if rows is None else per_row[rows]).sum()
+
+
 class _TapFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, x, anchor, tap, mask, input_id):
+    def forward(ctx, y, x, anchor, tap, mask, input_id, y2):
         ctx.tap = tap
         ctx.mask = mask
         ctx.input_id = input_id
+        ctx.y2 = y2
         ctx.save_for_backward(x)
         # An identity that autograd sees as a new node, with no copy. Not a view (as view_as would
         # be): autograd forbids in-place ops on a custom Function's view outputs, and models do
@@ -89,8 +113,8 @@ class _TapFunction(torch.autograd.Function):
             raise ProfileError(f"the input of {ctx.tap.name} was modified in place after the module read it (e.g. "
                                "h.mul_(2) in the model's forward); layerprof needs the input as the module saw it: "
                                "make that operation out of place (h = h * 2), or exclude the module with targets=") from e
-        ctx.tap.sink(ctx.tap.name, x, gy, ctx.mask, ctx.input_id)
-        return gy, None, None, None, None, None
+        ctx.tap.sink(ctx.tap.name, x, gy, ctx.mask, ctx.input_id, ctx.y2)
+        return gy, None, None, None, None, None, None
 
 
 class Tap:
@@ -104,6 +128,9 @@ class Tap:
         self.input_key = input_key
         self.forward_calls = 0
         self.anchor: torch.Tensor | None = None
+        kind = linear_kind(module)
+        self.bias = (lambda: kind.bias(module)) if kind is not None else None
+        self.d_out = kind.dims(module)[1] if kind is not None else None
         self.handle = module.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, args: tuple, output):
@@ -118,7 +145,10 @@ class Tap:
             if self.anchor is None or self.anchor.device != output.device:
                 self.anchor = torch.zeros((), device=output.device, requires_grad=True)
             anchor = self.anchor
-        return _TapFunction.apply(output, x.detach(), anchor, self, self.mask_source(), self.input_key(x))
+        mask = self.mask_source()
+        y2 = output_energy(output, self.bias(), mask) if self.bias is not None and output.shape[-1:] == (self.d_out,) \
+            else None
+        return _TapFunction.apply(output, x.detach(), anchor, self, mask, self.input_key(x), y2)
 
     def remove(self) -> None:
         self.handle.remove()

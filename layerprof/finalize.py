@@ -14,8 +14,10 @@ In sketch mode C is replaced by CΩ (Ω a fixed d_out × k Gaussian with varianc
 resnorm² and grad_norm² are unbiased estimates and resnorm_rank a randomized-SVD one.
 
 The leading σ_i(M)² come from the smaller Gram matrix of L⁻¹C, the eigenvalues μ (cond, erank,
-noise amp) from ``eigvalsh`` alone, nfn from one triangular product W L (tr(W Σ Wᵀ) = ‖W L‖² − λ‖W‖²);
-on the CPU through scipy's LAPACK (``layerprof.linalg``). With δ = 0 the inverse is a
+noise amp) from ``eigvalsh`` alone; on the CPU through scipy's LAPACK (``layerprof.linalg``). nfn's
+tr(W Σ Wᵀ) = Σ_t ‖W x_t‖² / N comes from the sweep (the taps read it off the module outputs,
+``ModuleStats.y2``); where a module's statistics lack it, from one triangular product W L
+(tr(W Σ Wᵀ) = ‖W L‖² − λ‖W‖²). With δ = 0 the inverse is a
 pseudo-inverse (eigenvalues below d·ε·μ_max dropped), i.e. the exact projection of the
 residual onto the span of the inputs; that case (and λ at or below that floor) takes the
 eigen-decomposition instead of Cholesky. Modules whose S is identical (they read the same
@@ -211,7 +213,10 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
     q = float(st.q.double())
     if weight is not None:
         W = weight.detach().to(solve.sigma.device, torch.float64)
-        w_sigma_w = linalg.weighted_trace(W, solve.sigma, solve.chol, lam)  # tr(W Σ Wᵀ)
+        if st.y2 is not None:  # tr(W Σ Wᵀ) = Σ_t ‖W x_t‖² / N, read off the outputs during the sweep
+            w_sigma_w = float(st.y2.double()) / N
+        else:
+            w_sigma_w = linalg.weighted_trace(W, solve.sigma, solve.chol, lam)
         w2 = float((W * W).sum())
         nfn = math.sqrt(max(w_sigma_w, 0.0) / (w2 * trace / d_in)) if w2 > 0 and trace > 0 else float("nan")
     else:

@@ -7,15 +7,16 @@ finds the target modules as ``profile`` would, and models:
   same again backward (input gradients only), plus the output head; attention's T×T work is
   left out (the model is of the linear layers);
 * the sweep's accumulation on top: S += XᵀX for each distinct input (upper triangle: d_in² per
-  token) and C += XᵀG (2·d_in·d_out per token), fp32 GEMMs;
+  token) and C += XᵀG (2·d_in·d_out per token), fp32 GEMMs, and nfn's ‖W x‖² read off each module's
+  output (y − b, squared, summed: 3·d_out per token, elementwise, counted as FLOPs at the GEMM rate);
 * finalize, float64, per distinct input: eigenvalues of Σ (≈ 4/3·d³, a tridiagonal reduction,
   memory-bound) and one Cholesky factor (d³/3); per module: two triangular solves (2·d_in²·d_out),
   the leading spectrum (the smaller Gram matrix and its eigenvalues, or block Krylov above 2048)
-  and tr(WΣWᵀ) for nfn (2·d_out·d_in²); and, as the default score asks (``rank_cross``), each split
-  half's top-r singular subspace of the whitened C (short side m, long side n): up to 2048 the
-  eigenvectors of the m × m Gram matrix (2·m²·n, and ≈ 4·m³ for an eigendecomposition with vectors:
-  the GPU's path, an upper bound for the CPU's Lanczos), above it block Krylov (≈ 52·r·m·n), plus
-  the two projections (4·r·m·n);
+  and ‖W‖² for nfn (2·d_out·d_in; tr(WΣWᵀ) comes from the sweep); and, as the default score asks
+  (``rank_cross``), each split half's top-r singular subspace of the whitened C (short side m, long
+  side n): up to 2048 the eigenvectors of the m × m Gram matrix (2·m²·n, and ≈ 4·m³ for an
+  eigendecomposition with vectors: the GPU's path, an upper bound for the CPU's Lanczos), above it
+  block Krylov (≈ 52·r·m·n), plus the two projections (4·r·m·n);
 * the coupling matrix, when asked (``coupling=True``, as ``profile(coupling=True)``; the default
   placement does not need it; ``layerprof.coupling``): two forwards per layer over at most
   ``coupling_tokens`` tokens (bf16), and one corrections solve per module (float64: a Cholesky
@@ -160,7 +161,8 @@ def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 409
     head_flops = sum(2.0 * a * b for a, b in (linear_kind(m).dims(m) for m in heads.values()))
     linear = sum(2.0 * t.d_in * t.d_out for t in targets.values()) + head_flops
     plain = tokens * 2 * linear  # forward + input-gradient backward
-    accumulate = tokens * (sum(d * d for d in inputs.values()) + sum(2.0 * t.d_in * t.d_out for t in targets.values()))
+    accumulate = tokens * (sum(d * d for d in inputs.values())
+                           + sum(2.0 * t.d_in * t.d_out + 3.0 * t.d_out for t in targets.values()))
     eigen = sum(4.0 / 3.0 * d ** 3 for d in inputs.values())
     cholesky = sum(d ** 3 / 3.0 for d in inputs.values())
     solves = sum(2.0 * t.d_in ** 2 * t.d_out for t in targets.values())
@@ -169,7 +171,7 @@ def model_cost(model, tokens: int, device: str = "h200", batch_tokens: int = 409
         small, large = sorted((t.d_in, t.d_out))
         spectrum += (2.0 * small * small * large + 4.0 / 3.0 * small ** 3) if small <= EXACT_SPECTRUM_MAX \
             else 4 * 2 * 2.0 * small * large * 128 + 2.0 * large * small * 512
-    nfn = sum(2.0 * t.d_out * t.d_in ** 2 for t in targets.values())
+    nfn = sum(2.0 * t.d_out * t.d_in for t in targets.values())  # ‖W‖²: tr(W Σ Wᵀ) came with the sweep
     cross_gemm = cross_eigen = 0.0  # two halves per module
     for t in targets.values() if rank_cross else ():
         small, large = sorted((t.d_in, t.d_out))

@@ -32,7 +32,7 @@ def _device_for_collectives() -> torch.device:
 
 
 def all_reduce_stats(acc: Accumulator, names: list[str]) -> None:
-    """Sum every half of every module's N, S, C, q over ranks, in place."""
+    """Sum every half of every module's N, S, C, q, y2 over ranks, in place."""
     rank, size = world()
     if size == 1:
         return
@@ -60,6 +60,12 @@ def all_reduce_stats(acc: Accumulator, names: list[str]) -> None:
                 dist.all_reduce(buf)
                 if buf is not t:
                     t.copy_(buf)
+            # y2 with a flag for "some rank does not know it", so that every rank issues the same collective.
+            known = st.y2 is not None or st.N == 0  # a rank without this module's rows adds a known 0
+            pair = torch.tensor([float(st.y2) if st.y2 is not None else 0.0, 0.0 if known else 1.0],
+                                dtype=torch.float64, device=dev)
+            dist.all_reduce(pair)
+            st.y2 = pair[0].to(st.q.device, st.q.dtype) if float(pair[1]) == 0 else None
             # S may be one tensor shared by several modules here but not on another rank (a
             # rank without data for a module zero-fills it alone): reduce a copy per module,
             # so every rank issues the same collectives, and share the result again where

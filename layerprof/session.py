@@ -181,7 +181,8 @@ class Profiler:
             if mask is not None:
                 self._data_hash.update(mask.mask.cpu().numpy().tobytes())
 
-    def _sink(self, name: str, x: torch.Tensor, g: torch.Tensor, mask: RowMask | None, input_id: int | None) -> None:
+    def _sink(self, name: str, x: torch.Tensor, g: torch.Tensor, mask: RowMask | None, input_id: int | None,
+              y2: torch.Tensor | None = None) -> None:
         d_in, d_out = self.acc.dims[name]
         x2 = x.reshape(-1, d_in)
         g2 = g.reshape(-1, d_out)
@@ -191,7 +192,7 @@ class Profiler:
             # reads one position per sequence. Every row counts; the card says so.
             self._unmasked.add(name)
         rows = x2.shape[0] if row_mask is None else mask.rows
-        self.acc.update(name, x2, g2, row_mask, rows, input_id)
+        self.acc.update(name, x2, g2, row_mask, rows, input_id, y2=y2)
 
     @property
     def seq_len(self) -> float | None:

@@ -16,6 +16,11 @@ from torch import nn
 from .errors import ProfileError
 
 
+def _bias_attr(m: nn.Module) -> torch.Tensor | None:
+    b = getattr(m, "bias", None)
+    return b if isinstance(b, torch.Tensor) else None
+
+
 @dataclass(frozen=True)
 class LinearKind:
     """How one module class exposes its linear map."""
@@ -24,6 +29,7 @@ class LinearKind:
     matches: Callable[[nn.Module], bool]
     dims: Callable[[nn.Module], tuple[int, int]]  # (d_in, d_out)
     weight: Callable[[nn.Module], torch.Tensor]  # W as d_out × d_in (a view, never a copy to keep)
+    bias: Callable[[nn.Module], "torch.Tensor | None"] = _bias_attr  # b (d_out) or None
 
 
 def _is_hf_conv1d(m: nn.Module) -> bool:
@@ -43,13 +49,15 @@ _KINDS: list[LinearKind] = [
 
 def register_linear_kind(name: str, matches: Callable[[nn.Module], bool],
                          dims: Callable[[nn.Module], tuple[int, int]],
-                         weight: Callable[[nn.Module], torch.Tensor]) -> None:
+                         weight: Callable[[nn.Module], torch.Tensor],
+                         bias: Callable[[nn.Module], "torch.Tensor | None"] = _bias_attr) -> None:
     """Teach layerprof a new linear-like module class (tried before the built-in kinds).
 
     The module's forward must read its input as ``args[0]`` of shape (..., d_in) and
-    return y of shape (..., d_out) with y = W x (+ b).
+    return y of shape (..., d_out) with y = W x + b, b given by ``bias`` (default: the
+    module's ``bias`` tensor, or none). nfn is read from y − b (``layerprof.capture``).
     """
-    _KINDS.insert(0, LinearKind(name, matches, dims, weight))
+    _KINDS.insert(0, LinearKind(name, matches, dims, weight, bias))
 
 
 def linear_kind(module: nn.Module) -> LinearKind | None:

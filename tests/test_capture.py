@@ -1,13 +1,14 @@
 """Taps: statistics from backward only, padding excluded, the model left exactly as it was."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import layerprof as lp
 from conftest import assert_untouched, make_batches, make_model, snapshot
-from reference import reference_stats
+from reference import reference_stats, weight_of
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -273,3 +274,48 @@ def ops_symmetric(S):
     from layerprof.ops import symmetric
 
     return symmetric(S)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "bert", "llama"])  # Conv1D with bias, Linear with bias, without
+def test_output_energy_is_the_float64_trace_over_the_counted_rows(arch):
+    # nfn's tr(W Σ Wᵀ) is read off the module outputs in the sweep (ModuleStats.y2, with the bias taken
+    # off): over exactly the rows S counts (padding excluded), it is Σ_t ‖W x_t‖² = tr(W S Wᵀ) of the
+    # float64 reference, and the card's nfn is the one finalize would compute from W and Σ.
+    from layerprof.finalize import module_columns
+
+    model = make_model(arch).double()
+    batches = make_batches()
+    if arch == "bert":  # an encoder: masked-LM labels at every real token
+        for b in batches:
+            b["labels"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)
+    with lp.Profiler(model, dtype=torch.float64) as prof:
+        for b in batches:
+            model(**b).loss.backward()
+    ref = reference_stats(model, batches, prof.targets)
+    mods = dict(model.named_modules())
+    assert any(getattr(mods[n], "bias", None) is not None for n in prof.targets) == (arch != "llama")
+    for name in prof.targets:
+        st = prof.acc.total(name)
+        W = weight_of(model, name)
+        assert st.y2 is not None, name
+        assert math.isclose(float(st.y2), float(np.trace(W @ ref[name]["S"] @ W.T)), rel_tol=1e-10), name
+        Wt = torch.from_numpy(W)
+        with_y2 = module_columns(st, Wt, rank=4, damping=1e-3)["nfn"]
+        st.y2 = None  # finalize's own path: ‖W L‖² − λ‖W‖²
+        assert math.isclose(with_y2, module_columns(st, Wt, rank=4, damping=1e-3)["nfn"], rel_tol=1e-10), name
+
+
+def test_a_call_without_output_energy_leaves_it_unknown():
+    # One call whose output could not give ‖W x‖² (a shape that does not fit) makes the module's sum
+    # unknown rather than short: finalize then computes tr(W Σ Wᵀ) itself.
+    from layerprof.accumulate import Accumulator
+
+    acc = Accumulator({"a": (4, 3), "b": (4, 3)})
+    for batch in range(2):
+        for name in ("a", "b"):
+            x, g = torch.randn(5, 4), torch.randn(5, 3)
+            known = name == "a" or batch == 0
+            acc.update(name, x, g, None, 5, y2=torch.tensor(2.0) if known else None)
+        acc.commit()
+    assert float(acc.total("a").y2) == 4.0 and acc.total("b").y2 is None
+    assert float(acc.half(0, "b").y2) == 2.0 and acc.half(1, "b").y2 is None

@@ -92,10 +92,10 @@ def _captured_rows(model, batches, backend):
     rows: dict = {}
     original = Accumulator.update
 
-    def spy(self, name, x, g, mask, n, input_id=None):
+    def spy(self, name, x, g, mask, n, input_id=None, y2=None):
         xs, gs = (x, g) if mask is None else (x[mask], g[mask])
         rows.setdefault(name, []).append((xs.detach().clone(), gs.detach().clone()))
-        return original(self, name, x, g, mask, n, input_id)
+        return original(self, name, x, g, mask, n, input_id, y2)
 
     Accumulator.update = spy
     try:
