@@ -5,7 +5,7 @@ slower per call than in the plain pass: with the statistics' large buffers live,
 returning freed pages to the OS, and every new activation tensor page-faults on first touch. This
 runs the same measurement in two child processes, one with glibc's defaults and one with
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` set so that freed memory is
-kept, and, where the system has them, jemalloc and tcmalloc through ``LD_PRELOAD``. Each child times, interleaved, process
+kept, with torch's transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``; alone and with the former), and, where the system has them, jemalloc and tcmalloc through ``LD_PRELOAD``. Each child times, interleaved, process
 CPU time, one thread: plain frozen forward+backward, and ``lp.profile`` up to the end of the sweep
 (finalize is stubbed out: it is the same in both and timed elsewhere), coupling off, and counts the
 minor page faults of each pass (first touches of fresh pages; median per call).
@@ -24,6 +24,9 @@ import time
 
 KEEP_PAGES = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000",
               "MALLOC_TOP_PAD_": "1000000000"}
+# torch's own switch: CPU allocations of 2 MiB and more aligned to 2 MiB and madvise'd as transparent huge
+# pages (the kernel's THP mode "madvise" or "always"), so a first touch faults in 2 MiB instead of 4 KiB.
+HUGE_PAGES = {"THP_MEM_ALLOC_ENABLE": "1"}
 
 
 def child(reps: int) -> dict:
@@ -100,6 +103,8 @@ def main(argv=None) -> None:
     print("| malloc | plain s | sweep s | sweep / plain | page faults, plain | page faults, sweep |\n"
           "|---|---:|---:|---:|---:|---:|")
     for label, extra in (("glibc defaults", {}), ("keeps freed pages (MALLOC_*_ env)", KEEP_PAGES),
+                         ("torch huge pages (THP_MEM_ALLOC_ENABLE=1)", HUGE_PAGES),
+                         ("huge pages and keeps freed pages", {**HUGE_PAGES, **KEEP_PAGES}),
                          *preloaded_allocators()):
         env = {**os.environ, **extra, "OMP_NUM_THREADS": "1"}
         out = subprocess.run([sys.executable, __file__, "--child", "--reps", str(args.reps)], env=env,
