@@ -3,9 +3,11 @@
 For each ``docs/study/FOLDER/study.json`` with single-layer probes at a budget, rescore that budget's
 stored card (``card_{budget}steps.json``) with each score and correlate it with the layers' mean
 gains; the interval resamples each layer's seed runs (``layerprof.study.bootstrap_spearman``). Depth
-(the layer index) is printed beside the scores as the no-statistics reference. A row counts for the
-goal when its gains are separable (range > 3 × seed std, as the study records); a score without its
-column on that card prints –.
+(the layer index) is printed beside the scores as the no-statistics reference, and the seed ceiling
+(``layerprof.study.seed_ceiling``: how well even the expected gains could correlate with the measured
+seed means; where it is above the goal, the seeds' noise does not excuse a score's miss). A row counts
+for the goal when its gains are separable (range > 3 × seed std, as the study records); a score
+without its column on that card prints –.
 
 Then, per task probed at two budgets, Spearman(gains at the short budget, gains at the long one) and
 the best min(Spearman at either budget) a score blind to the budget can reach
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from layerprof.card import LayerCard
 from layerprof.scores import DEFAULT_SCORE, SCORES
-from layerprof.study import bootstrap_spearman, rescore
+from layerprof.study import bootstrap_spearman, rescore, seed_ceiling
 from study_summary import budget_agreement
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "docs", "study")
@@ -55,8 +57,8 @@ def main(argv=None) -> None:
     ap.add_argument("--goal", type=float, default=0.7)
     ap.add_argument("--root", default=ROOT)
     args = ap.parse_args(argv)
-    print("| row | separable | " + " | ".join(args.scores) + " | depth |")
-    print("|---|---|" + "---|" * (len(args.scores) + 1))
+    print("| row | separable | seed ceiling | " + " | ".join(args.scores) + " | depth |")
+    print("|---|---|---:|" + "---|" * (len(args.scores) + 1))
     met = {s: [0, 0] for s in args.scores + ["depth"]}
     for name, card_path, gains, separable in probe_rows(args.root):
         card = LayerCard.load(card_path)
@@ -72,7 +74,9 @@ def main(argv=None) -> None:
         if separable:
             met["depth"][0] += depth[0] >= args.goal
             met["depth"][1] += 1
-        print(f"| {name} | {'yes' if separable else 'no'} | " + " | ".join(cells) + f" | {cell(*depth)} |")
+        ceiling = seed_ceiling(gains)
+        print(f"| {name} | {'yes' if separable else 'no'} | {'–' if ceiling is None else f'{ceiling:.2f}'} | "
+              + " | ".join(cells) + f" | {cell(*depth)} |")
     print("\nseparable rows at Spearman ≥ %.2f: " % args.goal
           + "; ".join(f"{s} {a} of {n}" for s, (a, n) in met.items()))
     print(f"\n| task | budgets | Spearman(short gains, long gains) | best a budget-blind score reaches at both |"

@@ -242,6 +242,27 @@ def bootstrap_spearman(score: list[float], gains: list[list[float]], reps: int =
     return rho, float(lo), float(hi)
 
 
+def seed_ceiling(gains: list[list[float]]) -> float | None:
+    """How well the layers' seed-mean gains can agree with their expected gains: the noise ceiling on
+    Spearman(any score, measured gains).
+
+    With r the mean Spearman between two seeds' single-layer gains and k seeds per layer, the
+    Spearman–Brown reliability of the k-seed mean is k·r / (1 + (k − 1)·r), and no score, not even the
+    expected gains themselves, correlates with the measured means better than its square root (in
+    expectation). None with fewer than two seeds for every layer or r ≤ 0 (then nothing is reliable).
+    """
+    k = min((len(g) for g in gains), default=0)
+    if k < 2:
+        return None
+    seeds = [[float(g[i]) for g in gains] for i in range(k)]
+    pairs = [spearman(seeds[i], seeds[j]) for i in range(k) for j in range(i + 1, k)]
+    pairs = [p for p in pairs if p is not None]
+    r = float(np.mean(pairs)) if pairs else 0.0
+    if r <= 0:
+        return None
+    return float(np.sqrt(k * r / (1 + (k - 1) * r)))
+
+
 def seed_spread(gains: list[list[float]]) -> tuple[float, float]:
     """(range of the layers' mean gains, pooled seed std of one run)."""
     means = [float(np.mean(g)) for g in gains]

@@ -135,3 +135,20 @@ def test_shared_ranking_bound_holds_for_every_ranking_and_is_reached():
     assert shared_ranking_bound(spearman(a, a)) == pytest.approx(1.0)
     assert shared_ranking_bound(-1.0) == pytest.approx(0.0, abs=1e-12)
     assert shared_ranking_bound(-1.0, -1.0) == pytest.approx(1.0)
+
+
+def test_seed_ceiling_is_one_for_agreeing_seeds_and_falls_with_their_noise():
+    from layerprof.study import seed_ceiling
+
+    rng = np.random.default_rng(0)
+    truth = np.arange(12.0)
+    assert seed_ceiling([[t, t + 0.01, t - 0.01] for t in truth]) == pytest.approx(1.0)
+    # Seeds that rank the layers independently of each other: no score can track their mean.
+    unrelated = seed_ceiling([list(rng.normal(size=3)) for _ in truth])
+    assert unrelated is None or unrelated < 0.7
+    # Noise comparable to the spread: the ceiling lies strictly between, and more seeds raise it.
+    noisy3 = [list(t + rng.normal(scale=3.0, size=3)) for t in truth]
+    noisy6 = [g + list(t + rng.normal(scale=3.0, size=3)) for g, t in zip(noisy3, truth)]
+    c3, c6 = seed_ceiling(noisy3), seed_ceiling(noisy6)
+    assert 0.5 < c3 < 1.0 and c3 < c6 < 1.0
+    assert seed_ceiling([[1.0], [2.0]]) is None  # one seed: nothing to compare
