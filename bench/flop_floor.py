@@ -1,4 +1,4 @@
-"""The sweep's FLOP floor on the GPT-2-small shape: what no implementation of the same statistics can beat.
+"""FLOP floors of the sweep: GPT-2-small against plain, and the wide MLP against the obvious hooks.
 
 The sweep does the plain frozen forward + backward and, on top, S += XᵀX for every distinct input
 and C += XᵀG for every module. Counting a multiply-add as 2 FLOPs throughout: the upper triangle of
@@ -6,6 +6,11 @@ XᵀX is n·d(d+1) ≈ n·d² FLOPs, XᵀG is 2·n·d_in·d_out, a linear layer'
 backward 2·n·d_in·d_out each (``layerprof.profile_cost.model_cost``, which leaves attention out). Plain
 also runs attention (QKᵀ and AV: 4·T·d per token and layer forward, twice that backward; a causal
 kernel may skip half). The floor is (plain + accumulation) / plain at equal FLOP rates.
+
+The peers' case (bench_peers.py, wide MLP 4 × Linear(d, d)): hooks written the obvious way compute
+the same S and C with a full XᵀX GEMM (2·n·d²) where the sweep takes the upper triangle (n·d²); both
+also run the plain pass. At equal FLOP rates the sweep can be at most (plain + 2d² + 2d²) / (plain +
+d² + 2d²) faster per row and layer: the bound on any "× faster than the fastest peer" figure.
 
     python bench/flop_floor.py [--tokens 2048] [--seq 512]
 """
@@ -38,6 +43,12 @@ def main(argv=None) -> None:
     for label, att in (("linear layers only", 0.0), ("with dense attention", attention),
                        ("with causal attention (half)", attention / 2)):
         print(f"| {label} | {1 + cost.sweep_extra_flops / (cost.plain_flops + att):.2f} |")
+    # Wide MLP, per row and layer, in units of d²: plain 4 (forward, input-gradient backward),
+    # hooks 2 (XᵀX, full) + 2 (XᵀG), the sweep 1 (upper triangle) + 2.
+    plain, hooks, sweep = 4.0, 4.0 + 2.0 + 2.0, 4.0 + 1.0 + 2.0
+    print(f"\nWide MLP 4 × Linear(d, d), per row and layer (units of d² FLOPs): plain {plain:.0f}, obvious hooks "
+          f"{hooks:.0f}, sweep {sweep:.0f}: at equal FLOP rates the sweep is at most {hooks / sweep:.2f}× faster "
+          "than the hooks")
 
 
 if __name__ == "__main__":
