@@ -146,8 +146,8 @@ class Tap:
                 self.anchor = torch.zeros((), device=output.device, requires_grad=True)
             anchor = self.anchor
         mask = self.mask_source()
-        y2 = output_energy(output, self.bias(), mask) if self.bias is not None and output.shape[-1:] == (self.d_out,) \
-            else None
+        fits = self.bias is not None and output.shape[-1:] == (self.d_out,)
+        y2 = output_energy(output, self.bias(), mask) if fits else None
         return _TapFunction.apply(output, x.detach(), anchor, self, mask, self.input_key(x), y2)
 
     def remove(self) -> None:

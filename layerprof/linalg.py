@@ -6,8 +6,9 @@ through torch's MKL on the machine we measure on (2-core AMD EPYC, one thread, d
 ``bench/bench_lapack.py``): ``eigvalsh`` 0.065 s against 0.106 s, and the Gram matrix of the
 whitened C by ``dsyrk`` (one triangle, half the FLOPs of a GEMM) 0.027 s against 0.046 s. Where
 finalize has to compute nfn's tr(W Σ Wᵀ) itself (statistics without the sweep's ``y2``), it halves
-its FLOPs too: ‖W L‖² − λ‖W‖² with L the Cholesky factor finalize has already, by ``dtrmm``. ``LAYERPROF_CPU_LAPACK=torch`` selects torch on the CPU too (MKL is the better
-library on some Intel machines; results agree to float64 rounding either way).
+its FLOPs too: ‖W L‖² − λ‖W‖² with L the Cholesky factor finalize has already, by ``dtrmm``.
+``LAYERPROF_CPU_LAPACK=torch`` selects torch on the CPU too (MKL is the better library on some Intel
+machines; results agree to float64 rounding either way).
 
 Every function takes and returns torch tensors (float64 in, float64 out); BLAS threads follow
 torch's thread setting inside ``blas_threads``.
