@@ -5,8 +5,9 @@ slower per call than in the plain pass: with the statistics' large buffers live,
 returning freed pages to the OS, and every new activation tensor page-faults on first touch. This
 runs the same measurement in two child processes, one with glibc's defaults and one with
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` set so that freed memory is
-kept, with torch's transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``; alone and with the former), and, where the system has them, jemalloc and tcmalloc through ``LD_PRELOAD``. Each child times, interleaved, process
-CPU time, one thread: plain frozen forward+backward, and ``lp.profile`` up to the end of the sweep
+kept, with torch's transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``; alone and with the former),
+and, where the system has them, jemalloc and tcmalloc through ``LD_PRELOAD``. Each child times,
+interleaved, process CPU time, one thread: plain frozen forward+backward, and ``lp.profile`` up to the end of the sweep
 (finalize is stubbed out: it is the same in both and timed elsewhere), coupling off, and counts the
 minor page faults of each pass (first touches of fresh pages; median per call).
 

@@ -60,7 +60,7 @@ def load_rows(root: str = ROOT, baselines: bool = False) -> dict:
         full, full_std = pl.get("full", {}).get("mean"), pl.get("full", {}).get("std", 0.0)
         # Full LoRA that lost, or whose gain is within 2 seed-stds of zero (deep24-docstrings @ 60: 0.003 ±
         # 0.004 nats), is no reference: shares of it are noise.
-        full = full if full is not None and full > 2 * full_std and full > 0 else None
+        full = full if full is not None and full > 2 * full_std else None
         rows[f"{task}@{budget}"] = {
             "full": full,
             "random": (statistics.mean(p["mean"] for p in draws), statistics.mean(p["std"] for p in draws)),

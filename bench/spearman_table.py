@@ -11,8 +11,8 @@ without its column on that card prints –.
 
 Then, per task probed at two budgets, Spearman(gains at the short budget, gains at the long one) and
 the best min(Spearman at either budget) a score blind to the budget can reach
-(``study_summary.budget_agreement``, through ``layerprof.study.shared_ranking_bound``): where it is below the goal, no such score meets the goal
-on that task, whatever it measures.
+(``study_summary.budget_agreement``, through ``layerprof.study.shared_ranking_bound``): where it is
+below the goal, no such score meets the goal on that task, whatever it measures.
 
     python bench/spearman_table.py [--scores resnorm2_rank_x_over_noise energy ...] [--goal 0.7]
 """
@@ -32,18 +32,24 @@ from study_summary import budget_agreement
 ROOT = os.path.join(os.path.dirname(__file__), "..", "docs", "study")
 
 
-def probe_rows(root: str = ROOT):
-    """(row name, card path, per-layer seed gains, separable) for every budget with probes and a card."""
+def load_studies(root: str = ROOT) -> dict[str, dict]:
+    """Every ``root/FOLDER/study.json``, by folder name."""
+    studies = {}
     for path in sorted(glob.glob(os.path.join(root, "*", "study.json"))):
-        folder = os.path.dirname(path)
         with open(path) as f:
-            budgets = json.load(f)["budgets"]
-        for budget, rec in budgets.items():
+            studies[os.path.basename(os.path.dirname(path))] = json.load(f)
+    return studies
+
+
+def probe_rows(root: str = ROOT, studies: dict | None = None):
+    """(row name, card path, per-layer seed gains, separable) for every budget with probes and a card."""
+    for folder, study in (studies if studies is not None else load_studies(root)).items():
+        for budget, rec in study["budgets"].items():
             probe = rec.get("probe") or {}
-            card = os.path.join(folder, f"card_{budget}steps.json")
+            card = os.path.join(root, folder, f"card_{budget}steps.json")
             if probe.get("gains") and os.path.exists(card):
                 gains = [probe["gains"][str(i)] for i in range(len(probe["gains"]))]
-                yield f"{os.path.basename(folder)}@{budget}", card, gains, bool(probe.get("separable"))
+                yield f"{folder}@{budget}", card, gains, bool(probe.get("separable"))
 
 
 def cell(rho, lo, hi) -> str:
@@ -60,7 +66,8 @@ def main(argv=None) -> None:
     print("| row | separable | seed ceiling | " + " | ".join(args.scores) + " | depth |")
     print("|---|---|---:|" + "---|" * (len(args.scores) + 1))
     met = {s: [0, 0] for s in args.scores + ["depth"]}
-    for name, card_path, gains, separable in probe_rows(args.root):
+    studies = load_studies(args.root)
+    for name, card_path, gains, separable in probe_rows(args.root, studies):
         card = LayerCard.load(card_path)
         cells = []
         for s in args.scores:
@@ -81,8 +88,6 @@ def main(argv=None) -> None:
           + "; ".join(f"{s} {a} of {n}" for s, (a, n) in met.items()))
     print(f"\n| task | budgets | Spearman(short gains, long gains) | best a budget-blind score reaches at both |"
           f"\n|---|---|---:|---:|")
-    studies = {os.path.basename(os.path.dirname(p)): json.load(open(p))
-               for p in sorted(glob.glob(os.path.join(args.root, "*", "study.json")))}
     for row in budget_agreement(studies, Path(args.root)):
         (b1, b2), r, best = row["budgets"], row["measured_agreement"], row["budget_blind_bound"]
         print(f"| {row['task']} | {b1}, {b2} | {r:+.2f} | {best:+.2f}{'' if best >= args.goal else ' (below the goal)'} |")

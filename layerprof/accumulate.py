@@ -54,8 +54,7 @@ class _Staged:
     C: torch.Tensor
     q: torch.Tensor
     inputs: list = field(default_factory=list)
-    y2: torch.Tensor | None = None
-    y2_known: bool = True  # False once a call of this batch came without y2
+    y2: torch.Tensor | None = None  # None once a call of this batch came without it: unknown, not short
 
 
 @dataclass
@@ -104,7 +103,8 @@ class Accumulator:
             d_out = self.sketch
         if st is None:
             st = self.pending[name] = _Staged(0, torch.zeros(d_in, d_out, dtype=self.dtype, device=x.device),
-                                              torch.zeros((), dtype=self.dtype, device=x.device))
+                                              torch.zeros((), dtype=self.dtype, device=x.device),
+                                              y2=torch.zeros((), dtype=self.dtype, device=x.device))
         elif st.C.device != x.device:
             raise RuntimeError(f"module {name} ran on {x.device} after {st.C.device} in one sweep")
         if input_id is None:
@@ -124,11 +124,7 @@ class Accumulator:
                 st.q.add_(gs.to(self.dtype).pow(2).sum())
         if sketched:
             st.q.add_(q)
-        if y2 is None:
-            st.y2_known = False
-        elif st.y2_known:
-            y2 = y2.to(st.q.device, self.dtype)
-            st.y2 = y2 if st.y2 is None else st.y2 + y2
+        st.y2 = _add_y2(st.y2, None if y2 is None else y2.to(st.q.device, self.dtype))
         st.N += rows
         st.inputs.append(input_id)
 
@@ -221,15 +217,14 @@ class Accumulator:
                 holders[id(S)] = set(new)
             for name in names:
                 st = self.pending[name]
-                y2 = st.y2 if st.y2_known else None
                 if name in half:
                     stats = half[name]
                     stats.N += st.N
                     stats.C.add_(st.C)
                     stats.q.add_(st.q)
-                    stats.y2 = _add_y2(stats.y2, y2)
+                    stats.y2 = _add_y2(stats.y2, st.y2)
                 else:
-                    half[name] = ModuleStats(st.N, S, st.C, st.q.clone(), y2)  # the staged C becomes the half's
+                    half[name] = ModuleStats(st.N, S, st.C, st.q.clone(), st.y2)  # the staged C becomes the half's
                     taken_stages.append(name)
                 self.calls[name] = self.calls.get(name, 0) + len(st.inputs)
         for i in taken_grams:
@@ -268,7 +263,7 @@ class Accumulator:
             st.C.zero_()
             st.q.zero_()
             st.inputs.clear()
-            st.y2, st.y2_known = None, True
+            st.y2 = torch.zeros_like(st.q)
         for S in self.grams.values():
             S.zero_()
             self._free.setdefault((S.shape[0], S.device), []).append(S)
