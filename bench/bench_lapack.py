@@ -5,7 +5,8 @@
 (4 × Linear(d, d), batches × rows, one thread, process CPU time, median of reps, interleaved):
 
 * each primitive on layer 0's statistics (Σ, C, W): eigvalsh(Σ), Cholesky of Σ + λI, L⁻¹C, the
-  leading σ² of L⁻¹C (its Gram matrix and eigvalsh), tr(W Σ Wᵀ);
+  leading σ² of L⁻¹C (its Gram matrix and eigvalsh), one split half's rank-8 subspace (ARPACK's
+  Lanczos under scipy), tr(W Σ Wᵀ) (finalize's fallback: the sweep now reads it off the outputs);
 * the whole ``prof.card()`` (finalize) of one sweep, and the largest relative difference of any
   card column between the two.
 
@@ -73,12 +74,15 @@ def main(argv=None) -> None:
     W = model.layers[0].weight.detach().double()
     L = linalg.cholesky(shifted)
     Y = linalg.solve_lower(L, C)
+    Ya = linalg.solve_lower(L, prof.acc.half(0, "layers.0").C.double())  # one split half, whitened
     primitives = {
         "eigvalsh(Σ)": lambda: linalg.eigvalsh(sigma),
         "Cholesky(Σ + λI)": lambda: linalg.cholesky(shifted),
         "L⁻¹C": lambda: linalg.solve_lower(L, C),
         "leading σ² of L⁻¹C": lambda: linalg.leading_gram_eigvals(Y, 64),
-        "tr(W Σ Wᵀ)": lambda: linalg.weighted_trace(W, sigma, L, lam),
+        # The default score's cross term: each half's top-r subspace (r = 8); finalize does two per module.
+        "rank-8 subspace of a half's L⁻¹C": lambda: linalg.leading_gram_eigvecs(Ya, 8),
+        "tr(W Σ Wᵀ) (fallback; the sweep gives it)": lambda: linalg.weighted_trace(W, sigma, L, lam),
     }
     cards = {}
 
