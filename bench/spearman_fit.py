@@ -56,6 +56,11 @@ def scaled_ranks(v: np.ndarray) -> np.ndarray:
     return (rankdata(np.where(np.isfinite(v), v, -np.inf)) - 1) / max(len(v) - 1, 1)
 
 
+def column(layer, name: str) -> float:
+    value = getattr(layer, name, None)  # older cards lack some columns; debiased ones may be None
+    return np.nan if value is None else float(value)
+
+
 def load_rows(columns: tuple[str, ...], root: str = ROOT) -> list[Row]:
     """Every separable probe row with its card's columns ranked per row."""
     studies = load_studies(root)
@@ -66,8 +71,7 @@ def load_rows(columns: tuple[str, ...], root: str = ROOT) -> list[Row]:
             continue
         card = LayerCard.load(path)
         folder, budget = name.split("@")
-        cols = [scaled_ranks(np.array([getattr(l, c, None) if getattr(l, c, None) is not None else np.nan
-                                       for l in card.layers], float)) for c in columns]
+        cols = [scaled_ranks(np.array([column(l, c) for l in card.layers])) for c in columns]
         cols.append(scaled_ranks(np.arange(len(card.layers), dtype=float)))  # depth
         mean = np.array([np.mean(g) for g in gains])
         rows.append(Row(name, folder, int(budget) == max(budgets[folder]), np.array(cols).T, rankdata(mean)))
