@@ -5,7 +5,7 @@ The case of the speed issue: 4 × Linear(1024, 1024) (tanh between, a small head
 passes interleaved. Prints plain, the card's sweep (taps + accumulation), finalize, and the
 whole profile() — with and without the split-half statistics that finalize also solves.
 
-    python bench/bench_wide.py [--d 1024] [--rows 4096] [--batches 3] [--reps 3] [--backend cpp]
+    python bench/bench_wide.py [--d 1024] [--rows 4096] [--batches 3] [--reps 3] [--backend cpp] [--keep-pages]
 """
 from __future__ import annotations
 
@@ -57,7 +57,11 @@ def main(argv=None) -> None:
     ap.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=False,
                     help="also measure the coupling matrix (opt-in since round 6, as in lp.profile; "
                          "--no-coupling, the default, is kept for the older commands)")
+    ap.add_argument("--keep-pages", action="store_true",
+                    help="call lp.keep_freed_pages() first, as the layerprof command does (process-wide)")
     args = ap.parse_args(argv)
+    if args.keep_pages:
+        assert lp.keep_freed_pages(), "glibc's mallopt is not available here"
     model, batches = wide_case(args)
     loss_fn = lambda out, b: nn.functional.cross_entropy(out, b["y"])  # noqa: E731
     targets = [f"layers.{i}" for i in range(len(model.layers))]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from ._version import __version__
 
+from .allocator import keep_freed_pages
+
 from .card import CardFormatError, LayerCard, LayerRow, ModuleRow
 from .errors import BatchError, BudgetError, ExportError, LayerprofError, UsageError
 from .ops import backends
@@ -24,4 +26,4 @@ from .targets import find_targets, register_linear_kind
 __all__ = ["profile", "Profiler", "ProfileConfig", "LayerCard", "ModuleRow", "LayerRow", "Plan", "place", "backends",
            "find_targets", "register_linear_kind", "measure_step_cost", "LayerprofError", "CardFormatError", "PlacementError",
            "ProfileError", "BatchError", "BudgetError", "ExportError", "UsageError",
-           "TrainingBudget", "__version__"]
+           "TrainingBudget", "keep_freed_pages", "__version__"]

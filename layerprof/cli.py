@@ -299,6 +299,10 @@ def _command(name: str):
 def main(argv: list[str] | None = None) -> int:
     from .errors import LayerprofError
 
+    if argv is None:  # the `layerprof` command: this process is ours, so it keeps freed pages for reuse
+        from .allocator import keep_freed_pages
+
+        keep_freed_pages()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse printed the usage and the bad value; --help exits 0

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "layerprof"
 # the card is plain data that both sides import, the orchestrator sits above the computations,
 # and the doors (CLI, callback, study) above everything.
 STAGES = [
-    ("leaf", {"errors", "_version", "fileio", "damping", "linalg", "scores", "rankcorr", "memory", "budget", "cost"}),
+    ("leaf", {"errors", "_version", "allocator", "fileio", "damping", "linalg", "scores", "rankcorr", "memory", "budget", "cost"}),
     ("ops", {"ops", "ops.stats", "ops.library"}),
     ("capture", {"targets", "capture"}),
     ("accumulate", {"accumulate"}),
