@@ -50,3 +50,15 @@ def keep_freed_pages() -> bool:
     ok &= libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1)  # never hand the heap's free top back
     ok &= libc.mallopt(M_TOP_PAD, TOP_PAD)
     return bool(ok)
+
+
+def describe() -> str:
+    """One line for ``layerprof doctor``: whether the ``layerprof`` command keeps freed pages here."""
+    libc = _glibc()
+    if libc is None:
+        return "not glibc: the system allocator as it is (keep_freed_pages does nothing here)"
+    libc.gnu_get_libc_version.restype = ctypes.c_char_p
+    version = libc.gnu_get_libc_version().decode()
+    if os.environ.get(KEEP_PAGES_ENV, "1").strip() == "0":
+        return f"glibc {version}: freed pages returned to the system ({KEEP_PAGES_ENV}=0)"
+    return f"glibc {version}: the layerprof command keeps freed pages for reuse ({KEEP_PAGES_ENV}=0 turns it off)"

@@ -9,6 +9,7 @@ def environment() -> dict:
     import torch
 
     from ._version import __version__
+    from .allocator import describe as allocator
     from .ops import backends
 
     devices = [{"device": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}]
@@ -24,6 +25,6 @@ def environment() -> dict:
         except ImportError:
             versions[pkg] = None
     info = {"layerprof": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            **versions, "cuda_available": torch.cuda.is_available(), "devices": devices,
+            **versions, "cuda_available": torch.cuda.is_available(), "allocator": allocator(), "devices": devices,
             "backends": {n: {"available": s.available, "reason": s.reason} for n, s in backends().items()}}
     return info

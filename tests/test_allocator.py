@@ -56,3 +56,15 @@ def test_no_op_where_glibc_is_missing(monkeypatch):
     monkeypatch.setattr(allocator, "_glibc", lambda: None)
     monkeypatch.delenv(allocator.KEEP_PAGES_ENV, raising=False)
     assert allocator.keep_freed_pages() is False
+
+
+def test_doctor_says_whether_pages_are_kept(monkeypatch, capsys):
+    monkeypatch.delenv(allocator.KEEP_PAGES_ENV, raising=False)
+    assert cli.main(["doctor", "--json"]) == 0
+    line = json.loads(capsys.readouterr().out)["allocator"]
+    if allocator._glibc() is None:
+        assert line.startswith("not glibc")
+    else:
+        assert line.startswith("glibc ") and "keeps freed pages" in line
+        monkeypatch.setenv(allocator.KEEP_PAGES_ENV, "0")
+        assert "returned to the system" in allocator.describe()
