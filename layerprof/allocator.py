@@ -6,9 +6,9 @@ returns them with ``munmap``, and trims the heap's free top back to the OS, so e
 tensors' pages in anew. ``keep_freed_pages`` tells glibc (``mallopt``) to serve every block from its
 heap and never to trim it, so freed pages are reused by the next batch: on the GPT-2-small shape the
 sweep's minor faults fell from 306k to 25k per call and the sweep from 2.04× plain to 1.73×, at the
-same peak memory (``bench/bench_allocator.py``, bench/RESULTS.md). The cost: the process keeps its peak memory until it exits instead
-of handing it back after each batch, which is why the ``layerprof`` command applies it to its own
-process and a library caller decides for theirs.
+same peak memory (``bench/bench_allocator.py``, bench/RESULTS.md). The cost: the process keeps its
+peak memory until it exits instead of handing it back after each batch, which is why the
+``layerprof`` command applies it to its own process and a library caller decides for theirs.
 """
 from __future__ import annotations
 
@@ -36,14 +36,16 @@ def _glibc():
     return libc
 
 
+def _wanted() -> bool:
+    return os.environ.get(KEEP_PAGES_ENV, "1").strip() != "0"
+
+
 def keep_freed_pages() -> bool:
     """Keep freed memory in this process for reuse (glibc on Linux); True if applied.
 
     No-op (False) elsewhere, or with ``LAYERPROF_KEEP_PAGES=0``. Process-wide and not undone: call it
     in a process that profiles, not in one that must return memory to the system afterwards."""
-    if os.environ.get(KEEP_PAGES_ENV, "1").strip() == "0":
-        return False
-    libc = _glibc()
+    libc = _glibc() if _wanted() else None
     if libc is None:
         return False
     ok = libc.mallopt(M_MMAP_MAX, 0)  # no mmap'd blocks: every block from the heap, reused when freed
@@ -59,6 +61,6 @@ def describe() -> str:
         return "not glibc: the system allocator as it is (keep_freed_pages does nothing here)"
     libc.gnu_get_libc_version.restype = ctypes.c_char_p
     version = libc.gnu_get_libc_version().decode()
-    if os.environ.get(KEEP_PAGES_ENV, "1").strip() == "0":
+    if not _wanted():
         return f"glibc {version}: freed pages returned to the system ({KEEP_PAGES_ENV}=0)"
     return f"glibc {version}: the layerprof command keeps freed pages for reuse ({KEEP_PAGES_ENV}=0 turns it off)"
