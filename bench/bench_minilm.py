@@ -5,7 +5,7 @@ The speed issue's case: the MiniLM classification task's model (encoder + linear
 passes interleaved; profile() without a budget (the sweep's columns) and finalize included, and
 with ``--coupling`` the coupling matrix (no longer part of the default profile since round 6).
 
-    OMP_NUM_THREADS=1 python bench/bench_minilm.py [--reps 2] [--coupling]
+    OMP_NUM_THREADS=1 python bench/bench_minilm.py [--reps 2] [--coupling] [--keep-pages]
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import argparse
 import torch
 
 import layerprof as lp
-from harness import print_profile_table, profile_vs_plain
+from harness import add_keep_pages, keep_pages_if_asked, print_profile_table, profile_vs_plain
 from layerprof.benchmark import machine, plain_backward
 from layerprof.tasks import minilm_task
 
@@ -25,7 +25,9 @@ def main(argv=None) -> None:
     ap.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=False,
                     help="also measure the coupling matrix (opt-in since round 6, as in lp.profile; "
                          "--no-coupling, the default, is kept for the older commands)")
+    add_keep_pages(ap)
     args = ap.parse_args(argv)
+    keep_pages_if_asked(args)
     torch.set_num_threads(1)
     task = minilm_task(batch_size=32, seq_len=64, calibration_batches=24)
     model = task.model().eval()

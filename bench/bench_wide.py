@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import layerprof as lp
-from harness import print_profile_table, profile_vs_plain
+from harness import add_keep_pages, keep_pages_if_asked, print_profile_table, profile_vs_plain
 from layerprof.benchmark import machine
 
 
@@ -57,11 +57,9 @@ def main(argv=None) -> None:
     ap.add_argument("--coupling", action=argparse.BooleanOptionalAction, default=False,
                     help="also measure the coupling matrix (opt-in since round 6, as in lp.profile; "
                          "--no-coupling, the default, is kept for the older commands)")
-    ap.add_argument("--keep-pages", action="store_true",
-                    help="call lp.keep_freed_pages() first, as the layerprof command does (process-wide)")
+    add_keep_pages(ap)
     args = ap.parse_args(argv)
-    if args.keep_pages:
-        assert lp.keep_freed_pages(), "glibc's mallopt is not available here"
+    keep_pages_if_asked(args)
     model, batches = wide_case(args)
     loss_fn = lambda out, b: nn.functional.cross_entropy(out, b["y"])  # noqa: E731
     targets = [f"layers.{i}" for i in range(len(model.layers))]

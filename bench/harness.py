@@ -65,3 +65,16 @@ def print_profile_table(r: dict, digits: int = 2) -> None:
         print(f"| coupling matrix (card, wall) | {r['coupling']:.{digits}f} | {r['coupling'] / p:.2f} "
               f"(= {r['coupling'] / r['sweep']:.2f}× the sweep) |")
     print(f"| whole lp.profile() | {r['profile']:.{digits}f} | {r['profile'] / p:.2f} |")
+
+
+def add_keep_pages(ap) -> None:
+    """``--keep-pages``: call ``lp.keep_freed_pages()`` first, as the ``layerprof`` command does."""
+    ap.add_argument("--keep-pages", action="store_true",
+                    help="call lp.keep_freed_pages() first, as the layerprof command does (process-wide)")
+
+
+def keep_pages_if_asked(args) -> None:
+    if args.keep_pages:
+        from layerprof.allocator import keep_freed_pages
+
+        assert keep_freed_pages(), "glibc's mallopt is not available here"
