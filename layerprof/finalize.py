@@ -35,7 +35,6 @@ from . import linalg
 from .accumulate import Accumulator, ModuleStats
 from .cost import cost_model
 from .damping import ridge
-from .ops import symmetric
 from .rankcorr import kendall_tau
 from .scores import apply_score
 from .targets import Target
@@ -62,7 +61,14 @@ class Solve:
     """
 
     def __init__(self, S: torch.Tensor, N: int, damping: float):
-        self.sigma = symmetric(S.to(_solve_device(S), torch.float64)) / N
+        # Σ from S's upper triangle (the part every backend defines) in two float64 buffers, not five:
+        # U + Uᵀ doubles the diagonal, which the halving restores exactly (powers of two), so Σ is
+        # bit for bit what ``ops.symmetric(S) / N`` gives.
+        upper = torch.triu(S.to(_solve_device(S), torch.float64))
+        self.sigma = upper + upper.t()
+        del upper
+        self.sigma.diagonal().mul_(0.5)
+        self.sigma.div_(N)
         self.d = self.sigma.shape[0]
         self.trace = float(self.sigma.diagonal().sum().clamp_min(0.0))
         self.lam = ridge(damping, self.trace, self.d)
@@ -71,7 +77,8 @@ class Solve:
         self.chol = None
         # μ_max ≤ tr Σ (Σ is PSD), so λ above d·ε·tr Σ is above the floor without computing μ.
         if self.lam > self.d * torch.finfo(torch.float64).eps * self.trace:
-            shifted = self.sigma + self.lam * torch.eye(self.d, dtype=torch.float64, device=self.sigma.device)
+            shifted = self.sigma.clone()
+            shifted.diagonal().add_(self.lam)  # Σ + λI
             self.chol = linalg.cholesky(shifted)
 
     @property
@@ -115,7 +122,7 @@ class SolveCache:
         if key is not None:
             solve = self._keyed.get((key, N))
             if solve is None:
-                solve = self._keyed[(key, N)] = Solve(torch.triu(S), N, self.damping)
+                solve = self._keyed[(key, N)] = Solve(S, N, self.damping)  # Solve reads S's upper triangle only
         else:
             solve = self._lookup(torch.triu(S), N)  # the defined part of S (see layerprof.ops.stats)
         self._last = (S, S._version, N, solve)
