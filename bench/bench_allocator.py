@@ -3,16 +3,17 @@
 On the GPT-2-small shape (12 × 768, T = 512) the sweep's element-wise model ops ran several times
 slower per call than in the plain pass: with the statistics' large buffers live, glibc keeps
 returning freed pages to the OS, and every new activation tensor page-faults on first touch. This
-runs the same measurement in two child processes, one with glibc's defaults and one with
-``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` set so that freed memory is
-kept, one that calls ``layerprof.keep_freed_pages()`` first (glibc's ``mallopt`` at run time: what the
-``layerprof`` command does), with torch's transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``; alone and with the former),
-and, where the system has them, jemalloc and tcmalloc through ``LD_PRELOAD``. Each child times,
-interleaved, process CPU time, one thread: plain frozen forward+backward, and ``lp.profile`` up to the end of the sweep
-(finalize is stubbed out: it is the same in both and timed elsewhere), coupling off, and counts the
-minor page faults of each pass (first touches of fresh pages; median per call), the process's first sweep on its own (the
-one call a ``layerprof card`` makes; it also faults in the statistics' buffers) and the child's peak
-resident set (what keeping freed pages costs in memory).
+runs the same measurement in child processes: glibc's defaults; ``MALLOC_MMAP_THRESHOLD_`` /
+``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` set so that freed memory is kept; a call to
+``layerprof.keep_freed_pages()`` first (glibc's ``mallopt`` at run time: what the ``layerprof``
+command does); torch's transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``; alone and with kept
+pages); and, where the system has them, jemalloc and tcmalloc through ``LD_PRELOAD``. Each child
+times, interleaved, process CPU time, one thread: plain frozen forward+backward, and ``lp.profile``
+up to the end of the sweep (finalize is stubbed out: it is the same in both and timed elsewhere),
+coupling off. It counts the minor page faults of each pass (first touches of fresh pages; median
+per call), times the process's first sweep on its own (the one call a ``layerprof card`` makes; it
+also faults in the statistics' buffers) and reads the child's peak resident set (what keeping freed
+pages costs in memory).
 
     OMP_NUM_THREADS=1 python bench/bench_allocator.py [--reps 2]
 """
@@ -26,6 +27,8 @@ import subprocess
 import sys
 import time
 
+from harness import add_keep_pages, keep_pages_if_asked, machine
+
 KEEP_PAGES = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": "4000000000",
               "MALLOC_TOP_PAD_": "1000000000"}
 # torch's own switch: CPU allocations of 2 MiB and more aligned to 2 MiB and madvise'd as transparent huge
@@ -33,11 +36,7 @@ KEEP_PAGES = {"MALLOC_MMAP_THRESHOLD_": "4000000000", "MALLOC_TRIM_THRESHOLD_": 
 HUGE_PAGES = {"THP_MEM_ALLOC_ENABLE": "1"}
 
 
-def child(reps: int, keep: bool) -> dict:
-    if keep:
-        from layerprof.allocator import keep_freed_pages
-
-        assert keep_freed_pages(), "glibc's mallopt is not available here"
+def child(reps: int) -> dict:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -106,18 +105,18 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--keep", action="store_true", help=argparse.SUPPRESS)
+    add_keep_pages(ap)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.reps, args.keep)))
+        keep_pages_if_asked(args)
+        print(json.dumps(child(args.reps)))
         return
-    from harness import machine
 
     print(f"{machine()}\nGPT-2-small shape, 2 batches × 2 × 512 tokens, process CPU time, median of {args.reps}\n")
     print("| malloc | plain s | sweep s | sweep / plain | first sweep s | page faults, plain | page faults, sweep "
           "| peak RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = [("glibc defaults", {}, []), ("keeps freed pages (MALLOC_*_ env)", KEEP_PAGES, []),
-            ("layerprof.keep_freed_pages() (mallopt; the CLI's default)", {}, ["--keep"]),
+            ("layerprof.keep_freed_pages() (mallopt; the CLI's default)", {}, ["--keep-pages"]),
             ("torch huge pages (THP_MEM_ALLOC_ENABLE=1)", HUGE_PAGES, []),
             ("huge pages and keeps freed pages", {**HUGE_PAGES, **KEEP_PAGES}, []),
             *((label, extra, []) for label, extra in preloaded_allocators())]
@@ -126,8 +125,9 @@ def main(argv=None) -> None:
         out = subprocess.run([sys.executable, __file__, "--child", "--reps", str(args.reps), *flags], env=env,
                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
-        print(f"| {label} | {r['plain']:.2f} | {r['sweep']:.2f} | {r['sweep'] / r['plain']:.2f} | {r['first_sweep']:.2f} | "
-              f"{r['plain_faults']:,.0f} | {r['sweep_faults']:,.0f} | {r['peak_rss'] / 2 ** 30:.2f} GiB |", flush=True)
+        print(f"| {label} | {r['plain']:.2f} | {r['sweep']:.2f} | {r['sweep'] / r['plain']:.2f} | "
+              f"{r['first_sweep']:.2f} | {r['plain_faults']:,.0f} | {r['sweep_faults']:,.0f} | "
+              f"{r['peak_rss'] / 2 ** 30:.2f} GiB |", flush=True)
 
 
 if __name__ == "__main__":
