@@ -151,6 +151,13 @@ def markdown(card: "LayerCard", plan: "Plan | None" = None) -> str:
     else:
         verdict = "stable" if stab.get("stable") else (
             f"UNSTABLE (τ < {stab.get('threshold')}): more calibration tokens would likely change the ranking")
+        overlap = stab.get("top_k_overlap")
+        if overlap is not None and overlap < 1:
+            # τ weighs every pair of layers alike; the placement's picks live at the top, where the
+            # halves can disagree under a high τ (MiniLM: τ 0.87, top-1 overlap 0 in the study).
+            verdict += (f"; but the two halves' top-{stab.get('top_k')} share only {overlap:.0%} of their layers, "
+                        "so the first picks could change with other calibration data: profile more batches "
+                        "or compare the other placements below")
         lines.append(f"- stability: split-half Kendall τ = {tau:.2f}, top-{stab.get('top_k')} overlap "
                      f"{_fmt(stab.get('top_k_overlap'))} — {verdict}")
     if card.layers:

@@ -96,3 +96,15 @@ def test_single_batch_has_no_stability_figure_and_says_so():
     st = card.meta["stability"]
     assert st["kendall_tau"] is None and st["stable"] is False and "more batches" in st["note"]
     assert all(math.isfinite(l.resnorm_a) for l in card.layers)
+
+
+def test_stability_line_warns_when_the_halves_disagree_at_the_top(card):
+    import copy
+
+    line = lambda c: next(l for l in c.to_markdown().splitlines() if l.startswith("- stability:"))  # noqa: E731
+    agree, split = copy.deepcopy(card), copy.deepcopy(card)
+    agree.meta["stability"].update(kendall_tau=0.9, stable=True, top_k_overlap=1.0)
+    split.meta["stability"].update(kendall_tau=0.9, stable=True, top_k_overlap=0.0)
+    assert line(agree).endswith("— stable")
+    k = split.meta["stability"]["top_k"]
+    assert f"— stable; but the two halves' top-{k} share only 0% of their layers" in line(split)
