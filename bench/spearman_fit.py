@@ -31,9 +31,9 @@ import argparse
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from layerprof.card import LayerCard
+from layerprof.rankcorr import average_ranks, spearman
 from spearman_table import ROOT, load_studies, probe_rows
 
 SIGNAL = ("resnorm", "resnorm_rank", "resnorm2_x", "resnorm2_rank_x", "energy", "noise_amp", "grad_norm",
@@ -47,13 +47,13 @@ class Row:
     task: str
     long: bool        # the task's longer budget
     ranks: np.ndarray  # layers × columns, each column's within-row rank in [0, 1]; depth last
-    gain_ranks: np.ndarray
+    gains: np.ndarray  # each layer's mean measured gain over its seeds
 
 
 def scaled_ranks(v: np.ndarray) -> np.ndarray:
     if not np.isfinite(v).any():
         return np.zeros(len(v))  # the column is missing on this card: it cannot help this row
-    return (rankdata(np.where(np.isfinite(v), v, -np.inf)) - 1) / max(len(v) - 1, 1)
+    return average_ranks(np.where(np.isfinite(v), v, -np.inf)) / max(len(v) - 1, 1)
 
 
 def column(layer, name: str) -> float:
@@ -74,7 +74,7 @@ def load_rows(columns: tuple[str, ...], root: str = ROOT) -> list[Row]:
         cols = [scaled_ranks(np.array([column(l, c) for l in card.layers])) for c in columns]
         cols.append(scaled_ranks(np.arange(len(card.layers), dtype=float)))  # depth
         mean = np.array([np.mean(g) for g in gains])
-        rows.append(Row(name, folder, int(budget) == max(budgets[folder]), np.array(cols).T, rankdata(mean)))
+        rows.append(Row(name, folder, int(budget) == max(budgets[folder]), np.array(cols).T, mean))
     return rows
 
 
@@ -83,8 +83,8 @@ def spearmans(w: np.ndarray, rows: list[Row], switch: bool) -> np.ndarray:
     out = []
     for r in rows:
         weights = w[:f] + (w[f:] if switch and r.long else 0.0)
-        s = rankdata(r.ranks @ weights)
-        out.append(np.corrcoef(s, r.gain_ranks)[0, 1] if s.std() > 0 else 0.0)
+        rho = spearman(r.ranks @ weights, r.gains)
+        out.append(0.0 if rho is None else rho)  # a constant score ranks nothing
     return np.array(out)
 
 

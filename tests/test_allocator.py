@@ -1,6 +1,7 @@
 """keep_freed_pages: glibc keeps freed memory for the next batch, and only where asked (layerprof/allocator.py)."""
 import json
 import os
+import resource
 import subprocess
 import sys
 
@@ -23,7 +24,7 @@ def faults_of_one_alloc():
 faults_of_one_alloc(); faults_of_one_alloc()  # the heap grows to its working size (two rounds with glibc)
 print(json.dumps({"applied": applied, "faults": faults_of_one_alloc()}))
 """
-PAGES_64MIB = 64 * 2 ** 20 // 4096
+PAGES_64MIB = 64 * 2 ** 20 // resource.getpagesize()
 
 
 def _child(keep: str) -> dict:
