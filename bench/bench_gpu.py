@@ -12,6 +12,10 @@ bf16 matmul roofline, and a Qwen3-8B-shaped model's sweep vs its plain forward+b
 * finalize primitives: float64 eigvalsh, Cholesky, a triangular solve and a GEMM at d ∈ {4096,
   12288}, their TFLOP/s and share of the FP64 peak: the efficiencies `layerprof bench --plan`
   assumes (``layerprof.profile_cost.DEVICES``: 60% GEMM, 10% eigen), measured.
+* batched finalize: the same primitives on --batch-of equal-shape matrices (d ≤ 4096), one batched
+  torch call against a loop of single calls. Finalize loops over modules; this says whether the
+  device gains from batching them (torch's CUDA eigvalsh batches only n ≤ 32 through syevjBatched
+  and loops syevd above, so a gain can come only from Cholesky and the triangular solves).
 Prints one summary table and appends rows to bench/results.csv.
 """
 from __future__ import annotations
@@ -148,6 +152,31 @@ def finalize_primitives(args, summary, rows_out):
         del X, sigma, L, C
 
 
+def batched_finalize(args, summary, rows_out):
+    """One batched call against a loop over ``--batch-of`` equal-shape matrices: does batching finalize pay?"""
+    device = args.device
+    B = args.batch_of
+    for d in [d for d in args.dims if d <= 4096]:
+        gen = torch.Generator(device=device).manual_seed(0)
+        X = torch.randn(B, 2 * d, d, dtype=torch.float64, device=device, generator=gen)
+        sigma = X.transpose(1, 2) @ X / (2 * d) + 1e-3 * torch.eye(d, dtype=torch.float64, device=device)
+        del X
+        L = torch.linalg.cholesky(sigma)
+        C = torch.randn(B, d, 1024, dtype=torch.float64, device=device, generator=gen)
+        prims = {"eigvalsh": (lambda: torch.linalg.eigvalsh(sigma), lambda: [torch.linalg.eigvalsh(s) for s in sigma]),
+                 "cholesky": (lambda: torch.linalg.cholesky(sigma), lambda: [torch.linalg.cholesky(s) for s in sigma]),
+                 "solve_triangular (d x 1024)": (
+                     lambda: torch.linalg.solve_triangular(L, C, upper=False),
+                     lambda: [torch.linalg.solve_triangular(l, c, upper=False) for l, c in zip(L, C)])}
+        for name, (batched, looped) in prims.items():
+            t = interleaved({"batched": batched, "looped": looped}, args.reps, device)
+            summary.append((f"finalize fp64 d={d}, {B} matrices", name, f"batched {t['batched'] * 1e3:.1f} ms",
+                            f"looped {t['looped'] * 1e3:.1f} ms", f"batched/looped {t['batched'] / t['looped']:.2f}"))
+            rows_out.append({"bench": "finalize_batched", "op": name, "d_in": d, "device": device, "matrices": B,
+                             "batched_s": round(t["batched"], 6), "looped_s": round(t["looped"], 6)})
+        del sigma, L, C
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dims", type=int, nargs="+", default=[4096, 12288])
@@ -161,12 +190,14 @@ def main() -> None:
     ap.add_argument("--only-finalize", action="store_true",
                     help="the float64 finalize primitives only (runs on --device cpu too, with small --dims)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--batch-of", type=int, default=4, help="equal-shape matrices in the batched-finalize rows")
     args = ap.parse_args()
     summary, rows_out = [], []
     t0 = time.time()
-    sections = (finalize_primitives,) if args.only_finalize else \
-        (roofline_ops,) + (() if args.skip_sweep else (qwen3_sweep,)) + (finalize_primitives,)
+    sections = (finalize_primitives, batched_finalize) if args.only_finalize else \
+        (roofline_ops,) + (() if args.skip_sweep else (qwen3_sweep,)) + (finalize_primitives, batched_finalize)
     for section in sections:
+        done, written = len(summary), len(rows_out)
         try:
             section(args, summary, rows_out)
         except Exception:  # report and keep going: one script, one summary
@@ -174,11 +205,14 @@ def main() -> None:
             summary.append((section.__name__, "FAILED", "see traceback above", "", ""))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        # Each section's rows as soon as it ends: a run stopped by gpu_check.sh's timeout keeps them.
+        for r in summary[done:]:
+            print("  ".join(str(c) for c in r), flush=True)
+        append(rows_out[written:])
     print(f"\n# {machine()}  ({time.time() - t0:.0f} s)")
     widths = [max(len(str(r[i])) for r in summary) for i in range(5)] if summary else [0] * 5
     for r in summary:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
-    append(rows_out)
 
 
 if __name__ == "__main__":
