@@ -23,30 +23,44 @@ from __future__ import annotations
 import argparse
 import time
 import traceback
+from pathlib import Path
 
 import torch
 
-from harness import append, interleaved, machine, plain_backward
+from harness import RESULTS, append, interleaved, machine, plain_backward
+
+QWEN3_8B_SHAPE = dict(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_attention_heads=32,
+                      num_key_value_heads=8, head_dim=128)
+SMOKE_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16)
+
+
+def backends_on(device: str) -> list[str]:
+    """The statistics backends that run on ``device`` here (triton on the CPU only under its interpreter)."""
+    from layerprof import ops
+
+    table = ops.backends()
+    return [b for b in ("cuda", "triton", "cpp", "torch") if table[b].available and device in table[b].devices]
 
 
 def roofline_ops(args, summary, rows_out):
     from layerprof import ops
 
-    table = ops.backends()
-    names = [b for b in ("cuda", "triton", "torch") if table[b].available and "cuda" in table[b].devices]
+    device = args.device
+    names = backends_on(device)
     for d in args.dims:
         d_out = d
-        x = torch.randn(args.rows, d, device="cuda", dtype=torch.bfloat16)
-        g = torch.randn(args.rows, d_out, device="cuda", dtype=torch.bfloat16)
-        mask = torch.rand(args.rows, device="cuda") > 0.05
-        S = {n: torch.zeros(d, d, device="cuda") for n in names}
-        C = {n: torch.zeros(d, d_out, device="cuda") for n in names}
-        q = {n: torch.zeros((), device="cuda") for n in names}
+        x = torch.randn(args.rows, d, device=device, dtype=torch.bfloat16)
+        g = torch.randn(args.rows, d_out, device=device, dtype=torch.bfloat16)
+        mask = torch.rand(args.rows, device=device) > 0.05
+        S = {n: torch.zeros(d, d, device=device) for n in names}
+        C = {n: torch.zeros(d, d_out, device=device) for n in names}
+        q = {n: torch.zeros((), device=device) for n in names}
         fns = {f"stats:{n}": (lambda n=n: ops.op(n, "stats_update")(S[n], C[n], q[n], x, g, mask)) for n in names}
         fns["torch X.T@X"] = lambda: x.t() @ x
         fns["torch X.T@G"] = lambda: x.t() @ g
         fns["roofline bf16 mm"] = lambda: x.t() @ torch.cat([x, g], 1)
-        t = interleaved(fns, args.reps, "cuda")
+        t = interleaved(fns, args.reps, device)
         kept = int(mask.sum())
         useful = kept * d * (d + 1) + 2.0 * kept * d * d_out
         dense = 2.0 * args.rows * d * (d + d_out)
@@ -66,24 +80,23 @@ def qwen3_sweep(args, summary, rows_out):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     import layerprof as lp
-    from layerprof import ops
 
-    cfg = Qwen3Config(vocab_size=151936, hidden_size=4096, intermediate_size=12288, num_hidden_layers=args.layers,
-                      num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096)
+    device = args.device
+    shape = SMOKE_SHAPE if args.smoke else QWEN3_8B_SHAPE
+    cfg = Qwen3Config(**shape, num_hidden_layers=args.layers, max_position_embeddings=4096)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         model = Qwen3ForCausalLM(cfg).to(torch.bfloat16).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    ids = [torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device="cuda") for _ in range(args.batches)]
+    ids = [torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=device) for _ in range(args.batches)]
     batches = [{"input_ids": i, "attention_mask": torch.ones_like(i), "labels": i} for i in ids]
     tokens = args.batches * args.batch * args.seq
 
     def plain():
         plain_backward(model, batches)
 
-    table = ops.backends()
-    names = [b for b in ("cuda", "triton", "torch") if table[b].available and "cuda" in table[b].devices]
+    names = backends_on(device)
     fns = {"plain": plain}
     fin, stats, cards = {}, {}, {}
     for n in names:
@@ -97,15 +110,16 @@ def qwen3_sweep(args, summary, rows_out):
         fns[f"sweep:{n}+sketch128"] = lambda n=n, sweep=sweep: sweep(n, 128)
     mem = {}
     for k, fn in fns.items():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
         fn()
-        mem[k] = (torch.cuda.max_memory_allocated() - base) / 2 ** 30
-    t = interleaved(fns, args.reps, "cuda", warmup=0)
+        mem[k] = (torch.cuda.max_memory_allocated() - base) / 2 ** 30 if device == "cuda" else float("nan")
+    t = interleaved(fns, args.reps, device, warmup=0)
     for k, v in t.items():
         f = fin.get(k.split(":", 1)[-1], 0.0) if k.startswith("sweep") else 0.0
-        summary.append((f"Qwen3-8B-shaped, {args.layers} layers, {tokens:,} tokens", k, f"{(v - f):.3f} s",
+        summary.append((f"{'smoke-sized' if args.smoke else 'Qwen3-8B-shaped'}, {args.layers} layers, {tokens:,} tokens", k, f"{(v - f):.3f} s",
                         f"{(v - f) / t['plain']:.2f}x plain",
                         f"peak +{mem[k]:.1f} GiB, statistics {stats.get(k.split(':', 1)[-1], 0):.2f} GiB, "
                         f"finalize {f:.1f} s"))
@@ -177,7 +191,7 @@ def batched_finalize(args, summary, rows_out):
         del sigma, L, C
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dims", type=int, nargs="+", default=[4096, 12288])
     ap.add_argument("--rows", type=int, default=65536)
@@ -189,9 +203,18 @@ def main() -> None:
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--only-finalize", action="store_true",
                     help="the float64 finalize primitives only (runs on --device cpu too, with small --dims)")
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: a dry run of every section (with --smoke: tiny shapes), so that the script's first "
+                         "GPU run does not spend device time on a Python error")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny shapes everywhere (dims 64, 512 rows, a 2-block model of hidden 64, 64 tokens): "
+                         "checks that every section runs, measures nothing")
+    ap.add_argument("--csv", type=Path, default=RESULTS, help="where the rows are appended (default bench/results.csv)")
     ap.add_argument("--batch-of", type=int, default=4, help="equal-shape matrices in the batched-finalize rows")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.dims, args.rows, args.reps, args.layers = [64], 512, 1, 2
+        args.batches, args.batch, args.seq, args.batch_of = 2, 2, 16, 2
     summary, rows_out = [], []
     t0 = time.time()
     sections = (finalize_primitives, batched_finalize) if args.only_finalize else \
@@ -208,7 +231,7 @@ def main() -> None:
         # Each section's rows as soon as it ends: a run stopped by gpu_check.sh's timeout keeps them.
         for r in summary[done:]:
             print("  ".join(str(c) for c in r), flush=True)
-        append(rows_out[written:])
+        append(rows_out[written:], args.csv)
     print(f"\n# {machine()}  ({time.time() - t0:.0f} s)")
     widths = [max(len(str(r[i])) for r in summary) for i in range(5)] if summary else [0] * 5
     for r in summary:
