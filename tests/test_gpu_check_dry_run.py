@@ -34,6 +34,7 @@ def test_bench_gpu_runs_every_section_on_the_cpu(tmp_path):
     assert all(float(r["batched_s"]) > 0 and float(r["looped_s"]) > 0 for r in batched)
 
 
-def test_gpu_check_script_parses():
-    done = subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+def test_gpu_check_scripts_parse():
+    for script in ("gpu_check.sh", "gpu_wheels.sh"):
+        done = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True, text=True)
+        assert done.returncode == 0, (script, done.stderr)
