@@ -117,9 +117,10 @@ def qwen3_sweep(args, summary, rows_out):
         fn()
         mem[k] = (torch.cuda.max_memory_allocated() - base) / 2 ** 30 if device == "cuda" else float("nan")
     t = interleaved(fns, args.reps, device, warmup=0)
+    label = f"{'smoke-sized' if args.smoke else 'Qwen3-8B-shaped'}, {args.layers} layers, {tokens:,} tokens"
     for k, v in t.items():
         f = fin.get(k.split(":", 1)[-1], 0.0) if k.startswith("sweep") else 0.0
-        summary.append((f"{'smoke-sized' if args.smoke else 'Qwen3-8B-shaped'}, {args.layers} layers, {tokens:,} tokens", k, f"{(v - f):.3f} s",
+        summary.append((label, k, f"{(v - f):.3f} s",
                         f"{(v - f) / t['plain']:.2f}x plain",
                         f"peak +{mem[k]:.1f} GiB, statistics {stats.get(k.split(':', 1)[-1], 0):.2f} GiB, "
                         f"finalize {f:.1f} s"))
