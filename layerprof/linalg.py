@@ -51,9 +51,19 @@ def blas_threads(n: int):
         yield
 
 
+# Above this size torch's eigvalsh (MKL in the CPU build) beats scipy's (OpenBLAS) on the CPU we measure:
+# one thread, 0.67× scipy's time at 3072 and 0.64× at 4096, against 2.2× at 1024 and 1.1× at 2048 (bench/RESULTS.md,
+# session 16). The other routines stay with scipy at every size (Cholesky, dsyrk 1.5–2× faster; dtrsm within 10%).
+SCIPY_EIGVALSH_MAX = 2048
+
+
+def _scipy_eigvalsh(n: int, t: torch.Tensor) -> bool:
+    return _scipy(t) and n <= SCIPY_EIGVALSH_MAX
+
+
 def eigvalsh(A: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of the symmetric A (its lower triangle is read), ascending."""
-    if not _scipy(A):
+    if not _scipy_eigvalsh(A.shape[0], A):
         return torch.linalg.eigvalsh(A)
     from scipy.linalg import eigvalsh as _eigvalsh
 
@@ -87,49 +97,76 @@ def solve_lower(L: torch.Tensor, B: torch.Tensor, *, transpose: bool = False) ->
     return torch.from_numpy(X.T)
 
 
-def leading_gram_eigvals(A: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest eigenvalues of A Aᵀ (the squared singular values of A), descending, clamped at 0."""
+def leading_gram_eigvals(A: torch.Tensor, k: int, *, lanczos: bool = False) -> torch.Tensor:
+    """The k largest eigenvalues of A Aᵀ (the squared singular values of A), descending, clamped at 0.
+
+    Exactly: the Gram matrix by ``dsyrk`` and all its eigenvalues. With ``lanczos`` (on the CPU through
+    scipy), ARPACK's k leading pairs first, kept where ``_lanczos`` certifies them, the exact route
+    where it does not: cheaper for a large A (4096², k = 64: 6.2 s against 8.9; at 1024² they tie,
+    bench/RESULTS.md session 16)."""
     if not _scipy(A):
         return torch.linalg.eigvalsh(A @ A.t()).flip(0)[:k].clamp_min(0.0)
+    if lanczos:
+        found = _lanczos(A, k)
+        if found is not None:
+            return torch.from_numpy(np.ascontiguousarray(found[0])).clamp_min(0.0)
     from scipy.linalg import blas, eigvalsh as _eigvalsh
 
     # dsyrk on the Fortran view Aᵀ with trans=1 forms (Aᵀ)ᵀ Aᵀ = A Aᵀ, upper triangle only.
     G = blas.dsyrk(1.0, A.numpy().T, trans=1, lower=0)
+    if not _scipy_eigvalsh(G.shape[0], A):  # dsyrk filled G's upper triangle only
+        return torch.linalg.eigvalsh(torch.from_numpy(G), UPLO="U").flip(0)[:k].clamp_min(0.0)
     mu = _eigvalsh(G, lower=False, check_finite=False, driver="evd")
     return torch.from_numpy(mu[::-1][:k].copy()).clamp_min(0.0)
 
 
-LANCZOS_TOL = 1e-10  # ARPACK's leading eigenvectors are kept only if each residual is below this, relative
+LANCZOS_TOL = 1e-10  # ARPACK's leading pairs are kept only if each residual is below this, relative
+
+
+def _lanczos(A: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """ARPACK's k leading eigenpairs (θ descending, V) of A Aᵀ on the operator x ↦ A(Aᵀx), or None.
+
+    No Gram matrix is formed. The start vector is a seeded Gaussian: deterministic, and with no
+    structure to be orthogonal to (all ones, the start before session 16, is orthogonal to every
+    leading eigenvector where the gradients sum to zero over the features, as into a LayerNorm;
+    ARPACK recovered from that in a test, but only through rounding). Stopped when ARPACK
+    estimates every residual below LANCZOS_TOL·θ_i (θ_i ≤ θ_1, so the check below then passes;
+    iterating on to machine precision took 20–30% more products and moved the projectors by
+    ≤ 4e-12); kept when every residual ‖A Aᵀv − θv‖ ≤ LANCZOS_TOL·θ_1 (for a symmetric matrix that
+    bounds each pair's error), else None."""
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    a = A.numpy()
+    m = a.shape[0]
+    if k >= m - 1:  # ARPACK needs k < m - 1 (and the exact route is as cheap there)
+        return None
+    op = LinearOperator((m, m), matvec=lambda x: a @ (a.T @ x), dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(m)
+    try:
+        theta, V = eigsh(op, k=k, which="LA", tol=LANCZOS_TOL, v0=v0)
+    except ArpackNoConvergence:
+        return None
+    order = np.argsort(theta)[::-1]
+    theta, V = theta[order], V[:, order]
+    residual = np.linalg.norm(a @ (a.T @ V) - V * theta, axis=0)
+    if theta[0] > 0 and residual.max() <= LANCZOS_TOL * theta[0]:
+        return theta, V
+    return None
 
 
 def leading_gram_eigvecs(A: torch.Tensor, k: int) -> torch.Tensor:
     """Orthonormal eigenvectors of A Aᵀ for its k largest eigenvalues (columns, descending).
 
-    On the CPU through scipy: ARPACK's Lanczos on the operator x ↦ A(Aᵀx) (no Gram matrix), from a
-    fixed start, stopped when ARPACK estimates every residual below LANCZOS_TOL·θ_i (θ_i ≤ θ_1, so the
-    check below then passes; iterating on to machine precision took 20–30% more products and moved
-    the projectors by ≤ 4e-12); kept when every residual ‖A Aᵀu − θu‖ ≤ LANCZOS_TOL·θ_1 (for a
-    symmetric matrix that bounds the pair's error), else LAPACK's dsyevr on the Gram matrix for the k
-    leading pairs. At d = 1024, k = 8: 0.02–0.03 s against 0.09 s (bench/RESULTS.md, sessions 12–13)."""
+    On the CPU through scipy: ARPACK's Lanczos (``_lanczos``, checked), else LAPACK's dsyevr on the
+    Gram matrix for the k leading pairs. At d = 1024, k = 8: 0.02–0.03 s against 0.09 s
+    (bench/RESULTS.md, sessions 12–13)."""
     m = A.shape[0]
     k = min(k, m)
     if not _scipy(A):
         return torch.linalg.eigh(A @ A.t()).eigenvectors.flip(1)[:, :k]
-    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
-
-    a = A.numpy()
-    if k < m - 1:
-        op = LinearOperator((m, m), matvec=lambda x: a @ (a.T @ x), dtype=np.float64)
-        try:
-            theta, V = eigsh(op, k=k, which="LA", tol=LANCZOS_TOL, v0=np.ones(m))
-        except ArpackNoConvergence:
-            theta = None
-        if theta is not None:
-            order = np.argsort(theta)[::-1]
-            theta, V = theta[order], V[:, order]
-            residual = np.linalg.norm(a @ (a.T @ V) - V * theta, axis=0)
-            if theta[0] > 0 and residual.max() <= LANCZOS_TOL * theta[0]:
-                return torch.from_numpy(np.ascontiguousarray(V))
+    found = _lanczos(A, k)
+    if found is not None:
+        return torch.from_numpy(np.ascontiguousarray(found[1]))
     return leading_gram_eigvecs_lapack(A, k)
 
 

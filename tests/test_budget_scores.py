@@ -137,13 +137,15 @@ def test_rank_cross_is_computed_when_asked_or_when_the_score_needs_it():
 
 
 @pytest.mark.parametrize("shape", [(40, 70), (70, 40)])
-@pytest.mark.parametrize("krylov", [False, True])
-def test_rank_cross_matches_numpy_svd(monkeypatch, shape, krylov):
-    """Both orientations (the short side carries the Gram), the exact and the block-Krylov subspace."""
+@pytest.mark.parametrize("route", ["lanczos", "exact"])
+def test_rank_cross_matches_numpy_svd(monkeypatch, shape, route):
+    """Both orientations (the short side carries the Gram); the CPU's subspace routes: ARPACK's Lanczos
+    and, where its check fails, LAPACK's exact pairs (the GPU's block Krylov: test_krylov_ritz_*)."""
     import layerprof.finalize as fin
+    from layerprof import linalg
 
-    if krylov:  # force the Krylov path at this size (it runs above EXACT_SPECTRUM_MAX rows)
-        monkeypatch.setattr(fin, "EXACT_SPECTRUM_MAX", 8)
+    if route == "exact":
+        monkeypatch.setattr(linalg, "LANCZOS_TOL", 0.0)  # no residual passes: the dsyevr path runs
     gen = np.random.default_rng(1)
     m, n = shape
     # A shared low-rank signal with a decaying spectrum, plus independent noise per half.
@@ -155,6 +157,38 @@ def test_rank_cross_matches_numpy_svd(monkeypatch, shape, krylov):
         assert got == pytest.approx(_explicit_rank_cross(Xa, Xb, r), rel=1e-9)
     # A rank at or above the short side keeps everything: the full cross term.
     assert fin.rank_cross(torch.from_numpy(Xa), torch.from_numpy(Xb), min(shape)) == pytest.approx(float((Xa * Xb).sum()))
+
+
+def test_krylov_ritz_matches_svd_where_it_certifies_and_declines_otherwise():
+    """The GPU's route for Gram matrices above EXACT_SPECTRUM_MAX (GEMMs only), run here on CPU tensors:
+    a certified estimate equals the SVD's leading pairs; a flat spectrum it cannot resolve in its four
+    blocks returns None, which sends finalize to the exact path."""
+    import layerprof.finalize as fin
+
+    gen = np.random.default_rng(2)
+    m, n = 90, 200
+    U0 = np.linalg.qr(gen.standard_normal((m, m)))[0]
+    V0 = np.linalg.qr(gen.standard_normal((n, m)))[0]
+    s = np.concatenate([[40.0, 30, 20, 10], 1e-3 * np.ones(m - 4)])  # four isolated values, a flat tail
+    A = torch.from_numpy(U0 @ np.diag(s) @ V0.T)
+    ritz = fin._krylov_ritz(A, 4)
+    assert ritz is not None
+    theta, U = ritz
+    np.testing.assert_allclose(theta.numpy(), s[:4] ** 2, rtol=1e-10)
+    np.testing.assert_allclose((U @ U.t()).numpy(), U0[:, :4] @ U0[:, :4].T, atol=1e-9)
+    flat = torch.from_numpy(gen.standard_normal((m, n)))
+    assert fin._krylov_ritz(flat, 8) is None
+
+
+def test_leading_sv2_routes_above_the_exact_size_agree(monkeypatch):
+    """Above EXACT_SPECTRUM_MAX on the CPU, finalize's leading σ² come from Lanczos: equal to the SVD's."""
+    import layerprof.finalize as fin
+
+    monkeypatch.setattr(fin, "EXACT_SPECTRUM_MAX", 8)
+    gen = np.random.default_rng(4)
+    Y = torch.from_numpy(gen.standard_normal((150, 60)) * np.linspace(0.1, 3.0, 60))
+    ref = np.linalg.svd(Y.numpy(), compute_uv=False)[:12] ** 2
+    np.testing.assert_allclose(fin._leading_sv2(Y, 12).numpy(), ref, rtol=1e-9)
 
 
 def test_rank_cross_removes_the_noise_bias_of_rank_r_rho():

@@ -71,6 +71,46 @@ def test_leading_gram_eigvals_are_the_squared_singular_values(library, shape):
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-11)
 
 
+def test_large_eigenvalue_problems_take_torchs_eigvalsh_with_the_same_result(monkeypatch):
+    """Above SCIPY_EIGVALSH_MAX the CPU's eigenvalues come from torch (faster there): Σ's and the Gram
+    matrix's (dsyrk fills one triangle, which torch must read) equal numpy's."""
+    monkeypatch.setattr(linalg, "SCIPY_EIGVALSH_MAX", 8)
+    sigma = _spd(30, 60)
+    np.testing.assert_allclose(linalg.eigvalsh(sigma).numpy(), np.linalg.eigvalsh(sigma.numpy()), rtol=1e-11,
+                               atol=1e-13)
+    Y = torch.randn(25, 70, dtype=torch.float64)
+    ref = np.linalg.svd(Y.numpy(), compute_uv=False)[:10] ** 2
+    np.testing.assert_allclose(linalg.leading_gram_eigvals(Y, 10).numpy(), ref, rtol=1e-11)
+
+
+@pytest.mark.parametrize("route", ["converges", "falls back"])
+def test_leading_gram_eigvals_by_lanczos_match_the_exact_ones(library, monkeypatch, route):
+    """``lanczos=True`` (finalize's route above EXACT_SPECTRUM_MAX on the CPU): ARPACK's certified
+    values equal the SVD's; where the check fails (tolerance 0) the exact route gives them."""
+    if route == "falls back":
+        monkeypatch.setattr(linalg, "LANCZOS_TOL", 0.0)
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(60, 150, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3.0, 150, dtype=torch.float64)
+    ref = np.linalg.svd(A.numpy(), compute_uv=False)[:12] ** 2
+    for view in (A, A.t().contiguous().t()):  # row-major and a transposed view (finalize passes Yᵀ)
+        got = linalg.leading_gram_eigvals(view, 12, lanczos=True)
+        np.testing.assert_allclose(got.numpy(), ref, rtol=1e-9)
+
+
+def test_lanczos_start_has_no_structure_to_miss():
+    """Leading eigenvectors orthogonal to all ones (gradients that sum to zero over the features, as
+    into a LayerNorm): the certified pairs are still the leading ones."""
+    gen = np.random.default_rng(0)
+    m, n = 120, 300
+    B = gen.standard_normal((m, n)) * np.linspace(3.0, 0.1, n)
+    A = torch.from_numpy((np.eye(m) - 1.0 / m) @ B)  # every column ⊥ ones
+    found = linalg._lanczos(A, 6)
+    assert found is not None
+    ref = np.linalg.eigvalsh((A @ A.t()).numpy())[::-1][:6]
+    np.testing.assert_allclose(found[0], ref, rtol=1e-10)
+    assert np.abs(np.ones(m) @ found[1]).max() < 1e-8  # the pairs found are the ones ⊥ ones
+
+
 @pytest.mark.parametrize("shape", [(40, 70), (70, 40)])
 @pytest.mark.parametrize("lanczos", ["converges", "falls back"])
 def test_leading_gram_eigvecs_span_the_top_singular_subspace(library, monkeypatch, shape, lanczos):
