@@ -8,9 +8,13 @@
   leading σ² of L⁻¹C (its Gram matrix and eigvalsh), one split half's rank-8 subspace (ARPACK's
   Lanczos under scipy), tr(W Σ Wᵀ) (finalize's fallback: the sweep now reads it off the outputs);
 * the whole ``prof.card()`` (finalize) of one sweep, and the largest relative difference of any
-  card column between the two.
+  card column between the two;
+* with ``--eig-sizes N ...``, first: eigvalsh alone, scipy's ``evd`` driver against torch's, on
+  random SPD matrices of those sizes (where ``linalg.SCIPY_EIGVALSH_MAX`` comes from: above it the
+  CPU's eigenvalues go through torch).
 
     OMP_NUM_THREADS=1 python bench/bench_lapack.py [--d 1024] [--rows 4096] [--batches 3] [--reps 5]
+        [--eig-sizes 1024 2048 3072 4096]
 """
 from __future__ import annotations
 
@@ -57,8 +61,38 @@ def card_difference(a, b) -> float:
     return worst
 
 
+def eigvalsh_by_size(sizes: list[int], reps: int) -> None:
+    """eigvalsh alone, scipy's LAPACK driver against torch's, one thread (the size switch in layerprof.linalg)."""
+    from scipy.linalg import eigvalsh as scipy_eigvalsh
+    from threadpoolctl import threadpool_limits
+
+    print("| d | scipy (OpenBLAS) eigvalsh s | torch (MKL) eigvalsh s | torch / scipy |\n|---:|---:|---:|---:|")
+    with threadpool_limits(limits=1, user_api="blas"):
+        for d in sizes:
+            g = torch.Generator().manual_seed(0)
+            X = torch.randn(d + 512, d, generator=g, dtype=torch.float64)
+            S = X.t() @ X
+            fns = {"scipy": lambda: scipy_eigvalsh(S.numpy(), check_finite=False, driver="evd"),
+                   "torch": lambda: torch.linalg.eigvalsh(S)}
+            t = {k: [] for k in fns}
+            for _ in range(reps):
+                for k, fn in fns.items():
+                    start = time.process_time()
+                    fn()
+                    t[k].append(time.process_time() - start)
+            ts, tt = statistics.median(t["scipy"]), statistics.median(t["torch"])
+            print(f"| {d} | {ts:.3f} | {tt:.3f} | {tt / ts:.2f} |", flush=True)
+    print()
+
+
 def main(argv=None) -> None:
-    args = case_arguments(__doc__.splitlines()[0], reps=5).parse_args(argv)
+    ap = case_arguments(__doc__.splitlines()[0], reps=5)
+    ap.add_argument("--eig-sizes", type=int, nargs="*", default=[],
+                    help="also time eigvalsh alone, scipy against torch, at these sizes (first)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.eig_sizes:
+        eigvalsh_by_size(args.eig_sizes, max(1, min(args.reps, 3)))
     model, batches = wide_case(args)
     prof = lp.Profiler(model, targets=[f"layers.{i}" for i in range(len(model.layers))])
     with prof:

@@ -51,9 +51,10 @@ def blas_threads(n: int):
         yield
 
 
-# Above this size torch's eigvalsh (MKL in the CPU build) beats scipy's (OpenBLAS) on the CPU we measure:
-# one thread, 0.67× scipy's time at 3072 and 0.64× at 4096, against 2.2× at 1024 and 1.1× at 2048 (bench/RESULTS.md,
-# session 16). The other routines stay with scipy at every size (Cholesky, dsyrk 1.5–2× faster; dtrsm within 10%).
+# Above this size torch's eigvalsh (MKL in the CPU build) beats scipy's (OpenBLAS) on the CPU we measure: one
+# thread, 0.57–0.69× scipy's time at 3072–4096, against 1.4–2.2× at 1024 and 0.95–1.13× at 2048
+# (`bench/bench_lapack.py --eig-sizes ...`, bench/RESULTS.md session 16). The other routines stay with scipy at
+# every size (Cholesky and dsyrk 1.5–2× faster there, dtrsm within 10%).
 SCIPY_EIGVALSH_MAX = 2048
 
 
