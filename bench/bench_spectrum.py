@@ -7,10 +7,10 @@ CPU time, median of reps), each exact call against the iterative route that woul
 
 * ``eigvalsh(Σ)`` against ``torch.lobpcg`` for μ_max (k = 1) — cond would also need μ_min, and
   erank the whole spectrum, so this is a lower bound on what replacing it costs;
-* the Gram route (``Y Yᵀ`` and ``eigvalsh``) against the two iterative routes finalize takes above
-  EXACT_SPECTRUM_MAX: ARPACK's Lanczos (``linalg._lanczos``, the CPU's) and the block Krylov of
-  ``_krylov_ritz`` (the GPU's), each with whether its residual check certified the result (when it
-  does not, finalize falls back to the exact route and pays both).
+* the Gram route (``Y Yᵀ`` and ``eigvalsh``) against two iterative routes for the 64 leading σ²:
+  ARPACK's Lanczos (``linalg._lanczos``, which finalize uses for the rank-r subspaces) and the block
+  Krylov of ``_krylov_ritz`` (finalize's first try on a GPU above EXACT_SPECTRUM_MAX), each with
+  whether its residual check certified the result (when it does not, the exact route runs as well).
 
     OMP_NUM_THREADS=1 python bench/bench_spectrum.py [--d 1024] [--rows 4096] [--reps 3]
 """

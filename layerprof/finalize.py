@@ -156,7 +156,7 @@ def _inv_sqrt(mu: torch.Tensor, lam: float) -> torch.Tensor:
     return out
 
 
-EXACT_SPECTRUM_MAX = 2048  # Gram matrices up to this size: every σ² exactly; above: Lanczos (CPU) or block Krylov (GPU), checked
+EXACT_SPECTRUM_MAX = 2048  # on a GPU, Gram matrices above this size try a checked block Krylov first (the CPU: exact)
 KRYLOV_TOL = 1e-10  # a Krylov estimate is kept only if every leading Ritz value's residual is below this, relative
 
 
@@ -186,16 +186,14 @@ def _krylov_ritz(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] |
 def _leading_sv2(Y: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest squared singular values of Y, descending.
 
-    Up to EXACT_SPECTRUM_MAX: all eigenvalues of the smaller Gram matrix. Larger, on the CPU:
-    ARPACK's Lanczos on A Aᵀ (A the short side of Y) where it passes its residual check; on a GPU,
-    the block Krylov estimate of ``_krylov_ritz`` (GEMMs) where it passes; else the exact Gram path.
-    On the CPU the block Krylov never certified these spectra (their 64th value is not isolated)
-    and cost more to fail than Lanczos to pass (bench/RESULTS.md, session 16)."""
+    All eigenvalues of the smaller Gram matrix (A Aᵀ, A the short side of Y). On a GPU above
+    EXACT_SPECTRUM_MAX, the block Krylov estimate of ``_krylov_ritz`` (GEMMs) first, kept where it
+    passes its residual check. Not on the CPU: there it never certified these spectra (their 64th
+    value is not isolated) and cost 4 s to fail at 4096², while the exact route is as fast as a
+    certified Lanczos (bench/RESULTS.md, session 16)."""
     m = min(Y.shape)
     A = Y if Y.shape[0] <= Y.shape[1] else Y.t()  # the short side first: A Aᵀ is the smaller Gram
-    if m > max(EXACT_SPECTRUM_MAX, 4 * k):
-        if A.device.type != "cuda":
-            return linalg.leading_gram_eigvals(A, k, lanczos=True)
+    if A.device.type == "cuda" and m > max(EXACT_SPECTRUM_MAX, 4 * k):
         ritz = _krylov_ritz(A, k)
         if ritz is not None:
             return ritz[0].clamp_min(0.0)

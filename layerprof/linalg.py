@@ -98,19 +98,14 @@ def solve_lower(L: torch.Tensor, B: torch.Tensor, *, transpose: bool = False) ->
     return torch.from_numpy(X.T)
 
 
-def leading_gram_eigvals(A: torch.Tensor, k: int, *, lanczos: bool = False) -> torch.Tensor:
+def leading_gram_eigvals(A: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest eigenvalues of A Aᵀ (the squared singular values of A), descending, clamped at 0.
 
-    Exactly: the Gram matrix by ``dsyrk`` and all its eigenvalues. With ``lanczos`` (on the CPU through
-    scipy), ARPACK's k leading pairs first, kept where ``_lanczos`` certifies them, the exact route
-    where it does not: cheaper for a large A (4096², k = 64: 6.2 s against 8.9; at 1024² they tie,
-    bench/RESULTS.md session 16)."""
+    The Gram matrix by ``dsyrk`` and all its eigenvalues: exact, and on the CPU as fast as ARPACK's
+    Lanczos for the 64 leading ones even at 3072² and 4096² (2.7–3.2 s against 2.8–3.0, 5.8–5.9 s
+    against 6.0–6.6; bench/RESULTS.md session 16), so there is no iterative route here."""
     if not _scipy(A):
         return torch.linalg.eigvalsh(A @ A.t()).flip(0)[:k].clamp_min(0.0)
-    if lanczos:
-        found = _lanczos(A, k)
-        if found is not None:
-            return torch.from_numpy(np.ascontiguousarray(found[0])).clamp_min(0.0)
     from scipy.linalg import blas, eigvalsh as _eigvalsh
 
     # dsyrk on the Fortran view Aᵀ with trans=1 forms (Aᵀ)ᵀ Aᵀ = A Aᵀ, upper triangle only.

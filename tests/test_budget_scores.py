@@ -180,15 +180,19 @@ def test_krylov_ritz_matches_svd_where_it_certifies_and_declines_otherwise():
     assert fin._krylov_ritz(flat, 8) is None
 
 
-def test_leading_sv2_routes_above_the_exact_size_agree(monkeypatch):
-    """Above EXACT_SPECTRUM_MAX on the CPU, finalize's leading σ² come from Lanczos: equal to the SVD's."""
+def test_leading_sv2_is_exact_on_the_cpu_at_any_size(monkeypatch):
+    """Above EXACT_SPECTRUM_MAX the CPU still takes the exact Gram route (the block Krylov is the GPU's):
+    the values are numpy's SVD's, and _krylov_ritz is never called."""
     import layerprof.finalize as fin
 
     monkeypatch.setattr(fin, "EXACT_SPECTRUM_MAX", 8)
+    monkeypatch.setattr(fin, "_krylov_ritz", lambda A, k: pytest.fail("block Krylov on the CPU"))
     gen = np.random.default_rng(4)
     Y = torch.from_numpy(gen.standard_normal((150, 60)) * np.linspace(0.1, 3.0, 60))
     ref = np.linalg.svd(Y.numpy(), compute_uv=False)[:12] ** 2
-    np.testing.assert_allclose(fin._leading_sv2(Y, 12).numpy(), ref, rtol=1e-9)
+    np.testing.assert_allclose(fin._leading_sv2(Y, 12).numpy(), ref, rtol=1e-11)
+    A = torch.from_numpy(gen.standard_normal((60, 150)))
+    assert fin._leading_subspace(A, 4).shape == (60, 4)  # the subspaces: ARPACK / LAPACK, no Krylov either
 
 
 def test_rank_cross_removes_the_noise_bias_of_rank_r_rho():
