@@ -28,7 +28,7 @@ from torch import nn
 
 import layerprof as lp
 from bench_wide import case_arguments, wide_case
-from harness import append, machine
+from harness import append, interleaved, machine
 from layerprof import linalg
 from layerprof.damping import ridge
 from layerprof.ops import symmetric
@@ -72,15 +72,9 @@ def eigvalsh_by_size(sizes: list[int], reps: int) -> None:
             g = torch.Generator().manual_seed(0)
             X = torch.randn(d + 512, d, generator=g, dtype=torch.float64)
             S = X.t() @ X
-            fns = {"scipy": lambda: scipy_eigvalsh(S.numpy(), check_finite=False, driver="evd"),
-                   "torch": lambda: torch.linalg.eigvalsh(S)}
-            t = {k: [] for k in fns}
-            for _ in range(reps):
-                for k, fn in fns.items():
-                    start = time.process_time()
-                    fn()
-                    t[k].append(time.process_time() - start)
-            ts, tt = statistics.median(t["scipy"]), statistics.median(t["torch"])
+            t = interleaved({"scipy": lambda: scipy_eigvalsh(S.numpy(), check_finite=False, driver="evd"),
+                             "torch": lambda: torch.linalg.eigvalsh(S)}, reps, warmup=0, clock=time.process_time)
+            ts, tt = t["scipy"], t["torch"]
             print(f"| {d} | {ts:.3f} | {tt:.3f} | {tt / ts:.2f} |", flush=True)
     print()
 

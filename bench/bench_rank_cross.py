@@ -10,7 +10,6 @@ difference of their projectors.
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import numpy as np
@@ -20,18 +19,13 @@ from torch import nn
 import layerprof as lp
 from bench_wide import case_arguments, wide_case
 from layerprof import linalg
-from layerprof.benchmark import machine
+from layerprof.benchmark import interleaved as harness_interleaved, machine
 from layerprof.finalize import SolveCache
 
 
 def interleaved(fns: dict, reps: int) -> dict:
-    times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
-            t = time.process_time()
-            fn()
-            times[k].append(time.process_time() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Process CPU time, no warm-up round (the first card is part of what is timed)."""
+    return harness_interleaved(fns, reps, warmup=0, clock=time.process_time)
 
 
 def main(argv=None) -> None:
