@@ -4,7 +4,8 @@ On a GPU: ``torch.linalg`` (cuSOLVER, cuBLAS). On the CPU: scipy's LAPACK and BL
 that numpy and scipy ship) by default, because the two finalize needs most run faster there than
 through torch's MKL on the machine we measure on (2-core AMD EPYC, one thread, d = 1024;
 ``bench/bench_lapack.py``): ``eigvalsh`` 0.065 s against 0.106 s, and the Gram matrix of the
-whitened C by ``dsyrk`` (one triangle, half the FLOPs of a GEMM) 0.027 s against 0.046 s. Where
+whitened C by ``dsyrk`` (one triangle, half the FLOPs of a GEMM) 0.027 s against 0.046 s (above
+2048, ``eigvalsh`` goes through torch, which is faster there: ``SCIPY_EIGVALSH_MAX``). Where
 finalize has to compute nfn's tr(W Σ Wᵀ) itself (statistics without the sweep's ``y2``), it halves
 its FLOPs too: ‖W L‖² − λ‖W‖² with L the Cholesky factor finalize has already, by ``dtrmm``.
 ``LAYERPROF_CPU_LAPACK=torch`` selects torch on the CPU too (MKL is the better library on some Intel
