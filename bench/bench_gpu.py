@@ -139,6 +139,17 @@ def qwen3_sweep(args, summary, rows_out):
                             f"statistics {stats[f'{n}+sketch128'] / max(stats[n], 1e-12):.0%} of dense", ""))
 
 
+def spd_system(d: int, cols: int, device: str, batch: tuple[int, ...] = ()):
+    """Σ = XᵀX / 2d + 10⁻³I (X Gaussian, 2d rows, seed 0), its Cholesky factor L and a d × cols right-hand
+    side, float64, with ``batch`` leading dimensions: the finalize primitives' inputs."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    X = torch.randn(*batch, 2 * d, d, dtype=torch.float64, device=device, generator=gen)
+    sigma = X.transpose(-2, -1) @ X / (2 * d) + 1e-3 * torch.eye(d, dtype=torch.float64, device=device)
+    del X
+    return sigma, torch.linalg.cholesky(sigma), torch.randn(*batch, d, cols, dtype=torch.float64, device=device,
+                                                            generator=gen)
+
+
 def finalize_primitives(args, summary, rows_out):
     """The float64 work of finalize at Qwen3-8B's input widths, against the cost model's assumed rates."""
     from layerprof.profile_cost import DEVICES
@@ -146,11 +157,7 @@ def finalize_primitives(args, summary, rows_out):
     peak = DEVICES["h200"]["fp64_peak"]
     device = args.device
     for d in args.dims:
-        gen = torch.Generator(device=device).manual_seed(0)
-        X = torch.randn(2 * d, d, dtype=torch.float64, device=device, generator=gen)
-        sigma = X.t() @ X / (2 * d) + 1e-3 * torch.eye(d, dtype=torch.float64, device=device)
-        L = torch.linalg.cholesky(sigma)
-        C = torch.randn(d, 4096, dtype=torch.float64, device=device, generator=gen)
+        sigma, L, C = spd_system(d, 4096, device)
         fns = {"eigvalsh": lambda: torch.linalg.eigvalsh(sigma),
                "cholesky": lambda: torch.linalg.cholesky(sigma),
                "solve_triangular (d x 4096)": lambda: torch.linalg.solve_triangular(L, C, upper=False),
@@ -164,7 +171,7 @@ def finalize_primitives(args, summary, rows_out):
                             f"{rate / peak:.0%} of the H200 FP64 peak" if device == "cuda" else ""))
             rows_out.append({"bench": "finalize_fp64", "op": k, "d_in": d, "device": device, "seconds": round(v, 6),
                              "tflops": round(rate / 1e12, 3)})
-        del X, sigma, L, C
+        del sigma, L, C
 
 
 def batched_finalize(args, summary, rows_out):
@@ -172,12 +179,7 @@ def batched_finalize(args, summary, rows_out):
     device = args.device
     B = args.batch_of
     for d in [d for d in args.dims if d <= 4096]:
-        gen = torch.Generator(device=device).manual_seed(0)
-        X = torch.randn(B, 2 * d, d, dtype=torch.float64, device=device, generator=gen)
-        sigma = X.transpose(1, 2) @ X / (2 * d) + 1e-3 * torch.eye(d, dtype=torch.float64, device=device)
-        del X
-        L = torch.linalg.cholesky(sigma)
-        C = torch.randn(B, d, 1024, dtype=torch.float64, device=device, generator=gen)
+        sigma, L, C = spd_system(d, 1024, device, (B,))
         prims = {"eigvalsh": (lambda: torch.linalg.eigvalsh(sigma), lambda: [torch.linalg.eigvalsh(s) for s in sigma]),
                  "cholesky": (lambda: torch.linalg.cholesky(sigma), lambda: [torch.linalg.cholesky(s) for s in sigma]),
                  "solve_triangular (d x 1024)": (

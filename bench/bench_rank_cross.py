@@ -19,13 +19,8 @@ from torch import nn
 import layerprof as lp
 from bench_wide import case_arguments, wide_case
 from layerprof import linalg
-from layerprof.benchmark import interleaved as harness_interleaved, machine
+from layerprof.benchmark import interleaved, machine
 from layerprof.finalize import SolveCache
-
-
-def interleaved(fns: dict, reps: int) -> dict:
-    """Process CPU time, no warm-up round (the first card is part of what is timed)."""
-    return harness_interleaved(fns, reps, warmup=0, clock=time.process_time)
 
 
 def main(argv=None) -> None:
@@ -44,7 +39,8 @@ def main(argv=None) -> None:
                 nn.functional.cross_entropy(model(b["x"]), b["y"]).backward()
         model.zero_grad(set_to_none=True)
         profs[on] = prof
-    whole = interleaved({on: (lambda on=on: cards.__setitem__(on, profs[on].card())) for on in profs}, args.reps)
+    whole = interleaved({on: (lambda on=on: cards.__setitem__(on, profs[on].card())) for on in profs}, args.reps,
+                        warmup=0, clock=time.process_time)  # process CPU time; the first card is timed too
 
     st, half = profs[True].acc.total("layers.0"), profs[True].acc.half(0, "layers.0")
     Ma = SolveCache(profs[True].damping).get(st.S, st.N).whiten(half.C)
@@ -55,7 +51,7 @@ def main(argv=None) -> None:
     def exact():
         return linalg.leading_gram_eigvecs_lapack(Ma, args.rank)
 
-    sub = interleaved({"lanczos": lanczos, "exact": exact}, args.reps)
+    sub = interleaved({"lanczos": lanczos, "exact": exact}, args.reps, warmup=0, clock=time.process_time)
     U1, U2 = lanczos().numpy(), exact().numpy()
     diff = float(np.abs(U1 @ U1.T - U2 @ U2.T).max())
     print(f"{machine()}\nwide MLP {len(model.layers)} × Linear({args.d}, {args.d}), {args.batches} batches × {args.rows} "

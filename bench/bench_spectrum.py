@@ -54,6 +54,10 @@ def timed(fn, reps: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def verdict(found) -> str:
+    return "yes" if found is not None else "no (exact fallback)"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d", type=int, default=1024)
@@ -79,7 +83,6 @@ def main(argv=None) -> None:
         t_lan, lanczos = timed(lambda: linalg._lanczos(A, k), args.reps)
         t_kry, krylov = timed(lambda: fin._krylov_ritz(A, k), args.reps)
         rel = abs(float(top[0]) - float(mu[-1])) / float(mu[-1])
-        verdict = lambda found: "yes" if found is not None else "no (exact fallback)"  # noqa: E731
         print(f"| {i} | {t_eig:.3f} | {t_lob:.3f} | {rel:.1e} | {t_gram:.3f} | {t_lan:.3f} | {verdict(lanczos)} "
               f"| {t_kry:.3f} | {verdict(krylov)} |", flush=True)
 

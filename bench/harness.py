@@ -26,7 +26,8 @@ def append(rows: list[dict], path: Path = RESULTS) -> None:
             if k not in header:
                 header.append(k)
     with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=header, lineterminator="\n")  # the file's own line ends: an append adds lines, not a rewrite
+        # "\n", the file's own line ends: csv's default "\r\n" would rewrite every line on each append
+        w = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
         w.writeheader()
         for r in existing:
             w.writerow(r)

@@ -183,6 +183,14 @@ def _krylov_ritz(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] |
     return None
 
 
+def _gpu_krylov(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``_krylov_ritz`` where finalize tries it first: a GPU's Gram matrices above EXACT_SPECTRUM_MAX rows.
+    None elsewhere (the CPU: exact or ARPACK) and where it does not certify."""
+    if A.device.type == "cuda" and A.shape[0] > max(EXACT_SPECTRUM_MAX, 4 * k):
+        return _krylov_ritz(A, k)
+    return None
+
+
 def _leading_sv2(Y: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest squared singular values of Y, descending.
 
@@ -191,12 +199,10 @@ def _leading_sv2(Y: torch.Tensor, k: int) -> torch.Tensor:
     passes its residual check. Not on the CPU: there it never certified these spectra (their 64th
     value is not isolated) and cost 4 s to fail at 4096², while the exact route is as fast as a
     certified Lanczos (bench/RESULTS.md, session 16)."""
-    m = min(Y.shape)
     A = Y if Y.shape[0] <= Y.shape[1] else Y.t()  # the short side first: A Aᵀ is the smaller Gram
-    if A.device.type == "cuda" and m > max(EXACT_SPECTRUM_MAX, 4 * k):
-        ritz = _krylov_ritz(A, k)
-        if ritz is not None:
-            return ritz[0].clamp_min(0.0)
+    ritz = _gpu_krylov(A, k)
+    if ritz is not None:
+        return ritz[0].clamp_min(0.0)
     return linalg.leading_gram_eigvals(A, k)
 
 
@@ -252,10 +258,9 @@ def _leading_subspace(A: torch.Tensor, k: int) -> torch.Tensor:
 
     On the CPU by ``linalg.leading_gram_eigvecs`` (ARPACK's Lanczos, checked, or LAPACK). On a GPU,
     above EXACT_SPECTRUM_MAX rows, ``_krylov_ritz``'s vectors where they pass its residual check first."""
-    if A.device.type == "cuda" and A.shape[0] > max(EXACT_SPECTRUM_MAX, 4 * k):
-        ritz = _krylov_ritz(A, k)
-        if ritz is not None:
-            return ritz[1]
+    ritz = _gpu_krylov(A, k)
+    if ritz is not None:
+        return ritz[1]
     return linalg.leading_gram_eigvecs(A, k)
 
 

@@ -59,13 +59,14 @@ def blas_threads(n: int):
 SCIPY_EIGVALSH_MAX = 2048
 
 
-def _scipy_eigvalsh(n: int, t: torch.Tensor) -> bool:
-    return _scipy(t) and n <= SCIPY_EIGVALSH_MAX
+def _scipy_eigvalsh(A: torch.Tensor) -> bool:
+    """scipy's eigvalsh for a problem of A.shape[0] rows (Σ itself, or the Gram matrix A Aᵀ)."""
+    return _scipy(A) and A.shape[0] <= SCIPY_EIGVALSH_MAX
 
 
 def eigvalsh(A: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of the symmetric A (its lower triangle is read), ascending."""
-    if not _scipy_eigvalsh(A.shape[0], A):
+    if not _scipy_eigvalsh(A):
         return torch.linalg.eigvalsh(A)
     from scipy.linalg import eigvalsh as _eigvalsh
 
@@ -111,7 +112,7 @@ def leading_gram_eigvals(A: torch.Tensor, k: int) -> torch.Tensor:
 
     # dsyrk on the Fortran view Aᵀ with trans=1 forms (Aᵀ)ᵀ Aᵀ = A Aᵀ, upper triangle only.
     G = blas.dsyrk(1.0, A.numpy().T, trans=1, lower=0)
-    if not _scipy_eigvalsh(G.shape[0], A):  # dsyrk filled G's upper triangle only
+    if not _scipy_eigvalsh(A):  # G is A.shape[0] square; dsyrk filled its upper triangle only
         return torch.linalg.eigvalsh(torch.from_numpy(G), UPLO="U").flip(0)[:k].clamp_min(0.0)
     mu = _eigvalsh(G, lower=False, check_finite=False, driver="evd")
     return torch.from_numpy(mu[::-1][:k].copy()).clamp_min(0.0)

@@ -159,7 +159,7 @@ def markdown(card: "LayerCard", plan: "Plan | None" = None) -> str:
                         "so the first picks could change with other calibration data: profile more batches "
                         "or compare the other placements below")
         lines.append(f"- stability: split-half Kendall τ = {tau:.2f}, top-{stab.get('top_k')} overlap "
-                     f"{_fmt(stab.get('top_k_overlap'))} — {verdict}")
+                     f"{_fmt(overlap)} — {verdict}")
     if card.layers:
         plan = plan if plan is not None else card.place(layers=card.default_layers())
         k = len(plan.layers)
