@@ -10,7 +10,10 @@ CPU time, median of reps), each exact call against the iterative route that woul
 * the Gram route (``Y Yᵀ`` and ``eigvalsh``) against two iterative routes for the 64 leading σ²:
   ARPACK's Lanczos (``linalg._lanczos``, which finalize uses for the rank-r subspaces) and the block
   Krylov of ``_krylov_ritz`` (finalize's first try on a GPU above EXACT_SPECTRUM_MAX), each with
-  whether its residual check certified the result (when it does not, the exact route runs as well).
+  whether its residual check certified the result (when it does not, the exact route runs as well);
+* finalize's route for those σ² now (``_leading_sv2``: exact on the CPU, eigenvalues through torch
+  above ``linalg.SCIPY_EIGVALSH_MAX``) against its route before session 16 (above 2048: the block
+  Krylov tried first, then dsyrk and scipy's eigvalsh), side by side.
 
     OMP_NUM_THREADS=1 python bench/bench_spectrum.py [--d 1024] [--rows 4096] [--reps 3]
 """
@@ -54,6 +57,19 @@ def timed(fn, reps: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def sv2_before(A: torch.Tensor, k: int) -> torch.Tensor:
+    """Finalize's leading σ² before session 16: above 2048 rows the block Krylov first, else/then
+    dsyrk and scipy's eigvalsh at every size."""
+    from scipy.linalg import blas, eigvalsh
+
+    if A.shape[0] > max(fin.EXACT_SPECTRUM_MAX, 4 * k):
+        ritz = fin._krylov_ritz(A, k)
+        if ritz is not None:
+            return ritz[0]
+    mu = eigvalsh(blas.dsyrk(1.0, A.numpy().T, trans=1, lower=0), lower=False, check_finite=False, driver="evd")
+    return torch.from_numpy(mu[::-1][:k].copy())
+
+
 def verdict(found) -> str:
     return "yes" if found is not None else "no (exact fallback)"
 
@@ -67,8 +83,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     print(f"{machine()}\nwide MLP statistics, d = {args.d}, {args.rows} rows, process CPU time, median of {args.reps}\n")
     print("| layer | eigvalsh(Σ) s | lobpcg μ_max s | μ_max rel. diff | Gram + eigvalsh s | Lanczos s | certified "
-          "| block Krylov s | certified |")
-    print("|---:|---:|---:|---:|---:|---:|---|---:|---|")
+          "| block Krylov s | certified | σ² route before s | σ² route now s | max rel. diff |")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|")
     for i, (sigma, C) in enumerate(layer_statistics(args.d, args.rows)):
         solve = fin.Solve(sigma * args.rows, args.rows, 1e-3)
         Y = solve.whiten(C)
@@ -82,9 +98,12 @@ def main(argv=None) -> None:
         A = Y if Y.shape[0] <= Y.shape[1] else Y.t()  # the short side, as finalize takes it
         t_lan, lanczos = timed(lambda: linalg._lanczos(A, k), args.reps)
         t_kry, krylov = timed(lambda: fin._krylov_ritz(A, k), args.reps)
+        t_before, before = timed(lambda: sv2_before(A, k), args.reps)
+        t_now, now = timed(lambda: fin._leading_sv2(Y, k), args.reps)
         rel = abs(float(top[0]) - float(mu[-1])) / float(mu[-1])
+        diff = float((before - now).abs().max() / now[0])
         print(f"| {i} | {t_eig:.3f} | {t_lob:.3f} | {rel:.1e} | {t_gram:.3f} | {t_lan:.3f} | {verdict(lanczos)} "
-              f"| {t_kry:.3f} | {verdict(krylov)} |", flush=True)
+              f"| {t_kry:.3f} | {verdict(krylov)} | {t_before:.3f} | {t_now:.3f} | {diff:.1e} |", flush=True)
 
 
 if __name__ == "__main__":
