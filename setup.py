@@ -15,6 +15,7 @@ import warnings
 from glob import glob
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 
 def _compiler_takes_openmp() -> bool:
@@ -114,6 +115,22 @@ def _fallback_build(base, cpu_sources, omp):
     return FallbackBuild
 
 
+class _BuildPyWithKernels(build_py):
+    """``build_py`` that also copies the Triton sources of the top-level ``kernels/`` folder into
+    ``layerprof/kernels/`` of the build. That folder is not a package of its own (a top-level
+    ``kernels`` would shadow Hugging Face's); an editable install reads it in place instead
+    (``layerprof/kernels/__init__.py``)."""
+
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = os.path.join(self.build_lib, "layerprof", "kernels")
+        self.mkpath(target)
+        for src in sorted(glob(os.path.join("kernels", "*.py"))):
+            self.copy_file(src, os.path.join(target, os.path.basename(src)))
+
+
 def _version() -> str:
     """The version string of layerprof/_version.py (one place for it; the package is not importable yet)."""
     import re
@@ -132,9 +149,8 @@ if __name__ == "__main__":  # pip runs setup.py as __main__; tests import its he
         long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
         long_description_content_type="text/markdown",
         python_requires=">=3.10",
-        # Triton kernels live in the top-level kernels/ folder (docs/method.md) and install as layerprof.kernels.
-        packages=find_packages(include=["layerprof", "layerprof.*"]) + ["layerprof.kernels"],
-        package_dir={"layerprof.kernels": "kernels"},
+        # Triton kernels live in the top-level kernels/ folder and install as layerprof.kernels (build_py above).
+        packages=find_packages(include=["layerprof", "layerprof.*"]),
         package_data={"layerprof.bundled": ["shakespeare-gpt2/*.json", "shakespeare-gpt2/*.safetensors",
                                             "shakespeare-gpt2-deep/*.json", "shakespeare-gpt2-deep/*.safetensors",
                                             "shakespeare-gpt2-mid/*.json", "shakespeare-gpt2-mid/*.safetensors",
@@ -145,6 +161,8 @@ if __name__ == "__main__":  # pip runs setup.py as __main__; tests import its he
         # installed torch satisfies makes pip install nothing more.
         install_requires=["torch>=2.1", "transformers>=4.45", "peft>=0.13", "numpy", "tqdm", "safetensors", "pyyaml",
                           "matplotlib", "pydantic>=2",
+                          # transformers reads GGUF files (`--model x.gguf`, `--model smollm2`) with it
+                          "gguf",
                           # float64 LAPACK of finalize on the CPU (layerprof.linalg) and its BLAS thread limit
                           "scipy", "threadpoolctl"],
         # triton runs its kernels on the CPU under TRITON_INTERPRET=1 in the tests.
@@ -152,5 +170,5 @@ if __name__ == "__main__":  # pip runs setup.py as __main__; tests import its he
                                  "triton; platform_system == \"Linux\" and platform_machine == \"x86_64\""]},
         entry_points={"console_scripts": ["layerprof=layerprof.cli:main"]},
         ext_modules=ext_modules,
-        cmdclass=cmdclass,
+        cmdclass={"build_py": _BuildPyWithKernels, **cmdclass},
     )

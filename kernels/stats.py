@@ -146,9 +146,9 @@ def cross_update_triton(C, x, g, mask=None) -> None:
 
 def sketch_update_triton(CO, x, g, omega, mask=None) -> None:
     """CΩ += Xᵀ(GΩ): GΩ by torch's GEMM (small: rows × k), then the cross kernel."""
-    from layerprof.ops import same_dtype
-
-    # GΩ in fp32; the kernel takes one input dtype, so X and GΩ meet at the wider one (the dtype
-    # contract of layerprof.ops.same_dtype: bf16 X becomes fp32 here, never GΩ bf16).
-    x, go = same_dtype(x, g.float() @ omega.float())
-    cross_update_triton(CO, x, go, mask)
+    # GΩ in fp32; the kernel takes one input dtype, so X and GΩ meet at the wider one (the ops' dtype
+    # contract, layerprof.ops.same_dtype, written out here because kernels import nothing of the package:
+    # bf16 X becomes fp32, never GΩ bf16).
+    common = torch.promote_types(x.dtype, torch.float32)
+    go = g.float() @ omega.float()
+    cross_update_triton(CO, x.to(common), go.to(common), mask)

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-try:
-    from transformers import TrainerCallback
-except ImportError as e:  # pragma: no cover - transformers is a dependency
-    raise ImportError("layerprof.callback needs transformers: pip install transformers") from e
-
 from .budget import TrainingBudget
 from .config import ProfileConfig
-from .errors import ProfileError
+from .errors import ProfileError, dependency_error
+
+try:
+    from transformers import TrainerCallback
+except ImportError as e:
+    raise dependency_error("transformers", "layerprof.callback", e) from e
 from .export import FORMATS
 
 

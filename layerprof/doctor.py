@@ -4,6 +4,7 @@ from __future__ import annotations
 
 def environment() -> dict:
     """Versions of layerprof and its stack, the devices, and every backend's availability with its reason."""
+    import importlib.util
     import platform
 
     import torch
@@ -22,8 +23,8 @@ def environment() -> dict:
     for pkg in ("transformers", "peft", "triton", "numpy", "matplotlib"):
         try:
             versions[pkg] = __import__(pkg).__version__
-        except ImportError:
-            versions[pkg] = None
+        except ImportError as e:  # absent (None), or installed and broken: say why
+            versions[pkg] = None if importlib.util.find_spec(pkg) is None else f"fails to import: {e}"
     info = {"layerprof": __version__, "python": platform.python_version(), "torch": torch.__version__,
             **versions, "cuda_available": torch.cuda.is_available(), "allocator": allocator(), "devices": devices,
             "backends": {n: {"available": s.available, "reason": s.reason} for n, s in backends().items()}}

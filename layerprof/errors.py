@@ -40,3 +40,21 @@ class BudgetError(LayerprofError):
 
 class UsageError(LayerprofError):
     """A command-line request that cannot be carried out as given (checked before any work)."""
+
+
+def dependency_error(package: str, needed_for: str, error: ImportError, install: str | None = None) -> ImportError:
+    """An ``ImportError`` for ``needed_for`` that tells the truth about ``package``: not installed (and
+    how to install it), or installed but failing to import, with the original error in the message —
+    "pip install transformers" is bad advice when transformers is there and one of its own imports
+    failed (a shadowing folder, a version clash)."""
+    import importlib.util
+
+    try:
+        installed = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a half-imported parent package
+        installed = True
+    if not installed:
+        return ImportError(f"{needed_for} needs {package}, which is not installed: "
+                           f"pip install {install or package}")
+    return ImportError(f"{needed_for} needs {package}, which is installed but failed to import "
+                       f"({type(error).__name__}: {error})")

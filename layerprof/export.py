@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import ExportError  # noqa: F401  (also importable from here)
+from .errors import ExportError, dependency_error  # noqa: F401  (ExportError also importable from here)
 from .fileio import atomic_write_text
 
 if TYPE_CHECKING:
@@ -40,8 +40,8 @@ def lora_config(plan: "Plan", r: int | None = None, lora_alpha: float | None = N
     """Build a ``peft.LoraConfig`` for ``plan`` (extra keyword arguments pass through)."""
     try:
         from peft import LoraConfig
-    except ImportError as e:  # pragma: no cover - peft is a dependency
-        raise ImportError("plan.lora_config needs peft: pip install peft") from e
+    except ImportError as e:
+        raise dependency_error("peft", "plan.lora_config", e) from e
     for key in ("target_modules", "layers_to_transform", "rank_pattern", "alpha_pattern"):
         if key in kwargs:
             raise ExportError(f"{key} is set by the plan; choose layers with card.place(...) instead")

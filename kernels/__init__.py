@@ -1,1 +1,0 @@
-"""Triton accumulation kernels (installed as ``layerprof.kernels``); see ``stats.py``."""
