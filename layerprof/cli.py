@@ -47,7 +47,7 @@ def cmd_card(args) -> int:
     from .outputs import write_outputs
 
     t0 = time.perf_counter()
-    if args.probe_steps and args.model is not None:
+    if args.probe_steps and args.model not in (None, "bundled"):
         raise UsageError("--probe-steps works on the bundled model for now (it needs held-out eval text); run "
                          "`layerprof study` style studies in Python for other models")
     model, tokenizer, family = load_model(args.model, args.dtype)

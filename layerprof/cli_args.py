@@ -77,18 +77,17 @@ def input_file(flag: str, *, text: bool = False):
 
 
 def model_dir(flag: str):
-    """A local model directory written by ``save_pretrained`` (config.json), or a PEFT adapter's (adapter_config.json)."""
+    """A model `--model` can load (``layerprof.model_source.resolve``): "bundled", a packaged model
+    ("smollm2"), a .gguf file or a folder holding one, a ``save_pretrained`` directory (config.json)
+    or a PEFT adapter's (adapter_config.json)."""
     def parse(value: str) -> str:
-        path = Path(value)
-        if not path.exists():
-            raise argparse.ArgumentTypeError(f"{flag} {value!r} is not a local directory; layerprof loads models "
-                                             "offline from a directory written by save_pretrained")
-        if not path.is_dir():
-            raise argparse.ArgumentTypeError(f"{flag} {value!r} is a file; pass the model directory that holds "
-                                             "config.json")
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            raise argparse.ArgumentTypeError(f"{flag} {value!r} has no config.json (nor a PEFT adapter_config.json); "
-                                             "pass a directory written by save_pretrained")
+        from .errors import UsageError
+        from .model_source import resolve
+
+        try:
+            resolve(value, flag)
+        except UsageError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
         return value
     return parse
 

@@ -39,25 +39,30 @@ LOSS_FN_ROUTE = ("profile it from Python with the loss of your task: lp.profile(
 
 
 def load_model(spec: str | None, dtype: str):
-    """(model, tokenizer or None, family): the bundled decoder for None, else a local save_pretrained
-    directory loaded with its family's class — a causal LM for decoders, a masked LM for encoders whose
-    checkpoint ships the MLM head. Encoders without one and encoder–decoders are refused with the
-    Python route; randomly initialised weights (missing from the checkpoint) are warned about."""
+    """(model, tokenizer or None, family): the bundled decoder for None or "bundled"; a GGUF decoder (a
+    .gguf file, a folder holding one, or a packaged model such as "smollm2") through transformers' GGUF
+    reader; else a local save_pretrained directory loaded with its family's class — a causal LM for
+    decoders, a masked LM for encoders whose checkpoint ships the MLM head. Encoders without one and
+    encoder–decoders are refused with the Python route; randomly initialised weights (missing from the
+    checkpoint) are warned about."""
     import warnings
 
     import torch
 
+    from .model_source import load_gguf, resolve
+
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    if spec is None:
+    source = resolve(spec)
+    if source.kind == "bundled":
         from .bundled import load_default_model
 
         return load_default_model(torch_dtype), None, "decoder"
+    if source.kind == "gguf":
+        model, tokenizer = load_gguf(source, torch_dtype)
+        return model, tokenizer, "decoder"
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-    path = Path(spec)
-    if not path.exists():
-        raise UsageError(f"--model {spec!r} is not a local directory; layerprof loads models offline "
-                         "from a directory written by save_pretrained")
+    path = source.path
     if (path / "adapter_config.json").is_file():
         return _load_adapter(path, dtype)
     config = AutoConfig.from_pretrained(path, local_files_only=True)

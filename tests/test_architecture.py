@@ -33,7 +33,7 @@ STAGES = [
                              "predict", "session", "step_cost"}),
     ("orchestrator", {"profiler"}),
     ("study", {"bundled", "tasks", "study_lora", "study", "study_report", "benchmark"}),
-    ("doors", {"", "callback", "cli", "cli_parser", "cli_args", "loading", "doctor"}),
+    ("doors", {"", "callback", "cli", "cli_parser", "cli_args", "loading", "model_source", "doctor"}),
 ]
 LAZY_CONVENIENCES = {("card", "placement"), ("card", "report"), ("card", "report_html"), ("placement", "export")}
 
