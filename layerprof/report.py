@@ -55,8 +55,11 @@ def _score_note(card: "LayerCard", name: str, label: str) -> str:
     if not card.meta["settings"].get("score_default"):
         why = "chosen with score= / --score"
     else:
-        why = ("the placement study's round-9 default (docs/RESULTS.md: over the 33 task-budget rows with a usable full-LoRA reference it reached 97% of full LoRA on average, 12.3 points above the mean of eight baselines, and fell more than 2 seed-stds below random-k on none; its naive form, round 6's default, was confirmed on a 24-block decoder no study had seen (rounds 6 and 7), and it was itself confirmed on a further unseen task of that decoder (round 9: 89% of full LoRA, +11 points, at 300 steps); compare with full LoRA on "
-               "your eval set)")
+        # The report states what the card measured on this model; how well the default places on real
+        # models is the study's to say, on its results page, never quoted here.
+        why = ("layerprof's default placement; how it compares with uniform-k, PEFT's KappaTune and LoRA on "
+               "every layer at equal parameters is measured on real LLMs in the project's study "
+               "(docs/study-v2/); check any placement against full LoRA on your own eval set")
         if card.meta["settings"].get("score_fallback"):
             why += f"; this card fell back to it because of {card.meta['settings']['score_fallback']}"
     return (f"Score = {label}, {how}: {why}. ρ², the paper's resnorm, is in the layer table beside it; with a "
