@@ -62,7 +62,7 @@ def test_one_minus_cka_is_zero_for_a_block_that_rescales_and_in_range_otherwise(
         block.forward = original
 
 
-def _runs(gains: dict, tasks=("smol-a", "smol-b"), steps=(20, 80), seeds=(0, 1, 2)):
+def _runs(gains: dict, tasks=("smol-a", "smol-b", "smol-c"), steps=(20, 80), seeds=(0, 1, 2)):
     """Synthetic runs: gains[label](task, steps, seed) -> gain."""
     out = []
     for t in tasks:
@@ -76,7 +76,7 @@ def _runs(gains: dict, tasks=("smol-a", "smol-b"), steps=(20, 80), seeds=(0, 1, 
 
 def test_figures_match_a_hand_computation():
     rng = np.random.default_rng(1)
-    noise = {(t, st, s): float(rng.normal(0, 0.002)) for t in ("smol-a", "smol-b") for st in (20, 80)
+    noise = {(t, st, s): float(rng.normal(0, 0.002)) for t in ("smol-a", "smol-b", "smol-c") for st in (20, 80)
              for s in range(3)}
     gains = {"full LoRA r=8": lambda t, st, s: 0.5,
              "uniform-k": lambda t, st, s: 0.40 + noise[(t, st, s)],
@@ -89,7 +89,7 @@ def test_figures_match_a_hand_computation():
     c = fig["smollm2"]["compare"]["default vs uniform-k"]
     # Paired over the same seeds, the noise cancels: (0.45 − 0.40) / 0.5 = 10 points in every row.
     assert c["pooled"]["mean"] == pytest.approx(10.0) and c["pooled"]["lo"] == pytest.approx(10.0)
-    assert c["pooled"]["n_rows"] == 4 and len(c["rows"]) == 4
+    assert c["pooled"]["n_rows"] == 6 and len(c["rows"]) == 6
     best = fig["smollm2"]["compare"]["default vs best baseline"]
     assert {r["against"] for r in best["rows"].values()} == {"uniform-k"}
     shares = fig["smollm2"]["shares"]
@@ -111,6 +111,15 @@ def test_decision_falls_back_to_the_simplest_rule_nothing_beats():
         gains[f"random-k draw {i}"] = lambda t, st, s, i=i: 0.38 + 0.005 * i
     fig = analyze.figures(_runs(gains))
     assert fig["smollm2"]["decision"]["default"] == "uniform-k"
+
+
+def test_no_decision_before_every_row_has_every_seed():
+    gains = {"full LoRA r=8": lambda t, st, s: 0.5, "default": lambda t, st, s: 0.45,
+             "uniform-k": lambda t, st, s: 0.40, "depth rule": lambda t, st, s: 0.40}
+    fig = analyze.figures(_runs(gains, seeds=(0, 1)))
+    assert "smollm2" not in fig and fig["rows"] == []
+    fig = analyze.figures(_runs(gains, tasks=("smol-a",)))
+    assert fig["smollm2"]["decision"] == {"default": None, "why": "pending: 2 of 6 rows complete"}
 
 
 def test_bootstrap_interval_brackets_the_mean():

@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RUNS = HERE.parent.parent / "docs" / "study-v2" / "runs.json"
 REPS = 10_000
+SEEDS = 3                     # a row counts once full LoRA and the default have every seed
+EXPECTED_ROWS = {"smollm2": 6, "minilm": 4}   # 3 tasks × 2 budgets; 2 tasks × 2 budgets
 FULL = "full LoRA r=8"
 CANDIDATES = ("default", "budget-aware", "module-level")
 RANDOM = "random-k"
@@ -172,15 +175,50 @@ def decision(rows: dict, keys: list) -> dict:
     return {"default": None, "why": "every rule is beaten by another"}
 
 
+def probe_spearman(runs: list[dict], study: Path) -> dict:
+    """Per task (at the budget the probes ran): Spearman of each card score with the measured single-layer
+    gains (each layer's mean over seeds), from the task's card.json beside runs.json."""
+    from layerprof.card import LayerCard
+    from layerprof.rankcorr import spearman
+    from layerprof.scores import SCORES
+
+    by_task: dict[tuple[str, int], dict[int, list[float]]] = {}
+    for r in runs:
+        for label in r["labels"]:
+            if label.startswith("probe layer "):
+                by_task.setdefault((r["task"], r["steps"]), {}).setdefault(int(label.split()[-1]), []).append(r["gain"])
+    out = {}
+    for (task, steps), gains in sorted(by_task.items()):
+        path = study / task / "card.json"
+        if len(gains) < 3 or not path.exists():
+            continue
+        card = LayerCard.load(path)
+        rows = {l.layer: asdict(l) for l in card.layers}
+        layers = sorted(gains)
+        measured = [statistics.mean(gains[l]) for l in layers]
+        scores = {}
+        for name, fn in SCORES.items():
+            vals = [fn(rows[l]) for l in layers]
+            if all(np.isfinite(vals)):
+                scores[name] = spearman(vals, measured)
+        for col in ("grad_norm", "act_norm", "nfn"):
+            scores[col] = spearman([rows[l][col] for l in layers], measured)
+        scores["-depth"] = spearman([-float(l) for l in layers], measured)
+        out[f"{task}@{steps}"] = {"layers": layers, "measured": measured,
+                                  "spearman": {k: v for k, v in scores.items() if v is not None}}
+    return out
+
+
 def distinct_decisions(runs: list[dict], label: str = "default") -> int:
     return len({(r["task"], tuple(r["layers"]), r["modules"]) for r in runs if label in r["labels"]})
 
 
-def figures(runs: list[dict]) -> dict:
+def figures(runs: list[dict], study: Path | None = None) -> dict:
     rows = rows_of(runs)
-    smol = sorted(k for k in rows if k[0].startswith("smol"))
-    minilm = sorted(k for k in rows if k[0].startswith("minilm"))
-    out = {"rows": [f"{t}@{s}" for t, s in sorted(rows)], "runs": len(runs),
+    complete = [k for k in rows if len(rows[k][FULL]) >= SEEDS and len(rows[k].get("default", {})) >= SEEDS]
+    smol = sorted(k for k in complete if k[0].startswith("smol"))
+    minilm = sorted(k for k in complete if k[0].startswith("minilm"))
+    out = {"rows": [f"{t}@{s}" for t, s in sorted(complete)], "runs": len(runs),
            "distinct_default_decisions": distinct_decisions(runs)}
     for name, keys in (("smollm2", smol), ("minilm", minilm)):
         if not keys:
@@ -189,7 +227,10 @@ def figures(runs: list[dict]) -> dict:
             "compare": {f"{a} vs {b}": compare(rows, a, b, keys) for a in CANDIDATES
                         for b in ("uniform-k", "depth rule", "best baseline")},
             "shares": shares(rows, keys), "random_k": random_distance(rows, keys),
-            "decision": decision(rows, keys)}
+            "decision": (decision(rows, keys) if len(keys) >= EXPECTED_ROWS[name] else
+                         {"default": None, "why": f"pending: {len(keys)} of {EXPECTED_ROWS[name]} rows complete"})}
+    if study is not None:
+        out["probes"] = probe_spearman(runs, study)
     return out
 
 
@@ -210,6 +251,10 @@ def markdown(fig: dict) -> str:
         for p, s in sorted(f["shares"].items(), key=lambda kv: -kv[1]["sum_ratio"]):
             lines.append(f"| {p} | {s['mean']:.1%} | {s['median']:.1%} | {s['sum_ratio']:.1%} |")
         lines += ["", f"Decision: {f['decision']['default']} ({f['decision']['why']})."]
+    for row, p in (fig.get("probes") or {}).items():
+        best = sorted(p["spearman"].items(), key=lambda kv: -kv[1])
+        lines += ["", f"Probes {row} (layers {p['layers']}): Spearman with the measured single-layer gains: "
+                  + ", ".join(f"{k} {v:+.2f}" for k, v in best)]
     return "\n".join(lines)
 
 
@@ -219,7 +264,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     runs = json.loads(args.runs.read_text())["runs"]
-    fig = figures(runs)
+    fig = figures(runs, args.runs.parent)
     print(json.dumps(fig, indent=1) if args.json else markdown(fig))
     return 0
 
