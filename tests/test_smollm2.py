@@ -51,8 +51,12 @@ def test_smollm2_card_matches_float64_and_its_config_applies(smollm2):
         s = ref[row.name]
         want = reference_columns(s["N"], s["S"], s["C"], s["q"], weight_of(model, row.name), 4, 1e-3)
         assert row.rows == want["rows"] == 2 * 2 * 24
-        for col in ("grad_norm", "act_norm", "energy", "resnorm", "resnorm_rank", "noise_amp"):
+        for col in ("grad_norm", "act_norm", "energy", "resnorm", "resnorm_rank"):
             assert math.isclose(getattr(row, col), want[col], rel_tol=1e-4), (row.name, col, getattr(row, col), want[col])
+        # noise amp = (tr Σ/d)·tr (Σ + λI)⁻¹/d is set by Σ's smallest eigenvalues (480 of its 576 directions are
+        # null with 96 rows), where fp32 sums carry a relative error up to u·‖Σ‖/λ ≈ 6e-8 · 1e3 · d·μ_max/tr Σ,
+        # about 1e-3 here (1.1e-4 measured); test_columns holds it to twice plain fp32's error on small models.
+        assert math.isclose(row.noise_amp, want["noise_amp"], rel_tol=1e-3), (row.name, row.noise_amp, want["noise_amp"])
 
     # The config written from the card applies to the model as transformers loads it from the GGUF file.
     from peft import get_peft_model

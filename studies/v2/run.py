@@ -84,7 +84,7 @@ def train(task, placement: dict, steps: int, seed: int) -> dict:
         opt.step()
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     after = eval_loss(peft_model, task.eval)
     skip = min(2, len(wall) - 1)  # the first steps allocate
     return {"eval_after": after, "trainable_params": sum(p.numel() for p in params),
