@@ -1,4 +1,4 @@
-"""Can any placement the study trained meet the cost-aware goal? (docs/RESULTS.md, issue 10's third goal)
+"""Can any placement the study trained meet the cost-aware goal? (studies/v1/notebook.md, issue 10's third goal)
 
 The goal asks the cost-aware recommendation to reach ≥ 90% of full LoRA at ≤ 60% of its step cost.
 For each row (task @ budget) with a full-LoRA reference, this lists the distinct layer sets the study

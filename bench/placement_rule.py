@@ -1,4 +1,4 @@
-"""Round 3's placement rule (docs/RESULTS.md): rank every card placement of the study by the goal's criteria.
+"""Round 3's placement rule (studies/v1/notebook.md): rank every card placement of the study by the goal's criteria.
 
 For each row (task @ budget) with a full-LoRA reference, read ``docs/study/TASK/study.json`` and
 compare every card placement (score × top-k / coupled greedy / cost-capped) with

@@ -1,4 +1,4 @@
-"""Apply the pre-registered rules (docs/RESULTS.md) to the study's tasks and print the goal tables.
+"""Apply the pre-registered rules (studies/v1/notebook.md) to the study's tasks and print the goal tables.
 
 Reads docs/study/TASK/study.json (written by `layerprof study`) for every task present:
 

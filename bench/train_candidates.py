@@ -1,6 +1,6 @@
 """Train placement candidates defined after a study ran, on the study's own rows, seeds and settings.
 
-Round 5's addendum (docs/RESULTS.md) defined **stratified-k** on a score: uniform-k's k equal depth
+Round 5's addendum (studies/v1/notebook.md) defined **stratified-k** on a score: uniform-k's k equal depth
 bins, and in each the layer with the highest score (``layerprof.placement.stratified_k``), on
 activation energy and on ρ(r)²/noise amp. For each row (task @ budget) of ``docs/study`` with a
 card, this places each candidate at the study's k from that row's card, reuses the study's runs where

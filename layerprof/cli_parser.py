@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--score", choices=list(SCORES),
                    help=f"per-layer score placement maximizes (default: {DEFAULT_SCORE}, ρ(r)²×/noise amp, placed "
                         "stratified-k: the best layer of each of k equal depth bins; the placement study's round-9 "
-                        "choice, docs/RESULTS.md)")
+                        "choice, studies/v1/notebook.md)")
     c.add_argument("--steps", type=A.integer("--steps", 1, 10 ** 7), default=B.steps,
                    help="steps of the LoRA fine-tune you will run: the budget-aware scores predict it "
                         "(default: %(default)s)")
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--by", default="score", choices=PLACE_BY, help="layer column to maximize (default: %(default)s)")
     pl.add_argument("--spread", action=argparse.BooleanOptionalAction, default=None,
                     help="with --layers (or the default k) on the card's score: stratified-k, the best layer in each "
-                         "of k equal depth bins (the default; docs/RESULTS.md round 6); --no-spread takes the "
+                         "of k equal depth bins (the default; studies/v1/notebook.md round 6); --no-spread takes the "
                          "plain top-k")
     pl.add_argument("--coupled", action="store_true",
                     help="with --layers: the coupled greedy on the card's coupling matrix (a card made with "

@@ -96,7 +96,7 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     ``target_gain`` (a fraction of the all-layer score). ``by`` names the layer column to
     maximize (default the card's score; baselines such as ``grad_norm`` for comparison).
     With ``layers=k`` on the card's score the default (``spread=None``) is stratified-k, the placement
-    study's round-6 choice (docs/RESULTS.md): uniform-k's k equal depth bins, and in each the layer with
+    study's round-6 choice (studies/v1/notebook.md): uniform-k's k equal depth bins, and in each the layer with
     the highest score (``stratified_k``). ``spread=False`` takes the plain top-k; ``coupled=True``
     (on a card with the coupling matrix) picks the k layers greedily by the coupled joint gain of
     ``layerprof.coupling`` instead (rounds 3–4's default, not confirmed on later rows).

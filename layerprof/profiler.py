@@ -58,7 +58,7 @@ def profile(model: nn.Module, batches: Iterable, loss_fn: LossFn | None = None, 
     counterpart and says so): ``"resnorm2"`` (ρ²), ``"resnorm2_rank"``, ``"resnorm2_over_noise"``,
     ``"resnorm2_rank_over_noise"``, ``"resnorm2_rank_x_over_noise"``, ``"energy"``, the cross-half
     ``"resnorm2_x"``, ``"grad_norm2_x"``,
-    and the budget-aware ``"sim_gain"``, ``"lca_gain"`` (docs/RESULTS.md compares them).
+    and the budget-aware ``"sim_gain"``, ``"lca_gain"`` (studies/v1/notebook.md compares them).
     ``budget`` (a ``TrainingBudget`` or a dict of its fields: steps, lr, r, lora_alpha, ...) is the
     fine-tune the placement is for; with it the card gets the predicted-gain columns named in
     ``predict`` (default both): ``"simulate"`` (simulated LoRA on each module's local model,

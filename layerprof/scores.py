@@ -7,7 +7,7 @@ from __future__ import annotations
 
 # The per-layer score placement maximizes (``profile(score=...)``). ρ² is the quadratic
 # model's predicted gain (docs/method.md); the others are the candidates of the placement
-# study (docs/RESULTS.md), where ρ² ranked layers worst on the first tasks measured.
+# study (studies/v1/notebook.md), where ρ² ranked layers worst on the first tasks measured.
 SCORES = {
     "resnorm2": lambda l: l["resnorm"] ** 2,
     "resnorm2_rank": lambda l: l["resnorm_rank"] ** 2,
@@ -41,7 +41,7 @@ PREDICTORS = ("simulate", "warmup")
 # per module, about +20% of finalize at d = 1024; ProfileConfig.rank_cross).
 RANK_CROSS_SCORES = {"resnorm2_rank_x_over_noise"}
 
-# The default placement, chosen by the placement study's round-9 rule (docs/RESULTS.md): stratified-k
+# The default placement, chosen by the placement study's round-9 rule (studies/v1/notebook.md): stratified-k
 # (layerprof.placement.stratified_k) on ρ(r)²×/noise amp, the rank-r share of the gradient signal,
 # estimated across the split halves so that its sampling noise does not count (Rule 1), over the noise
 # amplification of the layer's inputs. The spread keeps two adapters out of one depth bin (adjacent

@@ -91,7 +91,7 @@ def simulated_gains(halves: Mapping[str, tuple[ModuleStats, ModuleStats]], nb: t
 
     ``drift`` is the persistent gradient the simulated run follows: ``"half"`` (the card's
     sim_gain) the fitted half's G_a, calibration noise included; ``"shrunk"`` (an exploratory
-    round-3 candidate, docs/RESULTS.md) s·G_a with s = clamp(⟨G_a, G_b⟩ / ‖G_a‖², 0, 1), the
+    round-3 candidate, studies/v1/notebook.md) s·G_a with s = clamp(⟨G_a, G_b⟩ / ‖G_a‖², 0, 1), the
     least-squares scalar estimate of the signal in G_a (⟨G_a, G_b⟩ is unbiased for ‖signal‖²):
     a real run sees fresh batches, so the calibration's own noise should not drive it.
     """

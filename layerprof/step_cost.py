@@ -9,7 +9,7 @@ the adapters' own work. Its constants are FLOP counts (and one overhead γ fitte
 where a machine's per-operation overhead or kernel efficiencies differ from what FLOPs say, the
 fraction it predicts is off by a few points: on the 16-block study decoder (d = 64) suffix placements
 came out 1–5 points below their measured step time, enough for a plan capped at 60% of full LoRA to
-take 62–63% (docs/RESULTS.md). ``measure_step_cost`` times a few real training steps of five
+take 62–63% (studies/v1/notebook.md). ``measure_step_cost`` times a few real training steps of five
 placement shapes on the user's model and batches and fits
 
     t(P) ≈ a·F + b·B(P) + c·A(P)        (a, b, c ≥ 0)

@@ -8,7 +8,7 @@ seed) and appended to one JSON file as they finish, so an interrupted study resu
 it stopped and a layer set shared by several placements is trained once.
 
 ``run_protocol`` does the trainings; ``summarize`` turns the file and the cards into the
-tables of docs/RESULTS.md (``layerprof.study_report`` writes them).
+tables of studies/v1/notebook.md (``layerprof.study_report`` writes them).
 """
 from __future__ import annotations
 

@@ -393,7 +393,7 @@ def _minilm():
     return (lambda: AutoModel.from_pretrained(path, local_files_only=True)), tokenizer
 
 
-# The study's tasks (docs/RESULTS.md). Round 1: the first three decided the default score by a
+# The study's tasks (studies/v1/notebook.md). Round 1: the first three decided the default score by a
 # pre-registered rule, the next three were run without retuning. Round 2: a rule written on those
 # six, confirmed on the two docstring tasks. Round 3: a placement rule written on the twelve
 # placement rows of rounds 1-2, confirmed on the two comment tasks. Round 4: a placement rule on all
@@ -401,7 +401,7 @@ def _minilm():
 # default tested again on the 12-block decoder's docstrings and comments; round 6: the candidate
 # default (stratified-k on ρ(r)²/noise) tested on a 24-block decoder; round 7: that default, now chosen,
 # tested on the 24-block decoder's comments; round 9: the debiased default (ρ(r)²×/noise) confirmed on
-# the 24-block decoder's docstrings (docs/RESULTS.md).
+# the 24-block decoder's docstrings (studies/v1/notebook.md).
 TASKS = {"bundled": bundled_task, "code": code_task, "minilm": minilm_task,
          "deep": deep_task, "deep-code": deep_code_task, "minilm-code": minilm_code_task,
          "docstrings": docstring_task, "deep-docstrings": deep_docstring_task,

@@ -72,7 +72,7 @@ def test_callback_writes_card_and_placement_and_leaves_training_unchanged(tmp_pa
     assert budget["betas"] == [0.9, 0.999] and budget["weight_decay"] == 0.0
     assert all(l.sim_gain is not None and l.lca_gain is not None for l in cb.card.layers)
     out = tmp_path / "a" / "layerprof"
-    # The default placement (docs/RESULTS.md, round 9) is stratified-k on ρ(r)²×/noise amp, with or without
+    # The default placement (studies/v1/notebook.md, round 9) is stratified-k on ρ(r)²×/noise amp, with or without
     # a budget (the budget's predictions are diagnostics beside it); the saved card is the card the
     # callback holds.
     assert cb.card.meta["settings"]["score"] == "resnorm2_rank_x_over_noise" and not cb.card.meta.get("coupling")

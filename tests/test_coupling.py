@@ -149,7 +149,7 @@ def test_profile_with_coupling_records_a_valid_matrix_and_leaves_the_model():
 
 
 def test_default_placement_is_stratified_k_on_rank_x_over_noise_and_the_coupled_greedy_on_request():
-    """Round 9's default (docs/RESULTS.md): ρ(r)²×/noise amp as the score, stratified-k for layers=k, no
+    """Round 9's default (studies/v1/notebook.md): ρ(r)²×/noise amp as the score, stratified-k for layers=k, no
     coupling pass; a card profiled with coupling places the coupled greedy when asked; with one batch
     (no halves) the naive ρ(r)²/noise amp, with a warning."""
     from layerprof.coupling import coupled_greedy

@@ -1,4 +1,4 @@
-"""Placement study plumbing on a tiny model (the real study is docs/RESULTS.md, not a test)."""
+"""Placement study plumbing on a tiny model (the real study is studies/v1/notebook.md, not a test)."""
 
 import pytest
 import torch

@@ -126,3 +126,13 @@ def test_bootstrap_interval_brackets_the_mean():
     d = np.array([1.0, 3.0, 8.0])
     lo, hi = analyze._boot([d], np.random.default_rng(0))
     assert lo < d.mean() < hi and lo >= 1.0 and hi <= 8.0
+
+
+def test_results_page_is_the_data():
+    """docs/results.md is exactly what the analysis script writes from the committed runs.json: no figure in
+    it can drift from the data."""
+    import json
+
+    runs = json.loads(analyze.RUNS.read_text())["runs"] if analyze.RUNS.exists() else []
+    want = analyze.page(analyze.figures(runs, analyze.RUNS.parent))
+    assert analyze.PAGE.read_text(encoding="utf-8") == want, "run `python studies/v2/analyze.py --page`"

@@ -1,4 +1,4 @@
-"""Study tasks: the encoder-classification path on a tiny BERT (the real MiniLM run is in docs/RESULTS.md)."""
+"""Study tasks: the encoder-classification path on a tiny BERT (the real MiniLM run is in studies/v1/notebook.md)."""
 import pytest
 import torch
 
