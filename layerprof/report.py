@@ -45,7 +45,7 @@ def _table(headers: list[str], rows: list[list]) -> list[str]:
 def _bar(share: float, width: int = 20) -> str:
     if not isinstance(share, float) or not math.isfinite(share):
         return ""
-    n = int(round(share * width))
+    n = int(round(min(max(share, 0.0), 1.0) * width))  # a share is in [0, 1]; a bar never overflows
     return "█" * n + "·" * (width - n)
 
 

@@ -10,8 +10,10 @@ Every failure is one ``CardFormatError`` line naming the field, e.g.
 Which values may be non-finite, and why (everything else must be finite):
 
 * ``rank_capture``, ``gain_share``, ``resid_explained``: NaN when their denominator is 0
-  (a module or layer with no correctable signal);
-* ``nfn``: NaN when a module has no weight the card could read, or a zero weight;
+  (a module or layer with no correctable signal, or a card with none); the shares are otherwise
+  in [0, 1];
+* ``nfn``: NaN when a module has no weight the card could read, or a zero weight (a layer's
+  only when all of its modules' are);
 * ``cond``, ``noise_amp``: +inf when Σ has a zero eigenvalue and damping is 0;
 * ``score``: NaN only where the column it copies is missing (``sim_gain`` on a card without
   a budget, say); placement then refuses that score with its own message.
@@ -42,6 +44,18 @@ LayerIndex = Annotated[int, Field(ge=0, le=MAX_LAYER)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 NonNeg = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1, max_length=1000, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+SHARE_TOL = 1e-9  # a share (rank_capture, gain_share) is a ratio ≤ 1 up to float rounding
+
+
+def _share(v: float, field: str, signal: float) -> None:
+    """A share of the signal: in [0, 1] where there is signal; NaN (0 / 0) or 0 where there is none."""
+    if signal > 0:
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0 + SHARE_TOL):
+            raise ValueError(f"{field} must be a number in [0, 1] where resnorm > 0 (got {v})")
+    elif not (math.isnan(v) or v == 0.0):
+        raise ValueError(f"{field} must be NaN or 0 where resnorm is 0 (got {v})")
 
 
 def _nan_or_nonneg(v: float, field: str, allow_inf: bool = False) -> None:
@@ -82,7 +96,7 @@ class ModuleSchema(BaseModel):
 
     @model_validator(mode="after")
     def _special_values(self):
-        _nan_or_nonneg(self.rank_capture, "rank_capture")
+        _share(self.rank_capture, "rank_capture", self.resnorm)
         _nan_or_nonneg(self.resid_explained, "resid_explained")
         _nan_or_nonneg(self.nfn, "nfn")
         _nan_or_nonneg(self.cond, "cond", allow_inf=True)
@@ -125,8 +139,10 @@ class LayerSchema(BaseModel):
 
     @model_validator(mode="after")
     def _special_values(self):
-        _nan_or_nonneg(self.rank_capture, "rank_capture")
+        _share(self.rank_capture, "rank_capture", self.resnorm)
         _nan_or_nonneg(self.gain_share, "gain_share")
+        if math.isfinite(self.gain_share) and self.gain_share > 1.0 + SHARE_TOL:
+            raise ValueError(f"gain_share must be in [0, 1] (got {self.gain_share})")
         _nan_or_nonneg(self.nfn, "nfn")
         _nan_or_nonneg(self.noise_amp, "noise_amp", allow_inf=True)
         if math.isnan(self.noise_amp):
@@ -384,8 +400,12 @@ def _cross_checks(card: CardSchema, source: str, scores) -> None:
         if l.lora_params != sum(m.lora_params for m in ms):
             bad(f"layer {l.layer} has lora_params {l.lora_params}, not the sum of its modules' "
                 f"{sum(m.lora_params for m in ms)}")
+        if math.isnan(l.nfn) and not all(math.isnan(m.nfn) for m in ms):
+            bad(f"layer {l.layer} has a NaN nfn although its modules' nfn are numbers")
         if math.isnan(l.score) and getattr(l, settings.score, 0.0) is not None:
             bad(f"layer {l.layer} has a NaN score although its {settings.score} is on the card")
+    if any(l.resnorm > 0 for l in card.layers) and any(math.isnan(l.gain_share) for l in card.layers):
+        bad("a layer's gain_share is NaN although the card has signal (gain shares are ρ_ℓ² / Σ ρ²)")
     if sorted(l.rank for l in card.layers) != list(range(1, len(card.layers) + 1)):
         bad("the layers' rank column is not 1..L")
     coupling = card.meta.coupling

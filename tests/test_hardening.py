@@ -53,12 +53,27 @@ def _mutated(card_path, tmp_path, edit, name="m.json"):
     (lambda d: d["layers"].clear(), r"layers"),
     (lambda d: d["meta"].pop("model"), r"meta\.model: missing"),
     (lambda d: d["meta"].__setitem__("budget", {"steps": 0}), r"meta\.budget\.steps"),
+    # Shares are in [0, 1] where there is signal (fuzzing found these loaded, placed and reported silently).
+    (lambda d: d["layers"][0].__setitem__("gain_share", 1e300), r"gain_share must be in \[0, 1\]"),
+    (lambda d: d["layers"][0].__setitem__("gain_share", float("nan")), r"gain_share is NaN although"),
+    (lambda d: d["layers"][0].__setitem__("rank_capture", float("nan")), r"rank_capture must be a number in \[0, 1\]"),
+    (lambda d: d["modules"][0].__setitem__("rank_capture", float("nan")), r"rank_capture must be a number in \[0, 1\]"),
+    (lambda d: d["modules"][0].__setitem__("rank_capture", 1.5), r"modules\[0\].*rank_capture must be"),
+    (lambda d: d["layers"][0].__setitem__("nfn", float("nan")), r"layer \d+ has a NaN nfn although"),
 ])
 def test_invalid_cards_are_refused_in_one_line(card_path, tmp_path, edit, message):
     path = _mutated(card_path, tmp_path, edit)
     with pytest.raises(CardFormatError, match=message) as e:
         lp.LayerCard.load(path)
     assert "\n" not in str(e.value)
+
+
+def test_a_report_draws_any_share_without_overflow(card_path):
+    from dataclasses import replace
+
+    card = lp.LayerCard.load(card_path)
+    huge = lp.LayerCard(card.modules, [replace(l, gain_share=1e300) for l in card.layers], card.meta)
+    assert "████████████████████" in huge.to_markdown()  # a full bar, not an OverflowError
 
 
 def test_special_files_are_refused_without_reading_them(card_path, tmp_path):
