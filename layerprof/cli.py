@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from .errors import UsageError
 from .cli_parser import build_parser
 from .loading import base_names, calibration_batches, check_against_model, load_model
+from .model_source import resolve as resolve_model
 
 if TYPE_CHECKING:
     from .config import ProfileConfig
@@ -72,8 +73,10 @@ def cmd_card(args) -> int:
     k = args.layers or card.default_layers()
     plan = card.place(layers=k)
     out = Path(args.out)
+    # The base model as the user loads it: a GGUF source names its file, so the adapter config points at it.
+    base = None if args.model in (None, "bundled") else resolve_model(args.model).label
     write_outputs(card, plan, out, r=args.rank, lora_alpha=2 * args.rank, source="layerprof card",
-                  base_model_name_or_path=args.model)
+                  base_model_name_or_path=base)
     wall = time.perf_counter() - t0
     summary = {"card": str(out / "card.json"), "markdown": str(out / "card.md"), "html": str(out / "card.html"),
                "lora_config": str(out / "lora_config.json"), "placement": str(out / "placement.json"),

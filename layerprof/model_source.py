@@ -31,7 +31,7 @@ class ModelSource:
 
     @property
     def label(self) -> str:
-        """What the written LoRA config names as its base model."""
+        """What the written LoRA config names as its base model: the folder, or the GGUF file's path."""
         if self.kind == "bundled":
             return BUNDLED
         return str(self.path / self.gguf_file) if self.gguf_file else str(self.path)

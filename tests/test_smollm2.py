@@ -26,6 +26,7 @@ def smollm2():
 def test_smollm2_resolves_to_its_gguf_file():
     source = resolve("smollm2")
     assert source.kind == "gguf" and source.gguf_file.endswith(".gguf") and (source.path / source.gguf_file).is_file()
+    assert source.label == str(source.path / source.gguf_file)  # what a written adapter config names as its base
 
 
 def test_smollm2_card_matches_float64_and_its_config_applies(smollm2):
