@@ -136,8 +136,17 @@ def simulate(prof: "Profiler", batches: list, budget, loss_fn: "LossFn | None" =
         with torch.no_grad():
             return sum(float(loss_fn(model(**k), b)) for k, b in zip(kw, batches)) / len(kw)
 
+    # The curvature's forwards replay the unperturbed module outputs upstream of each perturbed layer
+    # (coupling.Replay: the same κ for about half the work) where one forward's module inputs and outputs
+    # fit the share of free memory the coupling pass may take (counted per module: an upper bound).
+    from .memory_plan import free_memory
+
+    rows = prof.rows / max(prof.acc.batches, 1) * len(batches)
+    itemsize = next(prof.model.parameters()).element_size()
+    held = rows * sum(prof.targets[n].d_in + prof.targets[n].d_out for n in fired) * itemsize
+    replay = held <= COUPLING_MEMORY_FRACTION * free_memory(prof.device)
     measured = curvature(prof.model, batches, layer_modules, directions, sigmas, mean_loss,
-                         lambda m: linear_kind(m).weight(m))
+                         lambda m: linear_kind(m).weight(m), replay=replay)
     from .reduce import all_reduce_mean
 
     # Each rank measured κ on its own batch: the mean over ranks, so that every rank's card agrees.

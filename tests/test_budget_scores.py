@@ -420,3 +420,38 @@ def test_shrunk_drift_follows_only_the_signal_the_halves_share():
     assert half < 0 and shrunk > half  # the card's drift fits the noise and is penalized for it
     with pytest.raises(ValueError, match="drift must be one of"):
         simulated_gains(same, drift="both", **kw)
+
+
+def test_curvature_replays_upstream_modules_and_gives_bitwise_the_same_kappa(monkeypatch):
+    # Blocks wide enough (256² weights ≥ REPLAY_MIN_WEIGHTS) for Replay to answer from its records: every
+    # perturbed forward computes only from the perturbed layer up, and the losses, hence κ, are identical.
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import layerprof.coupling as coupling
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                                         num_attention_heads=4, num_key_value_heads=2)).eval()
+    batch = {"input_ids": torch.randint(0, 97, (2, 12))}
+    batch["labels"] = batch["input_ids"]
+    layer_modules = {l: [f"model.layers.{l}.mlp.{k}" for k in ("gate_proj", "up_proj", "down_proj")] for l in range(3)}
+    modules = dict(model.named_modules())
+    D = {n: torch.randn_like(modules[n].weight, dtype=torch.float64) for ns in layer_modules.values() for n in ns}
+    sigmas = {n: torch.eye(modules[n].weight.shape[1], dtype=torch.float64) for n in D}
+
+    def loss_of(m, batches):
+        with torch.no_grad():
+            return float(m(**batches[0]).loss)
+
+    replays = []
+
+    class Spy(coupling.Replay):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            replays.append(self)
+
+    monkeypatch.setattr(coupling, "Replay", Spy)
+    plain = curvature(model, [batch], layer_modules, D, sigmas, loss_of, lambda m: m.weight, replay=False)
+    fast = curvature(model, [batch], layer_modules, D, sigmas, loss_of, lambda m: m.weight, replay=True)
+    assert fast.kappa == plain.kappa and fast.evaluations == plain.evaluations
+    assert replays[0].skipped == 0 and replays[1].skipped > 0
