@@ -22,7 +22,7 @@ transformer step:
   row and layer forward, and twice that backward (dQ, dK, dV, dP) in layers from ℓ_min up. It is
   a FLOP count, not fitted: on the 16-block study decoder (d = 64, T = 128) it is a third of the
   linear maps' work, and leaving it out put mid and bottom placements 5–11 points below their
-  measured step time (bench/RESULTS.md, session 7). Cards without the record (older cards, models
+  measured step time (bench/RESULTS.md). Cards without the record (older cards, models
   without a transformers config) are costed without it.
 
 Memory: trainable parameters P = Σ r·(d_in + d_out), with fp32 weight, gradient and

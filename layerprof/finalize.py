@@ -198,7 +198,7 @@ def _leading_sv2(Y: torch.Tensor, k: int) -> torch.Tensor:
     EXACT_SPECTRUM_MAX, the block Krylov estimate of ``_krylov_ritz`` (GEMMs) first, kept where it
     passes its residual check. Not on the CPU: there it never certified these spectra (their 64th
     value is not isolated) and cost 4 s to fail at 4096², while the exact route is as fast as a
-    certified Lanczos (bench/RESULTS.md, session 16)."""
+    certified Lanczos (bench/RESULTS.md)."""
     A = Y if Y.shape[0] <= Y.shape[1] else Y.t()  # the short side first: A Aᵀ is the smaller Gram
     ritz = _gpu_krylov(A, k)
     if ritz is not None:

@@ -46,7 +46,7 @@ RANK_CROSS_SCORES = {"resnorm2_rank_x_over_noise"}
 # estimated across the split halves so that its sampling noise does not count (Rule 1), over the noise
 # amplification of the layer's inputs. The spread keeps two adapters out of one depth bin (adjacent
 # layers are the most coupled and their gains overlap); within a bin the score picks. It needs no
-# coupling matrix. Round 6's default was the same with the naive ρ(r)², which kept the noise of a
+# coupling matrix. The earlier default was the same with the naive ρ(r)², which kept the noise of a
 # layer whose gradients span few directions (an encoder's top layer under a small classifier head).
 # ρ², ρ²×, energy and the budget-aware columns (sim_gain, lca_gain) stay on the card as diagnostics.
 DEFAULT_SCORE = "resnorm2_rank_x_over_noise"

@@ -59,7 +59,7 @@ def load_mid_model(dtype: torch.dtype = torch.float32):
     """The placement study's third depth: 12 blocks × d 64, trained like the deep model.
 
     ``python -m layerprof.bundled.train --layers 12 --width 64 --steps 1200 --no-heldout-slice
-    --out layerprof/bundled/shakespeare-gpt2-mid`` (round 4's confirmation tasks, studies/v1/notebook.md).
+    --out layerprof/bundled/shakespeare-gpt2-mid`` (the study's confirmation tasks, studies/v1/notebook.md).
     """
     return _load_study_model(MID_MODEL_DIR, layers=12, dtype=dtype)
 
@@ -68,7 +68,7 @@ def load_deep24_model(dtype: torch.dtype = torch.float32):
     """The placement study's fourth depth: 24 blocks × d 64, trained like the deep model.
 
     ``python -m layerprof.bundled.train --layers 24 --width 64 --steps 1200 --no-heldout-slice
-    --out layerprof/bundled/shakespeare-gpt2-deep24`` (round 6's confirmation tasks, studies/v1/notebook.md).
+    --out layerprof/bundled/shakespeare-gpt2-deep24`` (the study's 24-block confirmation tasks, studies/v1/notebook.md).
     """
     return _load_study_model(DEEP24_MODEL_DIR, layers=24, dtype=dtype)
 
