@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--by", default="score", choices=PLACE_BY, help="layer column to maximize (default: %(default)s)")
     pl.add_argument("--spread", action=argparse.BooleanOptionalAction, default=None,
                     help="with --layers (or the default k) on the card's score: stratified-k, the best layer in each "
-                         "of k equal depth bins (the default; studies/v1/notebook.md round 6); --no-spread takes the "
+                         "of k equal depth bins (the default; studies/v1/notebook.md); --no-spread takes the "
                          "plain top-k")
     pl.add_argument("--coupled", action="store_true",
                     help="with --layers: the coupled greedy on the card's coupling matrix (a card made with "

@@ -54,7 +54,7 @@ def blas_threads(n: int):
 
 # Above this size torch's eigvalsh (MKL in the CPU build) beats scipy's (OpenBLAS) on the CPU we measure: one
 # thread, 0.57–0.69× scipy's time at 3072–4096, against 1.4–2.2× at 1024 and 0.95–1.13× at 2048
-# (`bench/bench_lapack.py --eig-sizes ...`, bench/RESULTS.md session 16). The other routines stay with scipy at
+# (`bench/bench_lapack.py --eig-sizes ...`, bench/RESULTS.md). The other routines stay with scipy at
 # every size (Cholesky and dsyrk 1.5–2× faster there, dtrsm within 10%).
 SCIPY_EIGVALSH_MAX = 2048
 
@@ -105,7 +105,7 @@ def leading_gram_eigvals(A: torch.Tensor, k: int) -> torch.Tensor:
 
     The Gram matrix by ``dsyrk`` and all its eigenvalues: exact, and on the CPU as fast as ARPACK's
     Lanczos for the 64 leading ones even at 3072² and 4096² (2.7–3.2 s against 2.8–3.0, 5.8–5.9 s
-    against 6.0–6.6; bench/RESULTS.md session 16), so there is no iterative route here."""
+    against 6.0–6.6; bench/RESULTS.md), so there is no iterative route here."""
     if not _scipy(A):
         return torch.linalg.eigvalsh(A @ A.t()).flip(0)[:k].clamp_min(0.0)
     from scipy.linalg import blas, eigvalsh as _eigvalsh
@@ -125,7 +125,7 @@ def _lanczos(A: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray] | None:
     """ARPACK's k leading eigenpairs (θ descending, V) of A Aᵀ on the operator x ↦ A(Aᵀx), or None.
 
     No Gram matrix is formed. The start vector is a seeded Gaussian: deterministic, and with no
-    structure to be orthogonal to (all ones, the start before session 16, is orthogonal to every
+    structure to be orthogonal to (all ones, an earlier start, is orthogonal to every
     leading eigenvector where the gradients sum to zero over the features, as into a LayerNorm;
     ARPACK recovered from that in a test, but only through rounding). Stopped when ARPACK
     estimates every residual below LANCZOS_TOL·θ_i (θ_i ≤ θ_1, so the check below then passes;
