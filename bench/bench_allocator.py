@@ -41,8 +41,8 @@ def child(reps: int) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     import layerprof as lp
-    import layerprof.build as build
-    from layerprof.benchmark import plain_backward
+    import layerprof.pipeline.build as build
+    from layerprof.pipeline.benchmark import plain_backward
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

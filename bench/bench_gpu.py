@@ -11,7 +11,7 @@ bf16 matmul roofline, and a Qwen3-8B-shaped model's sweep vs its plain forward+b
   131,072 tokens; peak memory (statistics included) and finalize time each.
 * finalize primitives: float64 eigvalsh, Cholesky, a triangular solve and a GEMM at d ∈ {4096,
   12288}, their TFLOP/s and share of the FP64 peak: the efficiencies `layerprof bench --plan`
-  assumes (``layerprof.profile_cost.DEVICES``: 60% GEMM, 10% eigen), measured.
+  assumes (``layerprof.pipeline.profile_cost.DEVICES``: 60% GEMM, 10% eigen), measured.
 * batched finalize: the same primitives on --batch-of equal-shape matrices (d ≤ 4096), one batched
   torch call against a loop of single calls. Finalize loops over modules; this says whether the
   device gains from batching them (torch's CUDA eigvalsh batches only n ≤ 32 through syevjBatched
@@ -37,14 +37,14 @@ SMOKE_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_at
 
 def backends_on(device: str) -> list[str]:
     """The statistics backends that run on ``device`` here (triton on the CPU only under its interpreter)."""
-    from layerprof import ops
+    from layerprof.stats import ops
 
     table = ops.backends()
     return [b for b in ("cuda", "triton", "cpp", "torch") if table[b].available and device in table[b].devices]
 
 
 def roofline_ops(args, summary, rows_out):
-    from layerprof import ops
+    from layerprof.stats import ops
 
     device = args.device
     names = backends_on(device)
@@ -129,7 +129,7 @@ def qwen3_sweep(args, summary, rows_out):
                          "finalize_s": round(f, 3), "peak_gib": round(mem[k], 2),
                          "statistics_gib": round(stats.get(k.split(":", 1)[-1], 0), 3)})
     # Sketch k = 128 against dense on the same statistics: does the layer ranking hold (goal τ ≥ 0.9)?
-    from layerprof.rankcorr import kendall_tau
+    from layerprof.card.rankcorr import kendall_tau
 
     for n in names:
         dense, sk = cards.get(n), cards.get(f"{n}+sketch128")
@@ -152,7 +152,7 @@ def spd_system(d: int, cols: int, device: str, batch: tuple[int, ...] = ()):
 
 def finalize_primitives(args, summary, rows_out):
     """The float64 work of finalize at Qwen3-8B's input widths, against the cost model's assumed rates."""
-    from layerprof.profile_cost import DEVICES
+    from layerprof.pipeline.profile_cost import DEVICES
 
     peak = DEVICES["h200"]["fp64_peak"]
     device = args.device

@@ -1,6 +1,6 @@
 """Finalize's float64 LAPACK on the CPU: torch's (MKL) against scipy's (OpenBLAS), side by side.
 
-``layerprof.linalg`` runs finalize's dense float64 work through scipy on the CPU by default
+``layerprof.stats.linalg`` runs finalize's dense float64 work through scipy on the CPU by default
 (``LAYERPROF_CPU_LAPACK=torch`` for torch's). This measures both on the wide MLP of bench_wide.py
 (4 × Linear(d, d), batches × rows, one thread, process CPU time, median of reps, interleaved):
 
@@ -29,9 +29,9 @@ from torch import nn
 import layerprof as lp
 from bench_wide import case_arguments, wide_case
 from harness import append, interleaved, machine
-from layerprof import linalg
-from layerprof.damping import ridge
-from layerprof.ops import symmetric
+from layerprof.stats import linalg
+from layerprof.stats.damping import ridge
+from layerprof.stats.ops import symmetric
 
 LIBRARIES = ("torch", "scipy")
 
@@ -62,7 +62,7 @@ def card_difference(a, b) -> float:
 
 
 def eigvalsh_by_size(sizes: list[int], reps: int) -> None:
-    """eigvalsh alone, scipy's LAPACK driver against torch's, one thread (the size switch in layerprof.linalg)."""
+    """eigvalsh alone, scipy's LAPACK driver against torch's, one thread (the size switch in layerprof.stats.linalg)."""
     from scipy.linalg import eigvalsh as scipy_eigvalsh
     from threadpoolctl import threadpool_limits
 

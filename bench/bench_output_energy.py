@@ -1,6 +1,6 @@
 """What reading nfn's ‖W x‖² off a module's output costs in the sweep, against the module's own forward.
 
-The tap adds Σ_t ‖y_t − b‖² over the counted rows (``layerprof.capture.output_energy``) so that
+The tap adds Σ_t ‖y_t − b‖² over the counted rows (``layerprof.stats.capture.output_energy``) so that
 finalize need not compute tr(W Σ Wᵀ). This times that pass, with and without a bias, against the
 forward of the same Linear(d, d) on the same rows (one thread, process CPU time, median of reps,
 interleaved), the wide MLP's shape by default.
@@ -16,7 +16,7 @@ import time
 import torch
 
 from harness import machine
-from layerprof.capture import output_energy
+from layerprof.stats.capture import output_energy
 
 
 def main(argv=None) -> None:

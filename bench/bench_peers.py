@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 import layerprof as lp
-from layerprof.benchmark import machine
-from layerprof.memory import PeakMemory
+from layerprof.pipeline.benchmark import machine
+from layerprof.utils.memory import PeakMemory
 
 
 def mlp_case():
@@ -73,7 +73,7 @@ def _loss(model, batch, loss_fn):
 
 def _frozen_input_grads(model, batches, loss_fn):
     """Forward + backward of every batch with frozen weights (input gradients only), as the sweep runs."""
-    from layerprof.batches import frozen_eval
+    from layerprof.model.batches import frozen_eval
 
     with frozen_eval(model):
         emb = model.get_input_embeddings() if loss_fn is None else None

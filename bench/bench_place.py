@@ -19,7 +19,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from layerprof.card import LayerCard
+from layerprof.card.card import LayerCard
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,9 +18,9 @@ from torch import nn
 
 import layerprof as lp
 from bench_wide import case_arguments, wide_case
-from layerprof import linalg
-from layerprof.benchmark import interleaved, machine
-from layerprof.finalize import SolveCache
+from layerprof.stats import linalg
+from layerprof.pipeline.benchmark import interleaved, machine
+from layerprof.stats.finalize import SolveCache
 
 
 def main(argv=None) -> None:

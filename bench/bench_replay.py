@@ -1,9 +1,9 @@
 """The coupling pass with and without replaying the upstream modules, side by side.
 
 The default placement's coupling matrix takes two forwards per layer over up to 2,048 calibration
-tokens (layerprof.coupling). ``Replay`` returns the unperturbed forward's outputs for the modules
+tokens (layerprof.predict.coupling). ``Replay`` returns the unperturbed forward's outputs for the modules
 upstream of the perturbed layer instead of recomputing them. This times the whole coupling pass
-(``layerprof.predict.measure_coupling``, process CPU time, one thread) inside ``lp.profile`` with
+(``layerprof.pipeline.predict.measure_coupling``, process CPU time, one thread) inside ``lp.profile`` with
 replay on and off, interleaved, on the wide MLP (4 × 1024), the 16-block study decoder and
 all-MiniLM-L6-v2, and checks that both give the same matrix.
 
@@ -20,14 +20,14 @@ import torch
 from torch import nn
 
 import layerprof as lp
-import layerprof.coupling as coupling
-import layerprof.predict as predict
+import layerprof.predict.coupling as coupling
+import layerprof.pipeline.predict as predict
 from bench_wide import WideMLP
-from layerprof.benchmark import machine
+from layerprof.pipeline.benchmark import machine
 
 
 def cases():
-    from layerprof.tasks import deep_task, minilm_task
+    from layerprof.study.tasks import deep_task, minilm_task
 
     torch.manual_seed(0)
     wide = WideMLP(1024).eval()

@@ -4,7 +4,7 @@ One thread, process CPU time for the whole call, the card's own sweep and finali
 * tokens: the wide MLP (4 × Linear(1024, 1024)) on 4k … 64k rows (finalize does not grow);
 * width: 4 × Linear(d, d) on 8,192 rows, d = 128 … 4096 (finalize grows as d³, the sweep as d²);
 * GPT-2-small shape (12 × 768, random init, T = 512): sweep ÷ plain frozen fwd+bwd, side by side
-  (``layerprof.benchmark.sweep_vs_plain``; the FLOP floor of the accumulation is 1.54×).
+  (``layerprof.pipeline.benchmark.sweep_vs_plain``; the FLOP floor of the accumulation is 1.54×).
 
     OMP_NUM_THREADS=1 python bench/bench_scaling.py [--parts tokens width gpt2] [--max-d 4096]
 """
@@ -18,7 +18,7 @@ from torch import nn
 
 import layerprof as lp
 from bench_wide import WideMLP
-from layerprof.benchmark import machine
+from layerprof.pipeline.benchmark import machine
 
 
 def _profile_mlp(d: int, rows: int, batches: int = 4):
@@ -55,7 +55,7 @@ def main(argv=None) -> None:
     if "gpt2" in args.parts:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        from layerprof.benchmark import sweep_vs_plain, table
+        from layerprof.pipeline.benchmark import sweep_vs_plain, table
 
         torch.manual_seed(0)
         model = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, n_positions=512, vocab_size=8192,

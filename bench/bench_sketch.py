@@ -14,8 +14,8 @@ import statistics
 from harness import append, machine
 
 import layerprof as lp
-from layerprof.bundled import calibration_batches, load_default_model
-from layerprof.rankcorr import kendall_tau
+from layerprof.model.bundled import calibration_batches, load_default_model
+from layerprof.card.rankcorr import kendall_tau
 
 
 def stats_bytes(card, k):

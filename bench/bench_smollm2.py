@@ -20,8 +20,8 @@ import torch
 
 import layerprof as lp
 from harness import add_keep_pages, keep_pages_if_asked, print_profile_table, profile_vs_plain
-from layerprof.benchmark import machine, plain_backward
-from layerprof.loading import calibration_batches, load_model
+from layerprof.pipeline.benchmark import machine, plain_backward
+from layerprof.model.loading import calibration_batches, load_model
 
 
 def main(argv=None) -> None:
@@ -58,7 +58,7 @@ def replay_vs_plain(model, batches, reps: int) -> None:
     alternating; Replay is switched off by giving it no memory (predict.COUPLING_MEMORY_FRACTION = 0)."""
     import statistics
 
-    import layerprof.predict as predict
+    import layerprof.pipeline.predict as predict
 
     share = predict.COUPLING_MEMORY_FRACTION
     seconds, kappas = {False: [], True: []}, {False: [], True: []}

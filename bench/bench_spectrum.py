@@ -26,8 +26,8 @@ import time
 import torch
 from torch import nn
 
-import layerprof.finalize as fin
-from layerprof import linalg
+import layerprof.stats.finalize as fin
+from layerprof.stats import linalg
 from harness import machine
 
 

@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from harness import append, interleaved, machine
-from layerprof import ops
+from layerprof.stats import ops
 
 
 def flops(op: str, rows: int, d_in: int, d_out: int, k: int) -> float:

@@ -8,7 +8,7 @@ machine noise hits both alike; the ratio of medians is the figure. Three passes:
 * train   — the same with every parameter trainable (a full fine-tuning step's backward);
 * sweep   — ``layerprof.profile`` over the batches: the card's sweep time (taps +
             accumulation), finalize beside it, and the whole profile() call
-            (``layerprof.benchmark.sweep_vs_plain``: the one definition `layerprof bench` uses).
+            (``layerprof.pipeline.benchmark.sweep_vs_plain``: the one definition `layerprof bench` uses).
 
 Peak memory is measured per pass in a fresh subprocess: the peak resident set size
 during the pass above the resident size just before it (sampled every ms); on CUDA,
@@ -29,13 +29,13 @@ import torch
 
 from harness import append, plain_backward
 
-from layerprof.benchmark import sweep_vs_plain, table
+from layerprof.pipeline.benchmark import sweep_vs_plain, table
 
-from layerprof.memory import PeakMemory
+from layerprof.utils.memory import PeakMemory
 
 
 def setup(args):
-    from layerprof.bundled import calibration_batches, load_default_model
+    from layerprof.model.bundled import calibration_batches, load_default_model
 
     model = load_default_model().to(args.device)
     batches = [{k: v.to(args.device) for k, v in b.items()}
@@ -81,7 +81,7 @@ def main() -> None:
         print(json.dumps({"peak_bytes": memory_of(args)}))
         return
 
-    from layerprof import ops
+    from layerprof.stats import ops
 
     status = ops.backends()
     dev = args.device.split(":")[0]
@@ -89,7 +89,7 @@ def main() -> None:
                                  if status[b].available and dev in status[b].devices
                                  and not (b == "triton" and dev == "cpu")]
     model, batches = setup(args)
-    # The headline ratio, defined once (layerprof.benchmark.sweep_vs_plain): the card's sweep time
+    # The headline ratio, defined once (layerprof.pipeline.benchmark.sweep_vs_plain): the card's sweep time
     # (finalize excluded) over plain; finalize and the whole profile() beside it; a trainable
     # fwd+bwd ("train") interleaved as a further reference.
     result = sweep_vs_plain(model, batches, reps=args.reps, backends=tuple(backends),

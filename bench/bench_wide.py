@@ -16,7 +16,7 @@ from torch import nn
 
 import layerprof as lp
 from harness import add_keep_pages, keep_pages_if_asked, print_profile_table, profile_vs_plain
-from layerprof.benchmark import machine
+from layerprof.pipeline.benchmark import machine
 
 
 class WideMLP(nn.Module):

@@ -3,7 +3,7 @@
 The sweep does the plain frozen forward + backward and, on top, S += XᵀX for every distinct input
 and C += XᵀG for every module. Counting a multiply-add as 2 FLOPs throughout: the upper triangle of
 XᵀX is n·d(d+1) ≈ n·d² FLOPs, XᵀG is 2·n·d_in·d_out, a linear layer's forward and input-gradient
-backward 2·n·d_in·d_out each (``layerprof.profile_cost.model_cost``, which leaves attention out). Plain
+backward 2·n·d_in·d_out each (``layerprof.pipeline.profile_cost.model_cost``, which leaves attention out). Plain
 also runs attention (QKᵀ and AV: 4·T·d per token and layer forward, twice that backward; a causal
 kernel may skip half). The floor is (plain + accumulation) / plain at equal FLOP rates.
 
@@ -27,7 +27,7 @@ import argparse
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen3Config, Qwen3ForCausalLM
 
-from layerprof.profile_cost import DEVICES, model_cost
+from layerprof.pipeline.profile_cost import DEVICES, model_cost
 
 
 def main(argv=None) -> None:

@@ -1,11 +1,11 @@
-"""Shared benchmark helpers: one results CSV here; timing and machine from ``layerprof.benchmark``."""
+"""Shared benchmark helpers: one results CSV here; timing and machine from ``layerprof.pipeline.benchmark``."""
 from __future__ import annotations
 
 import csv
 import time
 from pathlib import Path
 
-from layerprof.benchmark import interleaved, machine, plain_backward, sync  # noqa: F401 - re-exported
+from layerprof.pipeline.benchmark import interleaved, machine, plain_backward, sync  # noqa: F401 - re-exported
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.csv"
@@ -76,6 +76,6 @@ def add_keep_pages(ap) -> None:
 
 def keep_pages_if_asked(args) -> None:
     if args.keep_pages:
-        from layerprof.allocator import keep_freed_pages
+        from layerprof.utils.allocator import keep_freed_pages
 
         assert keep_freed_pages(), "glibc's mallopt is not available here"

@@ -2,8 +2,8 @@
 // schema in the `layerprof` namespace, and its kernels are registered here: the CPU kernel for
 // the CPU dispatch key and, when built WITH_CUDA, the CUDA kernel for the CUDA key. Python calls
 // torch.ops.layerprof.<op>, the dispatcher picks the kernel by the tensors' device, and
-// torch.compile / torch.library.opcheck see real ops (fake implementations: layerprof/ops/library.py).
-// Contracts: layerprof/ops/stats.py (S: upper triangle only; accumulators fp32, or fp64 on CPU).
+// torch.compile / torch.library.opcheck see real ops (fake implementations: layerprof/stats/ops/library.py).
+// Contracts: layerprof/stats/ops/stats.py (S: upper triangle only; accumulators fp32, or fp64 on CPU).
 #include "ops.h"
 
 TORCH_LIBRARY(layerprof, m) {

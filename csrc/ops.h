@@ -1,5 +1,5 @@
 // Declarations of layerprof's native ops, shared by the binding and the implementations.
-// Contracts: layerprof/ops/stats.py (S: upper triangle only; accumulators fp32, or fp64 on CPU).
+// Contracts: layerprof/stats/ops/stats.py (S: upper triangle only; accumulators fp32, or fp64 on CPU).
 #pragma once
 #include <torch/extension.h>
 

@@ -9,8 +9,8 @@ import yaml
 from peft import LoraConfig
 
 import layerprof as lp
-from layerprof.bundled import calibration_batches, load_default_model
-from layerprof.export import export, llamafactory_args
+from layerprof.model.bundled import calibration_batches, load_default_model
+from layerprof.output.export import export, llamafactory_args
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="example_out/exports")

@@ -12,7 +12,7 @@ import torch
 from peft import get_peft_model
 
 import layerprof as lp
-from layerprof.bundled import calibration_batches, load_default_model
+from layerprof.model.bundled import calibration_batches, load_default_model
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default="example_out")

@@ -1,4 +1,4 @@
-"""Triton kernels for the accumulation ops of ``layerprof.ops.stats``.
+"""Triton kernels for the accumulation ops of ``layerprof.stats.ops.stats``.
 
 One kernel, ``_stats_kernel``, computes tiles of S = XᵀX (upper-triangle tiles only) and of
 C = XᵀG from a split of the rows, and atomically adds them into the fp32 accumulators;
@@ -147,7 +147,7 @@ def cross_update_triton(C, x, g, mask=None) -> None:
 def sketch_update_triton(CO, x, g, omega, mask=None) -> None:
     """CΩ += Xᵀ(GΩ): GΩ by torch's GEMM (small: rows × k), then the cross kernel."""
     # GΩ in fp32; the kernel takes one input dtype, so X and GΩ meet at the wider one (the ops' dtype
-    # contract, layerprof.ops.same_dtype, written out here because kernels import nothing of the package:
+    # contract, layerprof.stats.ops.same_dtype, written out here because kernels import nothing of the package:
     # bf16 X becomes fp32, never GΩ bf16).
     common = torch.promote_types(x.dtype, torch.float32)
     go = g.float() @ omega.float()

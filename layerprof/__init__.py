@@ -9,19 +9,19 @@ from __future__ import annotations
 
 from ._version import __version__
 
-from .allocator import keep_freed_pages
+from .utils.allocator import keep_freed_pages
 
-from .card import CardFormatError, LayerCard, LayerRow, ModuleRow
-from .errors import BatchError, BudgetError, ExportError, LayerprofError, UsageError
-from .ops import backends
-from .placement import Plan, PlacementError, place
-from .budget import TrainingBudget
-from .config import ProfileConfig
-from .errors import ProfileError
-from .profiler import profile
-from .session import Profiler
-from .step_cost import measure_step_cost
-from .targets import find_targets, register_linear_kind
+from .card.card import CardFormatError, LayerCard, LayerRow, ModuleRow
+from .utils.errors import BatchError, BudgetError, ExportError, LayerprofError, UsageError
+from .stats.ops import backends
+from .place.placement import Plan, PlacementError, place
+from .card.budget import TrainingBudget
+from .pipeline.config import ProfileConfig
+from .utils.errors import ProfileError
+from .pipeline.profiler import profile
+from .pipeline.session import Profiler
+from .pipeline.step_cost import measure_step_cost
+from .model.targets import find_targets, register_linear_kind
 
 __all__ = ["profile", "Profiler", "ProfileConfig", "LayerCard", "ModuleRow", "LayerRow", "Plan", "place", "backends",
            "find_targets", "register_linear_kind", "measure_step_cost", "LayerprofError", "CardFormatError", "PlacementError",

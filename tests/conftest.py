@@ -77,7 +77,7 @@ def make_batches(n: int = 3, batch: int = 3, seq: int = 11, seed: int = 1, pad_t
 def random_corrections(model, scale: float = 0.01, seed: int = 0):
     """Every default target grouped by layer, and a random d_out × d_in float64 correction for each (the
     coupling's directions for given corrections)."""
-    from layerprof.targets import find_targets
+    from layerprof.model.targets import find_targets
 
     g = torch.Generator().manual_seed(seed)
     layer_modules: dict = {}

@@ -1,4 +1,4 @@
-"""keep_freed_pages: glibc keeps freed memory for the next batch, and only where asked (layerprof/allocator.py)."""
+"""keep_freed_pages: glibc keeps freed memory for the next batch, and only where asked (layerprof/utils/allocator.py)."""
 import json
 import os
 import resource
@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from layerprof import allocator, cli
+from layerprof.utils import allocator
+from layerprof.cli import commands as cli
 
 # A child process (mallopt is process-wide): allocate a 64 MiB tensor and free it, as each batch of a
 # sweep does, six times, and take the median of the rounds' minor page faults (first touches of pages
@@ -16,7 +17,7 @@ from layerprof import allocator, cli
 # the rest reuse it. The median is the steady state a sweep's batches see.
 CHILD = r"""
 import json, resource, statistics, torch
-from layerprof.allocator import keep_freed_pages
+from layerprof.utils.allocator import keep_freed_pages
 applied = keep_freed_pages()
 def faults_of_one_alloc():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

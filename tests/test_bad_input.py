@@ -161,7 +161,7 @@ def test_batch_keys_the_forward_does_not_take_are_dropped_with_one_warning():
 
     from transformers import BertConfig, BertModel
 
-    from layerprof.batches import _warned_keys
+    from layerprof.model.batches import _warned_keys
 
     torch.manual_seed(0)
     model = BertModel(BertConfig(vocab_size=VOCAB, hidden_size=24, intermediate_size=40, num_hidden_layers=2,

@@ -18,10 +18,11 @@ from torch import nn
 
 import layerprof as lp
 from conftest import assert_untouched, make_batches, make_model, snapshot
-from layerprof.accumulate import ModuleStats
-from layerprof.budget import BudgetError, TrainingBudget
-from layerprof.finalize import noise_columns
-from layerprof.simulate import _local_loss, _run_adam, curvature, simulate_module
+from layerprof.stats.accumulate import ModuleStats
+from layerprof.card.budget import BudgetError, TrainingBudget
+from layerprof.stats.finalize import noise_columns
+from layerprof.predict.simulate import _local_loss, _run_adam, curvature, simulate_module
+from layerprof.card.scores import DEFAULT_SCORE
 from reference import reference_stats
 
 BUDGET = TrainingBudget(steps=6, lr=1e-2, r=2, lora_alpha=4)
@@ -97,7 +98,7 @@ def test_cross_half_removes_the_noise_bias_that_naive_rho_carries():
     torch.manual_seed(0)
     d_in, d_out, nb, rows = 6, 5, 8, 64
     naive, cross = [], []
-    from layerprof.finalize import SolveCache, cross_half_columns
+    from layerprof.stats.finalize import SolveCache, cross_half_columns
 
     for trial in range(200):
         halves = _pure_noise_halves(d_in, d_out, nb, rows)
@@ -124,7 +125,7 @@ def test_rank_cross_is_computed_when_asked_or_when_the_score_needs_it():
     assert all(m.resnorm2_rank_x is None for m in plain.modules) and all(l.resnorm2_rank_x is None for l in plain.layers)
     scored = lp.profile(model, batches, rank=2, progress=False)  # the default score needs it
     assert scored.meta["settings"]["rank_cross"] is True
-    assert scored.meta["settings"]["score"] == "resnorm2_rank_x_over_noise"
+    assert scored.meta["settings"]["score"] == DEFAULT_SCORE
     with pytest.raises(lp.ProfileError, match="rank_cross=False.*resnorm2_rank_over_noise"):
         lp.profile(model, batches, rank=2, rank_cross=False, progress=False)
     for l in scored.layers:
@@ -141,8 +142,8 @@ def test_rank_cross_is_computed_when_asked_or_when_the_score_needs_it():
 def test_rank_cross_matches_numpy_svd(monkeypatch, shape, route):
     """Both orientations (the short side carries the Gram); the CPU's subspace routes: ARPACK's Lanczos
     and, where its check fails, LAPACK's exact pairs (the GPU's block Krylov: test_krylov_ritz_*)."""
-    import layerprof.finalize as fin
-    from layerprof import linalg
+    import layerprof.stats.finalize as fin
+    from layerprof.stats import linalg
 
     if route == "exact":
         monkeypatch.setattr(linalg, "LANCZOS_TOL", 0.0)  # no residual passes: the dsyevr path runs
@@ -163,7 +164,7 @@ def test_krylov_ritz_matches_svd_where_it_certifies_and_declines_otherwise():
     """The GPU's route for Gram matrices above EXACT_SPECTRUM_MAX (GEMMs only), run here on CPU tensors:
     a certified estimate equals the SVD's leading pairs; a flat spectrum it cannot resolve in its four
     blocks returns None, which sends finalize to the exact path."""
-    import layerprof.finalize as fin
+    import layerprof.stats.finalize as fin
 
     gen = np.random.default_rng(2)
     m, n = 90, 200
@@ -183,7 +184,7 @@ def test_krylov_ritz_matches_svd_where_it_certifies_and_declines_otherwise():
 def test_leading_sv2_is_exact_on_the_cpu_at_any_size(monkeypatch):
     """Above EXACT_SPECTRUM_MAX the CPU still takes the exact Gram route (the block Krylov is the GPU's):
     the values are numpy's SVD's, and _krylov_ritz is never called."""
-    import layerprof.finalize as fin
+    import layerprof.stats.finalize as fin
 
     monkeypatch.setattr(fin, "EXACT_SPECTRUM_MAX", 8)
     monkeypatch.setattr(fin, "_krylov_ritz", lambda A, k: pytest.fail("block Krylov on the CPU"))
@@ -198,7 +199,7 @@ def test_leading_sv2_is_exact_on_the_cpu_at_any_size(monkeypatch):
 def test_rank_cross_removes_the_noise_bias_of_rank_r_rho():
     """Pure noise: the naive rank-r ρ² (the default score's numerator) is all bias, its cross-half
     counterpart averages to zero."""
-    from layerprof.finalize import SolveCache, cross_half_columns
+    from layerprof.stats.finalize import SolveCache, cross_half_columns
 
     torch.manual_seed(1)
     d_in, d_out, nb, rows, r = 6, 5, 8, 64, 2
@@ -366,8 +367,8 @@ def test_warmup_adapters_train_exactly_like_peft_lora():
     """Hook adapters vs PEFT's LoRA layers from the same A₀: the same losses and factors, step for step."""
     from peft import LoraConfig, get_peft_model
 
-    from layerprof.targets import modules_by_name
-    from layerprof.warmup import warmup_lca
+    from layerprof.model.targets import modules_by_name
+    from layerprof.predict.warmup import warmup_lca
 
     batches = make_batches(n=4, seed=6)
     model = make_model("gpt2")
@@ -408,7 +409,7 @@ def test_warmup_adapters_train_exactly_like_peft_lora():
 def test_shrunk_drift_follows_only_the_signal_the_halves_share():
     """drift="shrunk": s·G_a with s = clamp(⟨G_a, G_b⟩/‖G_a‖², 0, 1). Agreeing halves: s = 1, the card's
     simulation exactly; opposite halves (pure noise): s = 0, no drift, so no fitted noise to lose on."""
-    from layerprof.simulate import simulated_gains
+    from layerprof.predict.simulate import simulated_gains
 
     S, G, N = _local_problem()
     budget = TrainingBudget(steps=50, lr=5e-2, r=4, lora_alpha=8)
@@ -427,7 +428,7 @@ def test_curvature_replays_upstream_modules_and_gives_bitwise_the_same_kappa(mon
     # perturbed forward computes only from the perturbed layer up, and the losses, hence κ, are identical.
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import layerprof.coupling as coupling
+    import layerprof.predict.coupling as coupling
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=256, intermediate_size=512, num_hidden_layers=3,

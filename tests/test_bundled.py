@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from layerprof.bundled import (MODEL_DIR, calibration_batches, heldout_text, load_deep_model, load_deep24_model,
-                               load_default_model, load_mid_model, text_batches)
+from layerprof.model.bundled import MODEL_DIR, calibration_batches, heldout_text, load_default_model, text_batches
+from layerprof.study.checkpoints import load_deep24_model, load_deep_model, load_mid_model
 
 
 def _loss(model, batches):
@@ -51,7 +51,7 @@ def test_study_decoders_are_trained_at_their_depth(load, layers):
 
 
 def test_a_missing_study_model_names_the_command_that_trains_it(tmp_path):
-    from layerprof.bundled import _load_study_model
+    from layerprof.study.checkpoints import _load_study_model
 
-    with pytest.raises(FileNotFoundError, match="--layers 12 --width 64"):
+    with pytest.raises(FileNotFoundError, match="studies/v1/checkpoints.*--layers 12 --width 64"):
         _load_study_model(tmp_path / "shakespeare-gpt2-mid", layers=12, dtype=torch.float32)

@@ -12,7 +12,8 @@ import torch
 
 import layerprof as lp
 from conftest import VOCAB, make_model
-from layerprof.callback import LayerCardCallback
+from layerprof.callback import LayerCardCallback  # the public path (layerprof/integrations/callback.py)
+from layerprof.card.scores import DEFAULT_SCORE
 from test_peft import lora_modules
 
 ROWS, SEQ = 6, 10
@@ -75,7 +76,7 @@ def test_callback_writes_card_and_placement_and_leaves_training_unchanged(tmp_pa
     # The default placement (studies/v1/notebook.md, round 9) is stratified-k on ρ(r)²×/noise amp, with or without
     # a budget (the budget's predictions are diagnostics beside it); the saved card is the card the
     # callback holds.
-    assert cb.card.meta["settings"]["score"] == "resnorm2_rank_x_over_noise" and not cb.card.meta.get("coupling")
+    assert cb.card.meta["settings"]["score"] == DEFAULT_SCORE and not cb.card.meta.get("coupling")
     over_noise = {l.layer: l.resnorm2_rank_x / l.noise_amp for l in cb.card.layers}
     assert cb.card.ranking() == sorted(over_noise, key=lambda l: -over_noise[l])
     assert lp.LayerCard.load(out / "card.json").ranking() == cb.card.ranking()

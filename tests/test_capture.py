@@ -198,7 +198,7 @@ def test_modules_reading_one_input_share_one_gram():
 def test_input_keys_follow_identity_and_version():
     # The key that lets modules share a Gram: same object and version -> same key; an
     # in-place change or a new object (even at a reused id()) -> a new key.
-    from layerprof.capture import InputKeys
+    from layerprof.stats.capture import InputKeys
 
     keys = InputKeys()
     h = torch.randn(3, 4)
@@ -271,7 +271,7 @@ def test_shared_S_is_split_when_inputs_diverge():
 
 
 def ops_symmetric(S):
-    from layerprof.ops import symmetric
+    from layerprof.stats.ops import symmetric
 
     return symmetric(S)
 
@@ -281,7 +281,7 @@ def test_output_energy_is_the_float64_trace_over_the_counted_rows(arch):
     # nfn's tr(W Σ Wᵀ) is read off the module outputs in the sweep (ModuleStats.y2, with the bias taken
     # off): over exactly the rows S counts (padding excluded), it is Σ_t ‖W x_t‖² = tr(W S Wᵀ) of the
     # float64 reference, and the card's nfn is the one finalize would compute from W and Σ.
-    from layerprof.finalize import module_columns
+    from layerprof.stats.finalize import module_columns
 
     model = make_model(arch).double()
     batches = make_batches()
@@ -308,7 +308,7 @@ def test_output_energy_is_the_float64_trace_over_the_counted_rows(arch):
 def test_a_call_without_output_energy_leaves_it_unknown():
     # One call whose output could not give ‖W x‖² (a shape that does not fit) makes the module's sum
     # unknown rather than short: finalize then computes tr(W Σ Wᵀ) itself.
-    from layerprof.accumulate import Accumulator
+    from layerprof.stats.accumulate import Accumulator
 
     acc = Accumulator({"a": (4, 3), "b": (4, 3)})
     for batch in range(2):
@@ -325,7 +325,7 @@ def test_output_energy_in_bf16_is_the_rounded_pass_within_its_rounding():
     # In bf16 the outputs the model computed are rounded (8 bits of mantissa): nfn read off them may
     # differ from tr(W Σ Wᵀ) of the fp32-accumulated Σ by that rounding, averaged over many outputs —
     # a few 1e-4 relative, never the 2⁻⁸ of one value.
-    from layerprof.finalize import module_columns
+    from layerprof.stats.finalize import module_columns
 
     model = make_model("gpt2").to(torch.bfloat16)
     with lp.Profiler(model) as prof:

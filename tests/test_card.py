@@ -5,6 +5,7 @@ import math
 import pytest
 
 import layerprof as lp
+from layerprof.stats.ops import resolve_backend
 from conftest import make_batches, make_model
 
 
@@ -31,7 +32,7 @@ def test_metadata_identifies_model_data_settings(card):
     assert meta["data"]["rows"] == sum(int(b["attention_mask"].sum()) for b in batches)
     assert meta["data"]["batches"] == 4
     assert meta["settings"] == {**meta["settings"], "rank": 8, "damping": 1e-3, "dtype": "float32",
-                                "backend": lp.ops.resolve_backend("auto", "cpu"), "backend_requested": "auto"}
+                                "backend": resolve_backend("auto", "cpu"), "backend_requested": "auto"}
     assert {"torch", "layerprof", "transformers", "python"} <= set(meta["versions"])
     assert meta["sweep"]["seconds"] > 0 and meta["sweep"]["peak_memory_bytes"] > 0
     assert meta["skipped"] == [] and meta["unfired"] == []
@@ -57,7 +58,7 @@ def test_markdown_shows_every_layer_and_the_recommendation(card):
         assert m.name in md
     assert "Kendall τ" in md
     # The recommendation is stratified-k on ρ(r)²/noise amp (the default score), computed independently here.
-    from layerprof.placement import depth_bins
+    from layerprof.place.selectors import depth_bins
 
     k = max(1, len(card.layers) // 4)
     rows = {l.layer: l.resnorm_rank ** 2 / l.noise_amp for l in card.layers}

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from layerprof.cli import main
+from layerprof.cli.commands import main
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_card_writes_card_markdown_and_lora_config(out_dir):
 def test_lora_config_json_loads_into_peft(out_dir):
     from peft import LoraConfig, get_peft_model
 
-    from layerprof.bundled import load_default_model
+    from layerprof.model.bundled import load_default_model
 
     cfg = json.loads((out_dir / "lora_config.json").read_text())
     config = LoraConfig(**{k: v for k, v in cfg.items() if k in LoraConfig.__dataclass_fields__})
@@ -149,7 +149,7 @@ def test_bench_interleaves_the_passes_and_reports_medians(monkeypatch):
     # A fake clock: each pass advances it by a known amount, so the medians and their order are exact.
     from types import SimpleNamespace
 
-    from layerprof import benchmark
+    from layerprof.pipeline import benchmark
 
     clock, calls = [0.0], []
     monkeypatch.setattr(benchmark, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
@@ -171,7 +171,7 @@ def test_bench_interleaves_the_passes_and_reports_medians(monkeypatch):
 def test_bench_times_the_bundled_model_on_its_rows(capsys):
     assert main(["bench", "--batches", "2", "--reps", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    from layerprof.bundled import calibration_text, text_batches
+    from layerprof.model.bundled import calibration_text, text_batches
 
     batches = text_batches(calibration_text(), batch_size=8, seq_len=128, n_batches=2)
     # rows = the non-padding tokens of exactly the batches the bench was asked for

@@ -12,8 +12,8 @@ import warnings
 import pytest
 import torch
 
-from layerprof.cli import main
-from layerprof.loading import load_model, model_family
+from layerprof.cli.commands import main
+from layerprof.model.loading import load_model, model_family
 
 TEXT = ("Python's documentation describes the standard library: modules for files, text, numbers, "
         "dates, networking and concurrency, each with examples and notes on portability. ") * 40

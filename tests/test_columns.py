@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import layerprof as lp
+from layerprof.card.scores import DEFAULT_SCORE
 from conftest import MODELS, assert_untouched, make_batches, make_model, snapshot
 from reference import COLUMNS, reference_columns, reference_stats, weight_of
 
@@ -59,7 +60,7 @@ def test_layer_aggregates_and_split_halves():
         # The default score (the placement study's round-9 choice) is the layer's cross-half rank-r ρ² (the
         # sum of its modules') over its noise amp (the mean of its modules'); the cross-half ρ² is the sum of
         # its modules'.
-        assert card.meta["settings"]["score"] == "resnorm2_rank_x_over_noise"
+        assert card.meta["settings"]["score"] == DEFAULT_SCORE
         noise = sum(m.noise_amp for m in ms) / len(ms)
         assert math.isclose(l.score, sum(m.resnorm2_rank_x for m in ms) / noise, rel_tol=1e-12)
         assert math.isclose(l.resnorm2_x, sum(m.resnorm2_x for m in ms), rel_tol=1e-12)
@@ -87,7 +88,7 @@ CARD_BACKENDS = [b for b in ("torch", "cpp", "triton") if b == "torch" or (
 
 def _captured_rows(model, batches, backend):
     """{module: [(X, G) of each call, masked rows only]} as the sweep's accumulator received them."""
-    from layerprof.accumulate import Accumulator
+    from layerprof.stats.accumulate import Accumulator
 
     rows: dict = {}
     original = Accumulator.update
@@ -210,7 +211,7 @@ def test_finalize_factors_each_input_once_and_holds_one_at_a_time(monkeypatch):
     # Llama: q/k/v read one input and gate/up another, so 4 distinct inputs per layer. Each is
     # factored once (shared by its modules) and released after its last module: finalize never
     # holds two inputs' float64 Σ and Cholesky factor at once (at 8B scale: tens of GB).
-    from layerprof import finalize as fin
+    from layerprof.stats import finalize as fin
 
     made, held = [], []
     real_init, real_get = fin.Solve.__init__, fin.SolveCache.get

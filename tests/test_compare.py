@@ -5,8 +5,8 @@ import pytest
 
 import layerprof as lp
 from conftest import make_batches, make_model
-from layerprof.cli import main
-from layerprof.compare import compare
+from layerprof.cli.commands import main
+from layerprof.card.compare import compare
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 
 import layerprof as lp
 from conftest import make_batches, make_model
-from layerprof.config import ProfileConfig
+from layerprof.pipeline.config import ProfileConfig
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -74,7 +74,7 @@ def test_profiler_takes_the_same_config():
 
 
 def test_cli_card_options_default_to_the_config():
-    from layerprof.cli import build_parser, profile_config
+    from layerprof.cli.commands import build_parser, profile_config
 
     args = build_parser().parse_args(["card", "--no-predict"])
     cfg = profile_config(args)

@@ -8,7 +8,8 @@ from torch import nn
 
 import layerprof as lp
 from conftest import assert_untouched, make_batches, make_model, random_corrections, snapshot
-from layerprof.coupling import coupled_greedy, coupling_matrix, joint_gain, output_directions
+from layerprof.predict.coupling import coupled_greedy, coupling_matrix, joint_gain, output_directions
+from layerprof.card.scores import DEFAULT_SCORE
 
 
 class Tiny(nn.Module):
@@ -69,7 +70,7 @@ class InPlace(Tiny):
 @pytest.mark.parametrize("arch", [Tiny, InPlace])
 def test_replayed_upstream_modules_give_the_same_directions(arch, monkeypatch):
     """Replay skips the modules upstream of the perturbed layer and changes nothing in the directions."""
-    import layerprof.coupling as C
+    import layerprof.predict.coupling as C
 
     assert C.Replay(arch(), ["layers.0.fc"]).modules == {}  # 6 × 6: below REPLAY_MIN_WEIGHTS, always computed
     monkeypatch.setattr(C, "REPLAY_MIN_WEIGHTS", 1)
@@ -152,17 +153,17 @@ def test_default_placement_is_stratified_k_on_rank_x_over_noise_and_the_coupled_
     """Round 9's default (studies/v1/notebook.md): ρ(r)²×/noise amp as the score, stratified-k for layers=k, no
     coupling pass; a card profiled with coupling places the coupled greedy when asked; with one batch
     (no halves) the naive ρ(r)²/noise amp, with a warning."""
-    from layerprof.coupling import coupled_greedy
-    from layerprof.placement import stratified_k
-    from layerprof.scores import SCORES
+    from layerprof.predict.coupling import coupled_greedy
+    from layerprof.place.selectors import stratified_k
+    from layerprof.card.scores import DEFAULT_SCORE, SCORES
 
     model = make_model("llama")  # 3 layers: k = 2 makes the bins [0] and [1, 2]
     card = lp.profile(model, make_batches(n=4), progress=False, rank=4)
     assert not card.meta.get("coupling")
-    assert card.meta["settings"]["score"] == "resnorm2_rank_x_over_noise" and card.meta["settings"]["score_default"]
+    assert card.meta["settings"]["score"] == DEFAULT_SCORE and card.meta["settings"]["score_default"]
     assert card.meta["settings"]["rank_cross"] and card.meta["settings"]["score_fallback"] is None
     ids = [l.layer for l in card.layers]
-    scores = [float(SCORES["resnorm2_rank_x_over_noise"](vars(l))) for l in card.layers]
+    scores = [float(SCORES[DEFAULT_SCORE](vars(l))) for l in card.layers]
     assert [l.score for l in card.layers] == pytest.approx(scores, rel=1e-12)
     spread = card.place(layers=2).layers
     assert spread == stratified_k(dict(zip(ids, scores)), ids, 2) == card.place(layers=2, spread=True).layers
@@ -177,7 +178,7 @@ def test_default_placement_is_stratified_k_on_rank_x_over_noise_and_the_coupled_
         card.place(layers=2, coupled=True)
 
     coupled = lp.profile(model, make_batches(n=4), progress=False, rank=4, coupling=True)
-    assert coupled.meta["coupling"] and coupled.meta["settings"]["score"] == "resnorm2_rank_x_over_noise"
+    assert coupled.meta["coupling"] and coupled.meta["settings"]["score"] == DEFAULT_SCORE
     c = coupled.meta["coupling"]
     col = [max(l.score, 0.0) for l in coupled.layers]
     expected = coupled_greedy(dict(zip(ids, col)), ids, np.asarray(c["rho"]), 2)
@@ -197,7 +198,7 @@ def test_default_placement_is_stratified_k_on_rank_x_over_noise_and_the_coupled_
 
 
 def test_coupling_reads_whole_sequences_up_to_its_token_cap():
-    from layerprof.batches import leading_tokens
+    from layerprof.model.batches import leading_tokens
 
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
     b1 = {"input_ids": torch.arange(12).reshape(3, 4), "attention_mask": mask, "labels": torch.arange(12).reshape(3, 4),
@@ -231,8 +232,8 @@ def test_coupling_token_cap_is_recorded_and_a_cap_above_the_batches_changes_noth
 def test_coupling_in_chunks_equals_one_pass_and_too_little_memory_falls_back(monkeypatch):
     """K is a sum over rows: chunks of sequences sized to the memory give the same matrix; when not even one
     sequence's directions fit, coupling=None (wherever it can) warns and goes without, coupling=True refuses."""
-    import layerprof.predict as predict
-    from layerprof.memory_plan import free_memory
+    import layerprof.pipeline.predict as predict
+    from layerprof.pipeline.memory_plan import free_memory
 
     model = make_model("gpt2")
     batches = make_batches(n=3)
@@ -254,7 +255,7 @@ def test_coupling_in_chunks_equals_one_pass_and_too_little_memory_falls_back(mon
     monkeypatch.setattr(predict, "COUPLING_MEMORY_FRACTION", 0.5 * one / free_memory(torch.device("cpu")))
     with pytest.warns(UserWarning, match="no coupling matrix .*more than"):
         fallback = lp.profile(model, batches, progress=False, rank=4, coupling=None)
-    assert not fallback.meta.get("coupling") and fallback.meta["settings"]["score"] == "resnorm2_rank_x_over_noise"
+    assert not fallback.meta.get("coupling") and fallback.meta["settings"]["score"] == DEFAULT_SCORE
     with pytest.raises(lp.ProfileError, match="coupling=False"):
         lp.profile(model, batches, progress=False, rank=4, coupling=True)
 
@@ -264,8 +265,8 @@ def test_coupling_of_16_bit_weights_by_forward_mode_ad(arch):
     """bfloat16 cannot hold the finite differences' 1e-3 steps: the coupling is then measured by forward-mode
     AD. Its directions equal central differences on the float32 model for the same corrections (to float32's
     differences, ~1e-7) and, in bfloat16, to bfloat16 accuracy; the profile measures it and leaves the model."""
-    from layerprof.coupling import jvp_directions
-    from layerprof.targets import linear_kind
+    from layerprof.predict.coupling import jvp_directions
+    from layerprof.model.targets import linear_kind
 
     model = make_model(arch).eval()
     batches = make_batches(n=1)

@@ -17,7 +17,7 @@ import yaml
 
 import layerprof as lp
 from conftest import make_batches, make_model
-from layerprof.export import ExportError, export, llamafactory_args
+from layerprof.output.export import ExportError, export, llamafactory_args
 from test_peft import lora_modules
 
 
@@ -146,7 +146,7 @@ def test_exports_carry_task_type_and_base_model_and_apply(tmp_path, family, task
 
 
 def test_task_type_follows_the_model_class():
-    from layerprof.export import task_type
+    from layerprof.output.export import task_type
 
     assert [task_type(c) for c in ("LlamaForCausalLM", "GPT2LMHeadModel", "T5ForConditionalGeneration",
                                    "BertForSequenceClassification", "BertForTokenClassification",

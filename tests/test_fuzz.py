@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 import layerprof as lp
 from conftest import make_batches, make_model
-from layerprof.cli import main
-from layerprof.errors import CardFormatError, LayerprofError
+from layerprof.cli.commands import main
+from layerprof.utils.errors import CardFormatError, LayerprofError
 
 EXAMPLES = int(os.environ.get("LAYERPROF_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES < 1000,
@@ -109,7 +109,7 @@ def _check_plan(card, plan):
 
 def _exercise(card, tmp_path):
     """Everything a loaded card promises: placement, reports, exports."""
-    from layerprof.export import export
+    from layerprof.output.export import export
 
     k = card.default_layers()
     for kw in ({"layers": k}, {"budget": 0.6}, {"objective": "cost", "target_gain": 0.5}):
@@ -188,7 +188,7 @@ COMMAND_FLAGS = {
 
 def test_cli_arguments_fail_at_parse_time_or_parse_to_valid_values(base_card, tmp_path_factory, capsys,
                                                                     monkeypatch):
-    import layerprof.cli as cli
+    import layerprof.cli.commands as cli
 
     tmp = tmp_path_factory.mktemp("args")
     good = _write(tmp, base_card, "good.json")

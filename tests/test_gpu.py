@@ -12,9 +12,14 @@ import torch
 
 import layerprof as lp
 from conftest import make_batches, make_model, random_corrections
-from layerprof import ops
+from layerprof.stats import ops
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+_no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def requires_cuda(test):
+    """The `gpu` marker (bench/gpu_check.sh selects by it) and a skip that says why, together."""
+    return pytest.mark.gpu(_no_cuda(test))
 U32 = 2.0 ** -24
 
 
@@ -110,8 +115,8 @@ def test_gpu_cuda_kernel_is_bitwise_reproducible_under_deterministic_algorithms(
 def test_gpu_bf16_coupling_by_forward_mode_ad_matches_cpu_float32():
     """The default placement's coupling on a bfloat16 model on the GPU (forward-mode AD, math attention):
     its output directions match the float32 model's central differences on the CPU for the same corrections."""
-    from layerprof.coupling import jvp_directions, output_directions
-    from layerprof.targets import linear_kind
+    from layerprof.predict.coupling import jvp_directions, output_directions
+    from layerprof.model.targets import linear_kind
 
     model = make_model("llama").eval()
     batches = make_batches(n=1)

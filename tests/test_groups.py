@@ -11,8 +11,9 @@ import torch
 
 import layerprof as lp
 from conftest import assert_untouched, make_batches, make_model, snapshot
-from layerprof.memory_plan import plan_memory
-from layerprof.targets import find_targets
+from layerprof.pipeline.memory_plan import plan_memory
+from layerprof.model.targets import find_targets
+from layerprof.card.scores import DEFAULT_SCORE
 
 KW = dict(acc_bytes=4, input_bytes=4, rows_per_batch=33, device=torch.device("cpu"))
 
@@ -52,7 +53,7 @@ def test_card_from_several_sweeps_equals_one_sweep(arch):
                 if t.layer == l) for l in range(3)]
     many = lp.profile(model, batches, rank=4, sketch=None, progress=False, max_memory=max(need), coupling=None)
     assert many.meta["memory_plan"]["sweeps"] == 3 and many.meta["sweep"]["sweeps"] == 3
-    assert not many.meta.get("coupling") and many.meta["settings"]["score"] == "resnorm2_rank_x_over_noise"
+    assert not many.meta.get("coupling") and many.meta["settings"]["score"] == DEFAULT_SCORE
     assert [m.name for m in many.modules] == [m.name for m in one.modules]
     for a, b in [*zip(one.modules, many.modules), *zip(one.layers, many.layers)]:
         for f in dataclasses.fields(a):
@@ -81,8 +82,8 @@ def test_planner_counts_shared_inputs_once():
     # Llama: q/k/v read one tensor, gate/up another. With the sharing of one no-grad forward,
     # a budget that fits the shared dense statistics but not the unshared estimate stays dense
     # in one sweep — and the sweep then fits (statistics_bytes on the card within the plan).
-    from layerprof.memory_plan import shared_inputs
-    from layerprof.batches import frozen_eval
+    from layerprof.pipeline.memory_plan import shared_inputs
+    from layerprof.model.batches import frozen_eval
 
     model = make_model("llama")
     targets = find_targets(model)
@@ -111,12 +112,12 @@ def test_planner_counts_shared_inputs_once():
 def test_merging_a_group_that_fell_back_places_every_layer_by_the_fallback():
     """If one group's card had to fall back to the naive score (a module it profiled fired in only one
     split half), the merged card does too: one score for all layers, and the reason kept."""
-    from layerprof.merge import merge_group_cards
-    from layerprof.scores import SCORES
+    from layerprof.pipeline.merge import merge_group_cards
+    from layerprof.card.scores import DEFAULT_SCORE, SCORES
 
     model, batches = make_model("llama"), make_batches(n=4)
     parts = [lp.profile(model, batches, rank=4, progress=False, targets=rf"model\.layers\.{i}\..*") for i in (0, 1, 2)]
-    assert {p.meta["settings"]["score"] for p in parts} == {"resnorm2_rank_x_over_noise"}
+    assert {p.meta["settings"]["score"] for p in parts} == {DEFAULT_SCORE}
     why = "some module fired in only one split half (its layer has no cross-half estimate)"
     fell = parts[1]
     fell.meta["settings"] = {**fell.meta["settings"], "score": "resnorm2_rank_over_noise", "score_fallback": why}

@@ -10,8 +10,8 @@ import torch
 
 import layerprof as lp
 from conftest import assert_untouched, make_batches, make_model, snapshot
-from layerprof.cli import main
-from layerprof.errors import (BatchError, BudgetError, CardFormatError, ExportError, LayerprofError, PlacementError,
+from layerprof.cli.commands import main
+from layerprof.utils.errors import (BatchError, BudgetError, CardFormatError, ExportError, LayerprofError, PlacementError,
                               ProfileError, UsageError)
 
 
@@ -312,7 +312,7 @@ def test_a_newline_in_the_card_path_cannot_add_yaml_keys(card_path, tmp_path):
     import yaml
 
     plan = lp.LayerCard.load(card_path).place(layers=1)
-    from layerprof.export import export
+    from layerprof.output.export import export
 
     out = export(plan, "axolotl", tmp_path / "a.yml", source="evil\nlora_r: 999\n#")
     data = yaml.safe_load(out.read_text())
@@ -334,7 +334,7 @@ def test_profile_arguments_refuse_bools_and_absurd_values(kw, message):
 
 
 def test_memory_messages_use_a_unit_that_shows_the_size():
-    from layerprof.memory import human_bytes
+    from layerprof.utils.memory import human_bytes
 
     assert human_bytes(3 * 2 ** 20) == "3.00 MiB" and human_bytes(5 * 2 ** 30) == "5.00 GiB" and human_bytes(12) == "12 B"
     model = make_model("llama")
@@ -389,13 +389,13 @@ def test_finalize_threads_follow_the_override_and_are_restored(monkeypatch):
     """LAYERPROF_SOLVE_THREADS sets finalize's threads (default: one on a busy CPU); torch's setting is restored."""
     import torch
 
-    from layerprof.memory import solve_threads
+    from layerprof.utils.memory import solve_threads
 
     before = torch.get_num_threads()
     monkeypatch.setenv("LAYERPROF_SOLVE_THREADS", "1")
     card = lp.profile(make_model("gpt2"), make_batches(n=2), rank=2, progress=False)
     assert card.meta["sweep"]["finalize_threads"] == 1 and torch.get_num_threads() == before
-    assert card.meta["sweep"]["finalize_lapack"] == "scipy"  # the CPU default (layerprof.linalg)
+    assert card.meta["sweep"]["finalize_lapack"] == "scipy"  # the CPU default (layerprof.stats.linalg)
     assert "(1 thread, scipy's LAPACK)" in card.to_markdown()
     monkeypatch.setenv("LAYERPROF_SOLVE_THREADS", "two")
     with pytest.raises(ValueError, match="LAYERPROF_SOLVE_THREADS must be a positive int"):

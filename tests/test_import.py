@@ -20,7 +20,7 @@ def lp_backends():
 
 
 def test_doctor_reports_backends(capsys):
-    from layerprof.cli import main
+    from layerprof.cli.commands import main
 
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""layerprof.linalg: finalize's float64 LAPACK, scipy's and torch's, against independent references."""
+"""layerprof.stats.linalg: finalize's float64 LAPACK, scipy's and torch's, against independent references."""
 import math
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import layerprof as lp
-from layerprof import linalg
+from layerprof.stats import linalg
 
 
 @pytest.fixture(params=linalg.CPU_LAPACKS)

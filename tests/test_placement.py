@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import layerprof as lp
-from layerprof.cost import ADAPTER_OVERHEAD, CostModel, ModuleShape
-from layerprof.placement import module_ranks
+from layerprof.card.cost import ADAPTER_OVERHEAD, CostModel, ModuleShape
+from layerprof.place.placement import module_ranks
 
 
 def synthetic_card(scores, d=16, rank=4, seed=0):
@@ -115,7 +115,7 @@ def test_cost_model_backward_depth():
 
 def test_cost_model_attention_term_by_hand():
     """4·T·w FLOPs per row and layer forward, twice that backward from the lowest adapted layer up."""
-    from layerprof.cost import cost_model
+    from layerprof.card.cost import cost_model
 
     card = synthetic_card([1.0] * 4)
     rows = [dict(name=m.name, layer=m.layer, d_in=m.d_in, d_out=m.d_out) for m in card.modules]
@@ -137,7 +137,7 @@ def test_attention_shape_from_the_config_or_none():
     from torch import nn
     from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-    from layerprof.cost import attention_shape
+    from layerprof.card.cost import attention_shape
 
     llama = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -171,7 +171,7 @@ def test_card_records_attention_and_old_cards_cost_without_it(tmp_path):
     del data["meta"]["attention"]  # a card written before the term existed
     old = tmp_path / "old.json"
     old.write_text(json.dumps(data))
-    from layerprof.placement import card_cost_model
+    from layerprof.place.placement import card_cost_model
 
     top = [card.layers[-1].layer]
     with_term, without = card_cost_model(card), card_cost_model(lp.LayerCard.load(old))
@@ -213,7 +213,7 @@ def test_rank_target_ranks_from_the_spectrum():
 
 def _greedy_family_reference(card):
     """The greedy family written out set by set (how placement enumerated it before it streamed)."""
-    from layerprof.placement import card_cost_model
+    from layerprof.place.placement import card_cost_model
 
     model = card_cost_model(card)
     ranks = module_ranks(card)

@@ -13,8 +13,8 @@ import pytest
 
 import layerprof as lp
 from conftest import make_batches, make_model
-from layerprof import plots
-from layerprof.report_html import FIGURES
+from layerprof.output import plots
+from layerprof.output.report_html import FIGURES
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -114,6 +114,7 @@ def _browser():
                 "chromium; the HTML report's browser test needs it")
 
 
+@pytest.mark.browser
 def test_headless_browser_renders_the_plots(page, tmp_path):
     browser = _browser()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
@@ -151,3 +152,18 @@ def test_cli_report_html(tmp_path, card):
     assert out.read_text().count("<svg") == len(FIGURES)
     assert f"wrote {out}" in r.stderr
     assert "# Layer Card" not in r.stdout  # the page, not the Markdown as well
+
+
+def test_the_page_follows_the_sections_not_their_headings(card, monkeypatch):
+    """Markdown and HTML render one section model; renaming a heading moves nothing on the page."""
+    from layerprof.output import report, report_html
+
+    parts = report.sections(card)
+    assert [p.key for p in parts][:4] == ["summary", "recommendation", "layers", "modules"]
+    assert report.markdown(card) == report.render(parts)
+    renamed = [report.Section(p.key, "Was wir empfehlen" if p.key == "recommendation" else
+                              "Schichten" if p.key == "layers" else p.title, p.body) for p in parts]
+    monkeypatch.setattr(report_html, "sections", lambda c, plan=None: renamed)
+    page = report_html.html(card)
+    box = page[page.index("<div class='recommendation'>"):]
+    assert box.index("Was wir empfehlen") < box.index("</div>") < box.index("<h2>Plots</h2>") < box.index("Schichten")

@@ -84,7 +84,7 @@ def test_a_broken_dependency_is_reported_with_its_own_error(tmp_path):
 
 
 def test_dependency_error_says_absent_or_broken():
-    from layerprof.errors import dependency_error
+    from layerprof.utils.errors import dependency_error
 
     absent = dependency_error("no_such_package_xyz", "the thing", ImportError("x"), install="no-such-package")
     assert "not installed: pip install no-such-package" in str(absent)

@@ -44,7 +44,7 @@ def test_error_shrinks_as_k_grows_and_ranking_settles(setup):
     e32, c32 = err(32)
     assert e32 < e8
     # The ranking settles on the dense one: wider sketches agree with it at least as well.
-    from layerprof.rankcorr import kendall_tau
+    from layerprof.card.rankcorr import kendall_tau
 
     dense_scores = [l.score for l in dense.layers]
     tau = {k: kendall_tau([l.score for l in c.layers], dense_scores) for k, c in ((8, c8), (32, c32))}
@@ -76,8 +76,8 @@ def test_sketch_memory_and_bad_settings():
 def test_memory_planner_chooses_sketch_when_dense_does_not_fit():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from layerprof.memory_plan import plan_memory
-    from layerprof.targets import find_targets
+    from layerprof.pipeline.memory_plan import plan_memory
+    from layerprof.model.targets import find_targets
 
     torch.manual_seed(0)  # MLP outputs (300) wider than the default sketch (128): sketching saves memory
     model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=24, intermediate_size=300, num_hidden_layers=2,
@@ -94,7 +94,7 @@ def test_memory_planner_chooses_sketch_when_dense_does_not_fit():
         plan_memory(targets, max_memory=1000, **kw)
     # profile() follows the plan (refined with the input sharing it observes: q/k/v and gate/up
     # hold one S) and stores it; a budget nothing fits is a clear error.
-    from layerprof.memory_plan import shared_inputs
+    from layerprof.pipeline.memory_plan import shared_inputs
 
     batches = [{k: v for k, v in b.items()} for b in make_batches(n=2)]
     shared = plan_memory(targets, max_memory=10 ** 9, shared=shared_inputs(model, targets, batches[0]), **kw)

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import layerprof as lp
-from layerprof.loading import calibration_batches, load_model
-from layerprof.model_source import resolve
+from layerprof.model.loading import calibration_batches, load_model
+from layerprof.model.model_source import resolve
 from reference import reference_columns, reference_stats, weight_of
+
+pytestmark = pytest.mark.slow
 
 LAYERS = (0, 29)  # the first and the last block: the two ends of the gradient's path
 KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -12,8 +12,8 @@ import os
 import pytest
 import torch
 
-from layerprof import ops
-from layerprof.ops import op
+from layerprof.stats import ops
+from layerprof.stats.ops import op
 
 U32 = 2.0 ** -24
 CPU_BACKENDS = ["torch"]
@@ -163,7 +163,7 @@ def test_mixed_input_dtypes_follow_one_contract(backend, x_dtype, g_dtype):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_sketch_mode_with_bf16_inputs_matches_the_torch_backend(backend):
-    from layerprof.accumulate import Accumulator
+    from layerprof.stats.accumulate import Accumulator
 
     x, g, mask = _case(40, 96, 200, torch.bfloat16, "holes", seed=8)
     results = {}
@@ -198,7 +198,7 @@ ACCUMULATORS = {"gram_update": 1, "cross_update": 1, "stats_update": 3, "sketch_
 @pytest.mark.parametrize("name", list(ACCUMULATORS))
 @pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in ("cpp", "triton")])
 def test_ops_are_torch_library_ops_that_pass_opcheck(backend, name):
-    """The native ops (declared in csrc/binding.cpp) and the Triton ones (layerprof.ops.library):
+    """The native ops (declared in csrc/binding.cpp) and the Triton ones (layerprof.stats.ops.library):
     schema with the accumulators marked mutable, fake implementations, dispatch — as opcheck checks them."""
     target = ops._op(backend, name)  # the registered op itself, without the dtype-contract wrapper
     assert isinstance(target, (torch._ops.OpOverloadPacket, torch._library.custom_ops.CustomOpDef)), target
@@ -229,7 +229,7 @@ def test_accumulator_halves_take_the_staged_buffers_and_stay_exact():
     Five batches: modules a and b read one shared input (one Gram, one S between them), c reads its own
     input, and in batch 3 b reads a second input too (its S splits off). Each half must equal the float64
     sum of its own batches, and no buffer a half owns may be handed to a later batch's staging."""
-    from layerprof.accumulate import Accumulator
+    from layerprof.stats.accumulate import Accumulator
 
     gen = torch.Generator().manual_seed(3)
     dims = {"a": (6, 4), "b": (6, 3), "c": (5, 2)}
@@ -264,3 +264,32 @@ def test_accumulator_halves_take_the_staged_buffers_and_stay_exact():
             torch.testing.assert_close(torch.triu(got.S.double()), torch.triu(want[h][n][0]), rtol=1e-5, atol=1e-4)
             torch.testing.assert_close(got.C.double(), want[h][n][1], rtol=1e-5, atol=1e-4)
     assert acc.halves[1]["a"].S is not acc.halves[1]["b"].S  # b read a second input in batch 3: split off
+
+
+_BAD_CALLS = {  # one broken argument per op: what the fake must reject while tracing, before any kernel
+    "gram_update": (lambda a: (torch.zeros(11, 12), *a[1:]), "S must be"),
+    "cross_update": (lambda a: (a[0], a[1], a[2][:30], None), "same rows"),
+    "stats_update": (lambda a: (a[0], a[1], torch.zeros(2), *a[3:]), "q must be a scalar"),
+    "sketch_update": (lambda a: (a[0], a[1], a[2], torch.zeros(4, 3), a[4]), "omega must be"),
+}
+
+
+@pytest.mark.parametrize("name", list(ACCUMULATORS))
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if b in ("cpp", "triton")])
+def test_fakes_state_the_shape_contract(backend, name):
+    """Under fake tensors (what torch.compile traces with) a good call passes and a bad shape fails
+    with the kernel's own message, though no kernel runs."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    target = ops._op(backend, name)
+    good = _op_samples(name)[1]
+    make_bad, message = _BAD_CALLS[name]
+    bad = make_bad(good)  # built from real tensors, then faked like the good call
+    with FakeTensorMode() as mode:
+        fake = lambda args: [None if a is None else mode.from_tensor(a) for a in args]  # noqa: E731
+        target(*fake(good))
+        with pytest.raises(Exception, match=message):
+            target(*fake(bad))
+        mask = torch.zeros(5, dtype=torch.bool)
+        with pytest.raises(Exception, match="mask must have shape"):
+            target(*fake([*good[:-1], mask]))

@@ -1,11 +1,11 @@
-"""Measured step cost: the cost model's terms fitted to timed LoRA steps (layerprof.step_cost)."""
+"""Measured step cost: the cost model's terms fitted to timed LoRA steps (layerprof.pipeline.step_cost)."""
 import numpy as np
 import pytest
 import torch
 
 import layerprof as lp
-from layerprof.placement import card_cost_model
-from layerprof.step_cost import calibration_shapes, fit_terms
+from layerprof.place.placement import card_cost_model
+from layerprof.pipeline.step_cost import calibration_shapes, fit_terms
 
 from conftest import VOCAB, assert_untouched, make_batches, snapshot
 

@@ -4,9 +4,11 @@ import pytest
 
 import layerprof as lp
 from conftest import make_batches, make_model
-from layerprof.placement import depth_bins, middle_k, stratified_k, uniform_k
-from layerprof.study import (PLACEMENT_SCORES, Protocol, RunStore, bootstrap_spearman, placement_sets,
+from layerprof.place.selectors import depth_bins, middle_k, stratified_k, uniform_k
+from layerprof.study.protocol import (PLACEMENT_SCORES, Protocol, RunStore, bootstrap_spearman, placement_sets,
                                 seed_spread)
+
+pytestmark = pytest.mark.study
 
 
 def test_uniform_and_middle_k():
@@ -76,7 +78,7 @@ def test_placement_sets_have_k_layers_and_every_baseline():
     # k = 1: one bin holding every layer, so stratified-k is the score's top-1.
     assert sets["card energy stratified-k"] == sets["card energy top-k"]
     cheap = sets["card simulated cost ≤ 0.6"]
-    from layerprof.placement import card_cost_model
+    from layerprof.place.placement import card_cost_model
 
     assert card_cost_model(card).cost(cheap, card.rank).fraction <= 0.6 + 1e-12
     assert sets["card simulated top-k"] == [max(card.layers, key=lambda l: l.sim_gain).layer]
@@ -120,8 +122,8 @@ def test_protocol_validation():
 
 
 def test_shared_ranking_bound_holds_for_every_ranking_and_is_reached():
-    from layerprof.study import shared_ranking_bound
-    from layerprof.rankcorr import spearman
+    from layerprof.study.protocol import shared_ranking_bound
+    from layerprof.card.rankcorr import spearman
 
     rng = np.random.default_rng(0)
     for _ in range(3000):
@@ -138,7 +140,7 @@ def test_shared_ranking_bound_holds_for_every_ranking_and_is_reached():
 
 
 def test_seed_ceiling_is_one_for_agreeing_seeds_and_falls_with_their_noise():
-    from layerprof.study import seed_ceiling
+    from layerprof.study.protocol import seed_ceiling
 
     rng = np.random.default_rng(0)
     truth = np.arange(12.0)

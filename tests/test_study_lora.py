@@ -5,9 +5,11 @@ import torch
 
 import layerprof as lp
 from conftest import make_batches, make_model
-from layerprof.rankcorr import spearman
-from layerprof.study_lora import StudyConfig, probe_layers, train_lora
-from layerprof.tasks import Task
+from layerprof.card.rankcorr import spearman
+from layerprof.study.lora import StudyConfig, probe_layers, train_lora
+from layerprof.study.tasks import Task
+
+pytestmark = pytest.mark.study
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies" / "v2"))
 import analyze  # noqa: E402
 import placements as P  # noqa: E402
 
+pytestmark = pytest.mark.study
+
 L30 = list(range(30))
 
 

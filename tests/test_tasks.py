@@ -4,9 +4,11 @@ import torch
 
 import layerprof as lp
 from conftest import VOCAB, make_model
-from layerprof.study import Protocol, RunStore, run_protocol, summarize
-from layerprof.study_lora import eval_loss
-from layerprof.tasks import SentenceClassifier, classification_task, topic_paragraphs
+from layerprof.study.protocol import Protocol, RunStore, run_protocol, summarize
+from layerprof.study.lora import eval_loss
+from layerprof.study.tasks import SentenceClassifier, classification_task, topic_paragraphs
+
+pytestmark = pytest.mark.study
 
 
 class ByteTokenizer:
@@ -58,7 +60,7 @@ def test_minilm_task_names_the_package_when_missing(monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake)
-    from layerprof.tasks import minilm_task
+    from layerprof.study.tasks import minilm_task
 
     # Installed but failing to import: the message carries the package's own error, not an install hint.
     with pytest.raises(ImportError, match=r"installed but failed to import \(ImportError: no\)"):
@@ -79,7 +81,7 @@ def test_sentence_classifier_does_not_make_peft_force_input_grads():
     from peft import LoraConfig, get_peft_model
 
     from conftest import make_model
-    from layerprof.tasks import SentenceClassifier
+    from layerprof.study.tasks import SentenceClassifier
 
     model = SentenceClassifier(make_model("bert").bert, 3)
     get_peft_model(model, LoraConfig(r=2, target_modules=["encoder.encoder.layer.2.output.dense"]))
@@ -87,8 +89,8 @@ def test_sentence_classifier_does_not_make_peft_force_input_grads():
 
 
 def test_code_task_holds_out_whole_files():
-    from layerprof.bundled import decode
-    from layerprof.tasks import code_task
+    from layerprof.model.bundled import decode
+    from layerprof.study.tasks import code_task
 
     task = code_task(train_batches=4, calibration_batches=2)
     assert len(task.train) == 4 and len(task.eval) == 12 and len(task.calibration) == 2
@@ -99,8 +101,8 @@ def test_code_task_holds_out_whole_files():
 
 
 def test_docstring_task_reads_docstrings_and_holds_out_whole_files(tmp_path):
-    from layerprof.bundled import decode
-    from layerprof.tasks import _docstrings, docstring_task
+    from layerprof.model.bundled import decode
+    from layerprof.study.tasks import _docstrings, docstring_task
 
     src = tmp_path / "m.py"
     src.write_text('"""Module doc."""\n\nclass K:\n    """Class doc."""\n    def f(self):\n        """F doc."""\n'
@@ -117,8 +119,8 @@ def test_docstring_task_reads_docstrings_and_holds_out_whole_files(tmp_path):
 
 
 def test_comment_task_reads_comments_only_and_holds_out_whole_files(tmp_path):
-    from layerprof.bundled import decode
-    from layerprof.tasks import _comments, comment_task
+    from layerprof.model.bundled import decode
+    from layerprof.study.tasks import _comments, comment_task
 
     src = tmp_path / "m.py"
     src.write_text('# first\nx = "# not a comment"  # second\n#\n#   third  \n', encoding="utf-8")

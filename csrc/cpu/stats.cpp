@@ -1,6 +1,6 @@
 // CPU accumulation ops for layerprof (the `cpp` backend).
 //
-// Same contracts as layerprof/ops/stats.py:
+// Same contracts as layerprof/stats/ops/stats.py:
 //   gram_update   S += XᵀX   upper triangle (i <= j) only      rows·d_in²·(1 + 1/nb) FLOPs
 //   cross_update  C += XᵀG                                    2·rows·d_in·d_out FLOPs
 //   stats_update  both, plus q += ‖G‖², reading X and G once   (fused)

@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from layerprof.placement import depth_bins, middle_k, uniform_k
+from layerprof.place.selectors import depth_bins, middle_k, uniform_k
 
 R = 8
 RANDOM_DRAWS = 5

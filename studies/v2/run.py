@@ -3,8 +3,8 @@
     python studies/v2/run.py --task smol-humaneval            # both budgets, 3 seeds, then the probes
     python studies/v2/run.py --task minilm-topics --no-probes
 
-Everything follows docs/study-v2/PROTOCOL.md. Each finished run is appended to
-docs/study-v2/runs.json at once (an atomic rewrite) and skipped when the runner starts again, so a
+Everything follows studies/v2/PROTOCOL.md. Each finished run is appended to
+studies/v2/data/runs.json at once (an atomic rewrite) and skipped when the runner starts again, so a
 study can stop anywhere and resume. A seed fixes the adapter init (``torch.manual_seed`` before
 ``get_peft_model``) and the batch order (``Task.batches_for``); the eval set is fixed per task.
 """
@@ -27,8 +27,7 @@ sys.path.insert(0, str(HERE))
 import placements as P  # noqa: E402
 from tasks import TASKS  # noqa: E402
 
-ROOT = HERE.parent.parent
-OUT = ROOT / "docs" / "study-v2"
+OUT = HERE / "data"
 BUDGETS = (20, 80)
 SEEDS = (0, 1, 2)
 LR = 1e-3
@@ -48,11 +47,11 @@ class Store:
         self.keys = {r["key"] for r in self.runs}
 
     def add(self, run: dict) -> None:
-        from layerprof.fileio import atomic_write_text
+        from layerprof.utils.fileio import atomic_write_text
 
         self.runs.append(run)
         self.keys.add(run["key"])
-        atomic_write_text(self.path, json.dumps({"protocol": "docs/study-v2/PROTOCOL.md", "runs": self.runs},
+        atomic_write_text(self.path, json.dumps({"protocol": "studies/v2/PROTOCOL.md", "runs": self.runs},
                                                 indent=1) + "\n")
 
 
@@ -65,7 +64,7 @@ def train(task, placement: dict, steps: int, seed: int) -> dict:
     """One LoRA fine-tune of a fresh model: r and α = 2r on the placement's modules, AdamW(lr, no decay)."""
     from peft import LoraConfig, get_peft_model
 
-    from layerprof.study_lora import eval_loss
+    from layerprof.study.lora import eval_loss
 
     model = task.model()
     torch.manual_seed(seed)
@@ -118,7 +117,7 @@ def placements_for(name: str, task, card, steps: int, out: Path) -> dict[str, di
 
 
 def base_loss(task, out: Path) -> float:
-    from layerprof.study_lora import eval_loss
+    from layerprof.study.lora import eval_loss
 
     path = out / "base.json"
     if path.exists():
@@ -135,7 +134,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--no-probes", action="store_true", help="skip the single-layer probes")
     ap.add_argument("--probes-only", action="store_true")
-    ap.add_argument("--out", type=Path, default=OUT, help="study folder (default: docs/study-v2)")
+    ap.add_argument("--out", type=Path, default=OUT, help="study folder (default: studies/v2/data)")
     args = ap.parse_args(argv)
 
     name = args.task

@@ -1,5 +1,5 @@
 """Study v2's tasks: a real pretrained decoder (SmolLM2-135M-Instruct) on three real-text tasks, and
-all-MiniLM-L6-v2 on its two classification tasks (docs/study-v2/PROTOCOL.md).
+all-MiniLM-L6-v2 on its two classification tasks (studies/v2/PROTOCOL.md).
 
 Every task holds *rows* (one training example each), a fixed held-out eval set and the card's
 calibration batches. Training batches are drawn per seed (``batches_for``), so that a seed fixes both
@@ -73,7 +73,7 @@ def _eval_batches(held: list[dict]) -> list[dict]:
 @functools.lru_cache(maxsize=1)
 def _smollm2():
     """The base model (loaded once; each run trains a deep copy) and its tokenizer, from the GGUF file."""
-    from layerprof.loading import load_model
+    from layerprof.model.loading import load_model
 
     model, tokenizer, _ = load_model("smollm2", "float32")
     for p in model.parameters():
@@ -192,13 +192,13 @@ def _minilm(builder) -> Task:
 
 
 def minilm_topics() -> Task:
-    from layerprof.tasks import minilm_task
+    from layerprof.study.tasks import minilm_task
 
     return _minilm(minilm_task)
 
 
 def minilm_code() -> Task:
-    from layerprof.tasks import minilm_code_task
+    from layerprof.study.tasks import minilm_code_task
 
     return _minilm(minilm_code_task)
 

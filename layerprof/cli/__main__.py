@@ -1,0 +1,6 @@
+"""``python -m layerprof.cli``."""
+import sys
+
+from .commands import main
+
+sys.exit(main())
