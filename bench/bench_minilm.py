@@ -16,7 +16,7 @@ import torch
 import layerprof as lp
 from harness import add_keep_pages, keep_pages_if_asked, print_profile_table, profile_vs_plain
 from layerprof.pipeline.benchmark import machine, plain_backward
-from layerprof.study.tasks import minilm_task
+from layerprof.study.classification import minilm_task
 
 
 def main(argv=None) -> None:

@@ -20,7 +20,7 @@ import layerprof as lp
 from bench_wide import case_arguments, wide_case
 from layerprof.stats import linalg
 from layerprof.pipeline.benchmark import interleaved, machine
-from layerprof.stats.finalize import SolveCache
+from layerprof.stats.solve import SolveCache
 
 
 def main(argv=None) -> None:

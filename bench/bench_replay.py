@@ -27,7 +27,8 @@ from layerprof.pipeline.benchmark import machine
 
 
 def cases():
-    from layerprof.study.tasks import deep_task, minilm_task
+    from layerprof.study.classification import minilm_task
+    from layerprof.study.tasks import deep_task
 
     torch.manual_seed(0)
     wide = WideMLP(1024).eval()

@@ -9,7 +9,7 @@ budget too (the simulated and warm-up columns), a third pass in the same rounds.
     OMP_NUM_THREADS=1 python bench/bench_smollm2.py --replay --batches 4 --reps 2
 
 ``--replay`` times instead the simulated gain's pass (its curvature forwards, ``meta.simulate.seconds``)
-with and without ``coupling.Replay``, alternating, and checks that κ is the same bit for bit.
+with and without ``replay.Replay``, alternating, and checks that κ is the same bit for bit.
 """
 from __future__ import annotations
 

@@ -26,7 +26,9 @@ import time
 import torch
 from torch import nn
 
-import layerprof.stats.finalize as fin
+import layerprof.stats.spectra as fin
+from layerprof.stats.finalize import SPECTRUM_LEN
+from layerprof.stats.solve import Solve
 from layerprof.stats import linalg
 from harness import machine
 
@@ -86,9 +88,9 @@ def main(argv=None) -> None:
           "| block Krylov s | certified | σ² route before s | σ² route now s | max rel. diff |")
     print("|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|---:|")
     for i, (sigma, C) in enumerate(layer_statistics(args.d, args.rows)):
-        solve = fin.Solve(sigma * args.rows, args.rows, 1e-3)
+        solve = Solve(sigma * args.rows, args.rows, 1e-3)
         Y = solve.whiten(C)
-        k = fin.SPECTRUM_LEN
+        k = SPECTRUM_LEN
         t_eig, mu = timed(lambda: torch.linalg.eigvalsh(solve.sigma), args.reps)
         g = torch.Generator().manual_seed(0)
         x0 = torch.randn(args.d, 1, generator=g, dtype=torch.float64)

@@ -98,7 +98,8 @@ def test_cross_half_removes_the_noise_bias_that_naive_rho_carries():
     torch.manual_seed(0)
     d_in, d_out, nb, rows = 6, 5, 8, 64
     naive, cross = [], []
-    from layerprof.stats.finalize import SolveCache, cross_half_columns
+    from layerprof.stats.finalize import cross_half_columns
+    from layerprof.stats.solve import SolveCache
 
     for trial in range(200):
         halves = _pure_noise_halves(d_in, d_out, nb, rows)
@@ -142,7 +143,7 @@ def test_rank_cross_is_computed_when_asked_or_when_the_score_needs_it():
 def test_rank_cross_matches_numpy_svd(monkeypatch, shape, route):
     """Both orientations (the short side carries the Gram); the CPU's subspace routes: ARPACK's Lanczos
     and, where its check fails, LAPACK's exact pairs (the GPU's block Krylov: test_krylov_ritz_*)."""
-    import layerprof.stats.finalize as fin
+    import layerprof.stats.spectra as fin
     from layerprof.stats import linalg
 
     if route == "exact":
@@ -164,7 +165,7 @@ def test_krylov_ritz_matches_svd_where_it_certifies_and_declines_otherwise():
     """The GPU's route for Gram matrices above EXACT_SPECTRUM_MAX (GEMMs only), run here on CPU tensors:
     a certified estimate equals the SVD's leading pairs; a flat spectrum it cannot resolve in its four
     blocks returns None, which sends finalize to the exact path."""
-    import layerprof.stats.finalize as fin
+    import layerprof.stats.spectra as fin
 
     gen = np.random.default_rng(2)
     m, n = 90, 200
@@ -184,7 +185,7 @@ def test_krylov_ritz_matches_svd_where_it_certifies_and_declines_otherwise():
 def test_leading_sv2_is_exact_on_the_cpu_at_any_size(monkeypatch):
     """Above EXACT_SPECTRUM_MAX the CPU still takes the exact Gram route (the block Krylov is the GPU's):
     the values are numpy's SVD's, and _krylov_ritz is never called."""
-    import layerprof.stats.finalize as fin
+    import layerprof.stats.spectra as fin
 
     monkeypatch.setattr(fin, "EXACT_SPECTRUM_MAX", 8)
     monkeypatch.setattr(fin, "_krylov_ritz", lambda A, k: pytest.fail("block Krylov on the CPU"))
@@ -199,7 +200,8 @@ def test_leading_sv2_is_exact_on_the_cpu_at_any_size(monkeypatch):
 def test_rank_cross_removes_the_noise_bias_of_rank_r_rho():
     """Pure noise: the naive rank-r ρ² (the default score's numerator) is all bias, its cross-half
     counterpart averages to zero."""
-    from layerprof.stats.finalize import SolveCache, cross_half_columns
+    from layerprof.stats.finalize import cross_half_columns
+    from layerprof.stats.solve import SolveCache
 
     torch.manual_seed(1)
     d_in, d_out, nb, rows, r = 6, 5, 8, 64, 2
@@ -428,7 +430,7 @@ def test_curvature_replays_upstream_modules_and_gives_bitwise_the_same_kappa(mon
     # perturbed forward computes only from the perturbed layer up, and the losses, hence κ, are identical.
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import layerprof.predict.coupling as coupling
+    import layerprof.predict.replay as replay
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
@@ -446,12 +448,12 @@ def test_curvature_replays_upstream_modules_and_gives_bitwise_the_same_kappa(mon
 
     replays = []
 
-    class Spy(coupling.Replay):
+    class Spy(replay.Replay):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             replays.append(self)
 
-    monkeypatch.setattr(coupling, "Replay", Spy)
+    monkeypatch.setattr(replay, "Replay", Spy)
     plain = curvature(model, [batch], layer_modules, D, sigmas, loss_of, lambda m: m.weight, replay=False)
     fast = curvature(model, [batch], layer_modules, D, sigmas, loss_of, lambda m: m.weight, replay=True)
     assert fast.kappa == plain.kappa and fast.evaluations == plain.evaluations

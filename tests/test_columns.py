@@ -211,7 +211,7 @@ def test_finalize_factors_each_input_once_and_holds_one_at_a_time(monkeypatch):
     # Llama: q/k/v read one input and gate/up another, so 4 distinct inputs per layer. Each is
     # factored once (shared by its modules) and released after its last module: finalize never
     # holds two inputs' float64 Σ and Cholesky factor at once (at 8B scale: tens of GB).
-    from layerprof.stats import finalize as fin
+    from layerprof.stats import solve as fin
 
     made, held = [], []
     real_init, real_get = fin.Solve.__init__, fin.SolveCache.get

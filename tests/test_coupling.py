@@ -70,7 +70,7 @@ class InPlace(Tiny):
 @pytest.mark.parametrize("arch", [Tiny, InPlace])
 def test_replayed_upstream_modules_give_the_same_directions(arch, monkeypatch):
     """Replay skips the modules upstream of the perturbed layer and changes nothing in the directions."""
-    import layerprof.predict.coupling as C
+    import layerprof.predict.replay as C
 
     assert C.Replay(arch(), ["layers.0.fc"]).modules == {}  # 6 × 6: below REPLAY_MIN_WEIGHTS, always computed
     monkeypatch.setattr(C, "REPLAY_MIN_WEIGHTS", 1)

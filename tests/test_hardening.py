@@ -12,7 +12,7 @@ import layerprof as lp
 from conftest import assert_untouched, make_batches, make_model, snapshot
 from layerprof.cli.commands import main
 from layerprof.utils.errors import (BatchError, BudgetError, CardFormatError, ExportError, LayerprofError, PlacementError,
-                              ProfileError, UsageError)
+                                    ProfileError, UsageError)
 
 
 @pytest.fixture(scope="module")
@@ -406,3 +406,23 @@ def test_finalize_threads_follow_the_override_and_are_restored(monkeypatch):
     assert solve_threads() == 1  # busy: one thread
     monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
     assert solve_threads() == torch.get_num_threads()  # idle: torch's own setting
+
+
+def test_the_rows_and_their_schema_name_the_same_fields():
+    """card.py's rows and schema.py's models list one set of columns, with the same optional ones: a column
+    added to one side only fails here, and a field the schema does not know fails the load."""
+    import dataclasses
+
+    from layerprof.card.card import LayerRow, ModuleRow
+    from layerprof.card.schema import LayerSchema, ModuleSchema
+
+    for row, schema in ((ModuleRow, ModuleSchema), (LayerRow, LayerSchema)):
+        fields = {f.name: f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                  for f in dataclasses.fields(row)}
+        assert fields == {n: f.is_required() for n, f in schema.model_fields.items()}, row.__name__
+
+
+def test_an_unknown_column_fails_the_load(card_path, tmp_path):
+    path = _mutated(card_path, tmp_path, lambda d: d["layers"][0].update(new_column=1.0))
+    with pytest.raises(lp.CardFormatError, match=r"layers\[0\]\.new_column: Extra inputs are not permitted"):
+        lp.LayerCard.load(path)

@@ -5,8 +5,8 @@ import pytest
 import layerprof as lp
 from conftest import make_batches, make_model
 from layerprof.place.selectors import depth_bins, middle_k, stratified_k, uniform_k
-from layerprof.study.protocol import (PLACEMENT_SCORES, Protocol, RunStore, bootstrap_spearman, placement_sets,
-                                seed_spread)
+from layerprof.study.protocol import PLACEMENT_SCORES, Protocol, RunStore, placement_sets
+from layerprof.study.statistics import bootstrap_spearman, seed_spread
 
 pytestmark = pytest.mark.study
 
@@ -122,7 +122,7 @@ def test_protocol_validation():
 
 
 def test_shared_ranking_bound_holds_for_every_ranking_and_is_reached():
-    from layerprof.study.protocol import shared_ranking_bound
+    from layerprof.study.statistics import shared_ranking_bound
     from layerprof.card.rankcorr import spearman
 
     rng = np.random.default_rng(0)
@@ -140,7 +140,7 @@ def test_shared_ranking_bound_holds_for_every_ranking_and_is_reached():
 
 
 def test_seed_ceiling_is_one_for_agreeing_seeds_and_falls_with_their_noise():
-    from layerprof.study.protocol import seed_ceiling
+    from layerprof.study.statistics import seed_ceiling
 
     rng = np.random.default_rng(0)
     truth = np.arange(12.0)

@@ -7,7 +7,7 @@ import layerprof as lp
 from conftest import make_batches, make_model
 from layerprof.card.rankcorr import spearman
 from layerprof.study.lora import StudyConfig, probe_layers, train_lora
-from layerprof.study.tasks import Task
+from layerprof.study.task import Task
 
 pytestmark = pytest.mark.study
 

@@ -6,7 +6,7 @@ import layerprof as lp
 from conftest import VOCAB, make_model
 from layerprof.study.protocol import Protocol, RunStore, run_protocol, summarize
 from layerprof.study.lora import eval_loss
-from layerprof.study.tasks import SentenceClassifier, classification_task, topic_paragraphs
+from layerprof.study.classification import SentenceClassifier, classification_task, topic_paragraphs
 
 pytestmark = pytest.mark.study
 
@@ -60,7 +60,7 @@ def test_minilm_task_names_the_package_when_missing(monkeypatch):
         return real_import(name, *a, **k)
 
     monkeypatch.setattr(builtins, "__import__", fake)
-    from layerprof.study.tasks import minilm_task
+    from layerprof.study.classification import minilm_task
 
     # Installed but failing to import: the message carries the package's own error, not an install hint.
     with pytest.raises(ImportError, match=r"installed but failed to import \(ImportError: no\)"):
@@ -81,7 +81,7 @@ def test_sentence_classifier_does_not_make_peft_force_input_grads():
     from peft import LoraConfig, get_peft_model
 
     from conftest import make_model
-    from layerprof.study.tasks import SentenceClassifier
+    from layerprof.study.classification import SentenceClassifier
 
     model = SentenceClassifier(make_model("bert").bert, 3)
     get_peft_model(model, LoraConfig(r=2, target_modules=["encoder.encoder.layer.2.output.dense"]))

@@ -20,11 +20,11 @@ from ..utils.fileio import atomic_write_text
 SCHEMA = CARD_SCHEMA
 
 
-
 def default_k(n_layers: int) -> int:
     """The default number of layers to adapt, everywhere a k is not given: a quarter of the layers, at
     least one (the placement, the stability record's top-k and ``layerprof compare``)."""
     return max(1, n_layers // 4)
+
 
 @dataclass(frozen=True)
 class ModuleRow:
@@ -90,10 +90,10 @@ class LayerRow:
     kappa: float | None = None          # loss curvature along the layer's correction (simulation)
 
 
-
 # The layer columns a placement can maximize (``card.place(by=...)``, ``layerprof place --by``).
 PLACE_BY = ("score", "resnorm", "resnorm_rank", "energy", "grad_norm", "act_norm", "nfn", "predicted_gain",
             "resnorm2_x", "resnorm2_rank_x", "grad_norm2_x", "sim_gain", "lca_gain", "measured_gain")
+
 
 class LayerCard:
     """Per-module and per-layer results of one profiling sweep (see docs/method.md)."""

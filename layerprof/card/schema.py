@@ -24,26 +24,21 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .._version import CARD_SCHEMA
 from ..utils.errors import CardFormatError
+from .fields import MAX_LAYER, Count, Dim, Finite, LayerIndex, Name, NonNeg
+from .meta import Meta
 
 MAX_CARD_BYTES = 64 * 2 ** 20  # a 10,000-layer card with 64-value spectra is ~30 MB
-MAX_DIM = 2 ** 24               # d_in / d_out beyond this are corrupt, not a model
-MAX_LAYER = 10 ** 6
-MAX_RANK = 2 ** 16
 
-_STRICT = ConfigDict(strict=True, extra="ignore", frozen=True)
+# Rows: every field the card's dataclasses have (a test keeps the two field lists equal), nothing else,
+# so that a column added on one side only fails loudly instead of being dropped on load.
+_STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-Count = Annotated[int, Field(ge=0, le=2 ** 62)]
-Dim = Annotated[int, Field(ge=1, le=MAX_DIM)]
-LayerIndex = Annotated[int, Field(ge=0, le=MAX_LAYER)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-NonNeg = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-Name = Annotated[str, Field(min_length=1, max_length=1000, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
 SHARE_TOL = 1e-9  # a share (rank_capture, gain_share) is a ratio ≤ 1 up to float rounding
@@ -152,153 +147,8 @@ class LayerSchema(BaseModel):
         return self
 
 
-_META = ConfigDict(strict=True, extra="allow", frozen=True)
-OptText = Optional[Annotated[str, Field(max_length=4096)]]
-
-
-class Settings(BaseModel):
-    model_config = _META
-
-    rank: Annotated[int, Field(ge=1, le=MAX_RANK)]
-    damping: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-    score: Annotated[str, Field(max_length=200)]
-    backend: Annotated[str, Field(max_length=200)]
-    dtype: Annotated[str, Field(max_length=200)]
-
-
-class ModelMeta(BaseModel):
-    model_config = _META
-
-    class_: Annotated[str, Field(alias="class", min_length=1, max_length=1000)]
-    parameters: Count
-    config_hash: Annotated[str, Field(max_length=200)]
-    name_or_path: OptText = None
-    dtype: OptText = None
-
-
-class DataMeta(BaseModel):
-    model_config = _META
-
-    rows: Count
-    batches: Count
-    hash: Annotated[str, Field(max_length=200)]
-
-
-class SweepMeta(BaseModel):
-    model_config = _META
-
-    seconds: NonNeg
-    finalize_seconds: NonNeg = 0.0
-    finalize_threads: Optional[Count] = None
-    finalize_lapack: Optional[Literal["scipy", "torch"]] = None  # whose LAPACK ran finalize (layerprof.stats.linalg)
-    rows_per_second: Optional[NonNeg] = None
-    peak_memory_bytes: Optional[Count] = None
-    peak_memory_kind: OptText = None
-
-
-class Stability(BaseModel):
-    model_config = _META
-
-    kendall_tau: Optional[Annotated[float, Field(ge=-1.0, le=1.0, allow_inf_nan=False)]] = None
-    threshold: Optional[Finite] = None
-    stable: Optional[bool] = None
-    top_k: Optional[Count] = None
-    top_k_overlap: Optional[Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]] = None
-    note: OptText = None
-
-
-class Skipped(BaseModel):
-    model_config = _META
-
-    batch: Annotated[int, Field(ge=-1)]
-    reason: Annotated[str, Field(max_length=4096)]
-
-
-class Head(BaseModel):
-    model_config = _META
-
-    name: Name
-    d_in: Dim
-    d_out: Dim
-
-
-class Attention(BaseModel):
-    """The cost model's attention term: heads × head dim, and the calibration's mean sequence length."""
-    model_config = _META
-
-    width: Dim
-    seq_len: Annotated[float, Field(gt=0, allow_inf_nan=False)]
-
-
-class Coupling(BaseModel):
-    model_config = _META
-
-    layers: list[LayerIndex]
-    rho: list[list[Annotated[float, Field(ge=-1.0 - 1e-6, le=1.0 + 1e-6, allow_inf_nan=False)]]]
-
-
-class BudgetMeta(BaseModel):
-    model_config = _META
-
-    steps: Annotated[int, Field(ge=1)]
-    lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
-    r: Annotated[int, Field(ge=1, le=MAX_RANK)]
-    lora_alpha: Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
-
-
-class SimulateMeta(BaseModel):
-    model_config = _META
-
-    seconds: NonNeg
-
-
-class WarmupMeta(BaseModel):
-    model_config = _META
-
-    steps: Count
-    seconds: NonNeg
-    cost_of_full_lora_finetune: NonNeg
-
-
-class StepCostPlacement(BaseModel):
-    model_config = _META
-
-    layers: Annotated[list[LayerIndex], Field(min_length=1)]
-    seconds: NonNeg
-
-
-class StepCost(BaseModel):
-    """A measured step cost (layerprof.pipeline.step_cost): the cost model's forward, backward and adapter weights."""
-    model_config = _META
-
-    forward_scale: NonNeg
-    backward_scale: NonNeg
-    adapter_scale: NonNeg
-    placements: list[StepCostPlacement] = []
-
-
-class Meta(BaseModel):
-    model_config = _META
-
-    model: ModelMeta
-    data: DataMeta
-    settings: Settings
-    sweep: SweepMeta
-    stability: Stability = Stability()
-    skipped: list[Skipped] = []
-    unfired: list[Name] = []
-    unmasked: list[Name] = []
-    heads: list[Head] = []
-    attention: Optional[Attention] = None
-    coupling: Optional[Coupling] = None
-    budget: Optional[BudgetMeta] = None
-    simulate: Optional[SimulateMeta] = None
-    warmup: Optional[WarmupMeta] = None
-    step_cost: Optional[StepCost] = None
-
-
 class CardSchema(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     schema_: Annotated[str, Field(alias="schema")]
     meta: Meta

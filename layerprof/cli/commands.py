@@ -1,4 +1,5 @@
-"""``layerprof`` command line: card, study, place, report, compare, bench, doctor (argument types in cli_args)."""
+"""``layerprof`` command line: card, study, place, report, compare, bench, doctor (options in ``parser``,
+argument types in ``args``; the study's command in ``study``)."""
 from __future__ import annotations
 
 import argparse
@@ -10,19 +11,12 @@ from typing import TYPE_CHECKING
 
 from ..utils.errors import UsageError
 from .parser import build_parser
+from .study import cmd_study  # noqa: F401  (``_command`` finds each command here)
 from ..model.loading import base_names, calibration_batches, check_against_model, load_model
 from ..model.model_source import resolve as resolve_model
 
 if TYPE_CHECKING:
     from ..pipeline.config import ProfileConfig
-
-
-
-
-
-
-
-
 
 
 def profile_config(args) -> "ProfileConfig":
@@ -100,45 +94,6 @@ def cmd_card(args) -> int:
                   f"steps; largest misfit {sc['max_error']:.1%} of full LoRA's step)")
         print(f"wrote {summary['card']}, {summary['markdown']}, {summary['html']} (open it in a browser), "
               f"{summary['lora_config']}, {summary['placement']}")
-    return 0
-
-
-def cmd_study(args) -> int:
-    from ..study.protocol import Protocol, RunStore, run_protocol, study_cards, summarize
-    from ..study.report import write_study
-    from ..study.tasks import TASKS
-
-    task = TASKS[args.task]()
-    proto = Protocol(budgets=args.budgets, seeds=args.seeds, lr=args.lr, r=args.rank, lora_alpha=2 * args.rank,
-                     k=args.k, random_draws=args.random_draws, probes=not args.no_probe,
-                     placements=not args.no_placements, scores=args.scores, cost_cap=not args.no_cost_cap)
-    out = Path(args.out)
-    cards = study_cards(task, proto, out)
-    store = RunStore(out / "runs.json")
-    bar = None
-    if not args.json:
-        from tqdm.auto import tqdm
-
-        # One step per LoRA training (probes and placements, × seeds × budgets): rate and ETA in runs.
-        bar = tqdm(unit="run", desc="layerprof study", dynamic_ncols=True)
-
-    def say(message: str) -> None:  # called before each training: the previous one is done
-        if bar is not None:
-            bar.update(1)
-            bar.set_description(message)
-
-    try:
-        run_protocol(task, cards, proto, store, progress=say)
-    finally:
-        if bar is not None:
-            bar.close()
-    summary = summarize(cards, store, proto)
-    paths = write_study(task.name, summary, cards, proto, out)
-    if args.json:
-        print(json.dumps(summary, indent=1, default=str))
-    else:
-        print(paths["markdown"].read_text())
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -286,9 +241,6 @@ def cmd_doctor(args) -> int:
         for n, s in info["backends"].items():
             print(f"backend {n}: {'available' if s['available'] else 'unavailable'} — {s['reason']}")
     return 0
-
-
-
 
 
 ALIASES = {"validate": "study"}  # old command names that still work

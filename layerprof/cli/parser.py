@@ -92,7 +92,7 @@ def _backends() -> list[str]:
 def _card_command(command) -> None:
     from . import args as A
     from ..card.budget import TrainingBudget
-    from ..card.schema import MAX_RANK
+    from ..card.fields import MAX_RANK
     from ..card.scores import DEFAULT_SCORE, SCORES
     from ..pipeline.config import ProfileConfig
 
@@ -150,7 +150,7 @@ def _card_command(command) -> None:
 
 def _study_command(command) -> None:
     from . import args as A
-    from ..card.schema import MAX_RANK
+    from ..card.fields import MAX_RANK
     from ..study.protocol import PLACEMENT_SCORES
 
     v = command("study", aliases=["validate"],
@@ -183,7 +183,7 @@ def _study_command(command) -> None:
 def _place_command(command) -> None:
     from . import args as A
     from ..card.card import PLACE_BY
-    from ..card.schema import MAX_RANK
+    from ..card.fields import MAX_RANK
 
     pl = command("place", help="choose layers from a card and write a LoRA config")
     pl.add_argument("card", type=A.input_file("card"), help="card.json written by `layerprof card`")

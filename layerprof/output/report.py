@@ -60,7 +60,7 @@ def _score_note(card: "LayerCard", name: str, label: str) -> str:
         # models is the study's to say, on its results page, never quoted here.
         why = ("layerprof's default placement; how it compares with uniform-k, PEFT's KappaTune and LoRA on "
                "every layer at equal parameters is measured on real LLMs in the project's study "
-               "(studies/v2/data/); check any placement against full LoRA on your own eval set")
+               "(its docs/results.md); check any placement against full LoRA on your own eval set")
         if card.meta["settings"].get("score_fallback"):
             why += f"; this card fell back to it because of {card.meta['settings']['score_fallback']}"
     return (f"Score = {label}, {how}: {why}. ρ², the paper's resnorm, is in the layer table beside it; with a "

@@ -24,7 +24,7 @@ from ..utils.errors import ProfileError
 from ..stats.finalize import finalize
 from ..stats.linalg import blas_threads, library
 from ..utils.memory import peak_kind, process_peak, solve_threads, threads
-from ..card.cost import attention_shape
+from ..card.cost import attention_shape, cost_model
 from ..card.scores import DEFAULT_SCORE, FALLBACK_SCORES, RANK_CROSS_SCORES, apply_score
 from ..model.targets import Target, linear_kind, modules_by_name, output_head_names
 
@@ -60,9 +60,13 @@ def build_card(acc: Accumulator, targets: Mapping[str, Target], model: nn.Module
     with threads(n_threads), blas_threads(n_threads):
         modules_rows, layer_rows, stability = finalize(
             acc, {n: targets[n] for n in sorted(fired, key=list(targets).index)},
-            weights, rank=config.rank, damping=config.damping,
-            heads=heads, score=score, attention=attention, rank_cross=rank_cross)
+            weights, rank=config.rank, damping=config.damping, rank_cross=rank_cross)
     finalize_s = time.perf_counter() - t_fin
+    # The card's two derived columns, applied here once: each layer's cost, and the score placement maximizes.
+    costs = cost_model(modules_rows, heads, attention)
+    for row in layer_rows:
+        row["cost"] = costs.cost([row["layer"]], config.rank).fraction
+    apply_score(layer_rows, score)
     score, score_fallback = score_or_fallback(layer_rows, score, acc.batches)
     meta = {
         "model": model_identity(model),

@@ -10,14 +10,17 @@ Every pass here leaves the model's weights bitwise as they were.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 
+from ..card.card import LayerCard
+from ..card.scores import apply_score
 from ..stats import ops
 from ..model.batches import (LossFn, as_kwargs, check_loss, default_loss, first_line, forward_kwargs, frozen_eval,
-                      leading_tokens, split_rows)
+                             leading_tokens, split_rows)
 from ..utils.errors import ProfileError
 from ..model.targets import linear_kind, modules_by_name
 
@@ -46,7 +49,8 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
     sized so that they fit ``max_bytes`` (default: a quarter of the free memory); K, a sum over
     rows, is accumulated across chunks. Raises ``ProfileError`` when not even one sequence fits.
     """
-    from ..predict.coupling import Replay, corrections, coupling_gram, output_logits
+    from ..predict.coupling import corrections, coupling_gram, output_logits
+    from ..predict.replay import Replay
     from .memory_plan import free_memory
     from ..stats.reduce import all_reduce_sum
 
@@ -65,7 +69,7 @@ def measure_coupling(prof: "Profiler", batches: list[dict], max_tokens: int | No
     probe = dict(leading_tokens(used[:1], 1)[0][0])
     if isinstance(probe.get("attention_mask"), torch.Tensor):
         probe["attention_mask"] = torch.ones_like(probe["attention_mask"])
-    # The finite differences also keep the unperturbed forward's module inputs and outputs (coupling.Replay).
+    # The finite differences also keep the unperturbed forward's module inputs and outputs (replay.Replay).
     exact = bool(low_precision_weights(prof.model, fired))
     probe_replay = Replay(prof.model, [] if exact else fired)
     with frozen_eval(prof.model):
@@ -137,7 +141,7 @@ def simulate(prof: "Profiler", batches: list, budget, loss_fn: "LossFn | None" =
             return sum(float(loss_fn(model(**k), b)) for k, b in zip(kw, batches)) / len(kw)
 
     # The curvature's forwards replay the unperturbed module outputs upstream of each perturbed layer
-    # (coupling.Replay: the same κ for about half the work) where one forward's module inputs and outputs
+    # (replay.Replay: the same κ for about half the work) where one forward's module inputs and outputs
     # fit the share of free memory the coupling pass may take (counted per module: an upper bound).
     from .memory_plan import free_memory
 
@@ -163,7 +167,6 @@ def simulate(prof: "Profiler", batches: list, budget, loss_fn: "LossFn | None" =
 
 def with_predictions(card, model, kept: list, loss_fn, budget, predict, sim: dict, score: str):
     """The card with its budget-aware columns (sim_gain, lca_gain, κ) filled and re-scored."""
-    from ..stats.finalize import attach_predictions
     from ..predict.warmup import warmup_lca
 
     module_cols: dict[str, dict[str, float]] = {}
@@ -194,3 +197,23 @@ def with_predictions(card, model, kept: list, loss_fn, budget, predict, sim: dic
                           "cost_of_full_lora_finetune": lca["passes"] / budget.steps}
     return attach_predictions(card, module_cols, {"kappa": sim["kappa"]} if "simulate" in predict else {},
                               score, meta)
+
+
+def attach_predictions(card, module_cols: Mapping[str, Mapping[str, float]],
+                       layer_cols: Mapping[str, Mapping[int, float]], score: str, meta: dict):
+    """A copy of ``card`` with predicted-gain module columns (summed per layer) and layer columns
+    filled, scored by ``score`` and with ``meta`` merged into its metadata."""
+    modules = [dataclasses.replace(m, **{c: float(v[m.name]) for c, v in module_cols.items() if m.name in v})
+               for m in card.modules]
+    layers = []
+    for l in card.layers:
+        row = dataclasses.asdict(l)
+        for c, values in module_cols.items():
+            ms = [m for m in modules if m.layer == l.layer and getattr(m, c) is not None]
+            row[c] = sum(getattr(m, c) for m in ms) if ms else None
+        for c, values in layer_cols.items():
+            row[c] = values.get(l.layer)
+        layers.append(row)
+    apply_score(layers, score)
+    settings = {**card.meta["settings"], "score": score}
+    return LayerCard(modules, layers, {**card.meta, **meta, "settings": settings})

@@ -203,7 +203,7 @@ def model_cost(model, tokens: int, device: str = "h200", *, batch_tokens: int = 
 
 def _finalize_flops(targets: dict, inputs: dict, rank: int, rank_cross: bool) -> tuple[dict, float, float]:
     """Finalize's float64 FLOPs by kind, and their split into eigensolver-bound and GEMM-bound work."""
-    from ..stats.finalize import EXACT_SPECTRUM_MAX
+    from ..stats.spectra import EXACT_SPECTRUM_MAX
 
     eigen = sum(4.0 / 3.0 * d ** 3 for d in inputs.values())
     cholesky = sum(d ** 3 / 3.0 for d in inputs.values())

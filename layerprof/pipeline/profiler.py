@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..model.batches import (LossFn, as_kwargs, check_batch, check_loss, default_loss, forward_kwargs, frozen_eval,
-                      user_code)
+                             user_code)
 from .config import ProfileConfig
 from ..utils.errors import ProfileError
 from .progress import SweepProgress

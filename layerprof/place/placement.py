@@ -121,7 +121,8 @@ def place(card: "LayerCard", *, layers: int | None = None, budget: float | None 
     backward = np.array(model.backward_flops_each(layer_ids))
     full = model.full_flops(ranks)
     exact = len(layer_ids) <= exact_max_layers
-    family = Family(col, adapter, params_l, backward, model.forward, full, float(col.sum()), exact)
+    family = Family(col, adapter, params_l, backward, forward=model.forward, full=full, total=float(col.sum()),
+                    exact=exact)
 
     spread = _check_modes(objective, layers, by, coupled, spread)
     if objective == "gain":

@@ -43,7 +43,7 @@ class Family:
 
     BLOCK = 128
 
-    def __init__(self, col, adapter, params_l, backward, forward, full, total, exact: bool):
+    def __init__(self, col, adapter, params_l, backward, *, forward, full, total, exact: bool):
         self.col, self.adapter, self.params_l, self.backward = col, adapter, params_l, backward
         self.forward, self.full, self.total, self.exact = forward, full, total, exact
         self.by_ratio = np.argsort(-(col / np.maximum(adapter, 1e-30)), kind="stable")

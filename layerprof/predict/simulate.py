@@ -206,12 +206,13 @@ def curvature(model: nn.Module, batches: list[dict], layer_modules: Mapping[int,
     without bound with the steps (one layer of the code study predicted 4,552 nats).
 
     Each loss evaluation is one forward over ``batches``; ``Curvature.evaluations`` counts them. With
-    ``replay`` (``coupling.Replay``) the unperturbed forward keeps every target module's input and output,
+    ``replay`` (``replay.Replay``) the unperturbed forward keeps every target module's input and output,
     and in each perturbed forward the modules upstream of the perturbed layer return them instead of
     computing: bitwise the same losses for about half the linear work, at the price of holding one
     forward's module activations (the caller checks that they fit).
     """
-    from .coupling import Replay, central_difference
+    from .coupling import central_difference
+    from .replay import Replay
 
     modules = dict(model.named_modules())
     out: dict[int, float] = {}

@@ -33,178 +33,14 @@ import torch
 
 from . import linalg
 from .accumulate import Accumulator, ModuleStats
+from .solve import SolveCache
+from .spectra import _leading_sv2, rank_cross
 from ..card.card import default_k
-from ..card.cost import cost_model
-from .damping import ridge
 from ..card.rankcorr import kendall_tau
-from ..card.scores import apply_score
 from ..model.targets import Target
 
 SPECTRUM_LEN = 64  # leading squared singular values of M kept on the card (per-module rank allocation)
 STABLE_TAU = 0.8  # split-half Kendall τ below this flags the ranking as likely to change
-
-
-def _solve_device(S: torch.Tensor) -> torch.device:
-    # float64 solves where the statistics live: on a GPU (large d: 12288² eigh in seconds,
-    # not minutes), else the CPU. Only scalars and short spectra come back to the host.
-    return S.device if S.device.type == "cuda" else torch.device("cpu")
-
-
-class Solve:
-    """One input's Σ = S/N, solved once for every module that reads it.
-
-    ``whiten(C)`` returns Y with YᵀY = Cᵀ (Σ + λI)⁺ C, so ρ² = ‖Y‖², the singular values of Y
-    are those of M = (Σ + λI)^{-1/2} C, and ⟨Y_a, Y_b⟩ = tr(C_aᵀ (Σ + λI)⁻¹ C_b). With λ above the
-    numerical floor (d·ε·μ_max; always, for the default δ) Y = L⁻¹C by a Cholesky factor L of
-    Σ + λI: no eigenvectors. At or below it (δ = 0: the exact pseudo-inverse) the eigen-
-    decomposition drops the null directions, as docs/method.md defines. Eigenvalues (cond,
-    erank, noise amp) come from ``eigvalsh`` only when a column asks for them.
-    """
-
-    def __init__(self, S: torch.Tensor, N: int, damping: float):
-        # Σ from S's upper triangle (the part every backend defines) in two float64 buffers, not five:
-        # U + Uᵀ doubles the diagonal, which the halving restores exactly (powers of two), so Σ is
-        # bit for bit what ``ops.symmetric(S) / N`` gives.
-        upper = torch.triu(S.to(_solve_device(S), torch.float64))
-        self.sigma = upper + upper.t()
-        del upper
-        self.sigma.diagonal().mul_(0.5)
-        self.sigma.div_(N)
-        self.d = self.sigma.shape[0]
-        self.trace = float(self.sigma.diagonal().sum().clamp_min(0.0))
-        self.lam = ridge(damping, self.trace, self.d)
-        self._mu = None
-        self._eig = None
-        self.chol = None
-        # μ_max ≤ tr Σ (Σ is PSD), so λ above d·ε·tr Σ is above the floor without computing μ.
-        if self.lam > self.d * torch.finfo(torch.float64).eps * self.trace:
-            shifted = self.sigma.clone()
-            shifted.diagonal().add_(self.lam)  # Σ + λI
-            self.chol = linalg.cholesky(shifted)
-
-    @property
-    def mu(self) -> torch.Tensor:
-        """Eigenvalues of Σ, ascending, clamped at 0."""
-        if self._mu is None:
-            self._mu = (self._eig[0] if self._eig is not None else linalg.eigvalsh(self.sigma)).clamp_min(0.0)
-        return self._mu
-
-    def whiten(self, C: torch.Tensor) -> torch.Tensor:
-        C = C.to(self.sigma.device, torch.float64)
-        if self.chol is not None:
-            return linalg.solve_lower(self.chol, C)
-        if self._eig is None:
-            mu, V = torch.linalg.eigh(self.sigma)
-            self._eig = (mu.clamp_min(0.0), V)
-        mu, V = self._eig
-        return _inv_sqrt(mu, self.lam)[:, None] * (V.t() @ C)
-
-
-class SolveCache:
-    """``Solve`` per distinct S: modules that read the same tensor (q/k/v, gate/up) share one.
-
-    Entries are found by content (an equal S is the same input), or by ``key`` when the caller
-    knows which modules share an input (finalize: the accumulator's shared S objects); a keyed
-    entry can be ``release``d once its last module is done, so that at most one input's factors
-    are held at a time instead of every input's (float64 Σ and L: at 8B scale, tens of GB).
-    """
-
-    def __init__(self, damping: float):
-        self.damping = damping
-        self._entries: list[tuple[torch.Tensor, int, Solve]] = []
-        self._keyed: dict[object, Solve] = {}
-        self._last: tuple[torch.Tensor, int, int, Solve] | None = None  # the last tensor asked for, by identity
-
-    def get(self, S: torch.Tensor, N: int, key=None) -> Solve:
-        # The same tensor, unchanged, as last time (one module's columns ask three times): no compare.
-        last = self._last
-        if last is not None and last[0] is S and last[1] == S._version and last[2] == N:
-            return last[3]
-        if key is not None:
-            solve = self._keyed.get((key, N))
-            if solve is None:
-                solve = self._keyed[(key, N)] = Solve(S, N, self.damping)  # Solve reads S's upper triangle only
-        else:
-            solve = self._lookup(torch.triu(S), N)  # the defined part of S (see layerprof.stats.ops.stats)
-        self._last = (S, S._version, N, solve)
-        return solve
-
-    def release(self, key, N: int) -> None:
-        """Drop the keyed entry (and the identity shortcut if it points at it): its factors are freed."""
-        solve = self._keyed.pop((key, N), None)
-        if solve is not None and self._last is not None and self._last[3] is solve:
-            self._last = None
-
-    def held(self) -> int:
-        """Solves currently held (the memory finalize keeps in factors)."""
-        return len(self._entries) + len(self._keyed)
-
-    def _lookup(self, S: torch.Tensor, N: int) -> Solve:
-        for S_ref, N_ref, solve in self._entries:
-            if N_ref == N and S_ref.shape == S.shape and torch.equal(S_ref, S):
-                return solve
-        solve = Solve(S, N, self.damping)
-        self._entries.append((S, N, solve))
-        return solve
-
-
-def _inv_sqrt(mu: torch.Tensor, lam: float) -> torch.Tensor:
-    shifted = mu + lam
-    cutoff = mu.numel() * torch.finfo(torch.float64).eps * float(mu.max().clamp_min(0.0))
-    out = torch.zeros_like(shifted)
-    keep = shifted > cutoff
-    out[keep] = shifted[keep].rsqrt()
-    return out
-
-
-EXACT_SPECTRUM_MAX = 2048  # on a GPU, Gram matrices above this size try a checked block Krylov first (the CPU: exact)
-KRYLOV_TOL = 1e-10  # a Krylov estimate is kept only if every leading Ritz value's residual is below this, relative
-
-
-def _krylov_ritz(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The k leading eigenpairs (θ descending, U) of A Aᵀ from a block Krylov subspace, or None.
-
-    A fixed Gaussian block of 2k columns, four blocks deep, then Rayleigh–Ritz: O(rows·cols·k)
-    instead of O(rows³). Kept only when each residual ‖A Aᵀu − θu‖ is below KRYLOV_TOL·θ_1 (for a
-    symmetric matrix that bounds the pair's error); None sends the caller to its exact path."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    block = torch.randn(A.shape[0], 2 * k, generator=g, dtype=torch.float64).to(A.device)
-    basis = []
-    for _ in range(4):
-        block = torch.linalg.qr(block).Q
-        basis.append(block)
-        block = A @ (A.t() @ block)
-    Q = torch.linalg.qr(torch.cat(basis, dim=1)).Q
-    B = A.t() @ Q
-    theta, Z = torch.linalg.eigh(B.t() @ B)
-    theta, U = theta.flip(0)[:k], Q @ Z.flip(1)[:, :k]
-    residual = torch.linalg.vector_norm(A @ (A.t() @ U) - U * theta, dim=0)
-    if float(residual.max()) <= KRYLOV_TOL * float(theta[0].clamp_min(1e-300)):
-        return theta, U
-    return None
-
-
-def _gpu_krylov(A: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``_krylov_ritz`` where finalize tries it first: a GPU's Gram matrices above EXACT_SPECTRUM_MAX rows.
-    None elsewhere (the CPU: exact or ARPACK) and where it does not certify."""
-    if A.device.type == "cuda" and A.shape[0] > max(EXACT_SPECTRUM_MAX, 4 * k):
-        return _krylov_ritz(A, k)
-    return None
-
-
-def _leading_sv2(Y: torch.Tensor, k: int) -> torch.Tensor:
-    """The k largest squared singular values of Y, descending.
-
-    All eigenvalues of the smaller Gram matrix (A Aᵀ, A the short side of Y). On a GPU above
-    EXACT_SPECTRUM_MAX, the block Krylov estimate of ``_krylov_ritz`` (GEMMs) first, kept where it
-    passes its residual check. Not on the CPU: there it never certified these spectra (their 64th
-    value is not isolated) and cost 4 s to fail at 4096², while the exact route is as fast as a
-    certified Lanczos (studies/v1/bench-notebook.md)."""
-    A = Y if Y.shape[0] <= Y.shape[1] else Y.t()  # the short side first: A Aᵀ is the smaller Gram
-    ritz = _gpu_krylov(A, k)
-    if ritz is not None:
-        return ritz[0].clamp_min(0.0)
-    return linalg.leading_gram_eigvals(A, k)
 
 
 def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, damping: float,
@@ -254,35 +90,6 @@ def module_columns(st: ModuleStats, weight: torch.Tensor | None, *, rank: int, d
     }
 
 
-def _leading_subspace(A: torch.Tensor, k: int) -> torch.Tensor:
-    """Orthonormal basis (columns) of the k leading eigenvectors of A Aᵀ: A's top-k left singular subspace.
-
-    On the CPU by ``linalg.leading_gram_eigvecs`` (ARPACK's Lanczos, checked, or LAPACK). On a GPU,
-    above EXACT_SPECTRUM_MAX rows, ``_krylov_ritz``'s vectors where they pass its residual check first."""
-    ritz = _gpu_krylov(A, k)
-    if ritz is not None:
-        return ritz[1]
-    return linalg.leading_gram_eigvecs(A, k)
-
-
-def rank_cross(Ma: torch.Tensor, Mb: torch.Tensor, rank: int) -> float:
-    """½(⟨T_r(M_a), M_b⟩ + ⟨M_a, T_r(M_b)⟩), T_r the rank-r truncation (Rule 1's rank-r cross term).
-
-    Each half's top-r singular subspace is measured against the other half's matrix, which enters
-    linearly: its noise is independent of that subspace, so the term has the signal's expectation
-    and zero for pure noise. ⟨T_r(X), Y⟩ = ⟨UᵀX, UᵀY⟩ with U X's top-r left singular vectors (taken
-    on the short side of X, where the Gram matrix is smaller)."""
-    if Ma.shape[0] > Ma.shape[1]:
-        Ma, Mb = Ma.t(), Mb.t()
-    if rank >= Ma.shape[0]:
-        return float((Ma * Mb).sum())  # rank r keeps everything: the full cross term
-    total = 0.0
-    for X, Y in ((Ma, Mb), (Mb, Ma)):
-        U = _leading_subspace(X, rank)
-        total += float(((U.t() @ X) * (U.t() @ Y)).sum())
-    return total / 2
-
-
 def cross_half_columns(total: ModuleStats, a: ModuleStats | None, b: ModuleStats | None, nb: tuple[int, int], *,
                        damping: float, cache: "SolveCache", whitened: tuple | None = None,
                        rank: int | None = None) -> dict:
@@ -326,11 +133,10 @@ def noise_columns(naive: float, cross: float | None, batches: int) -> dict:
 
 
 def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[str, torch.Tensor], *,
-             rank: int, damping: float, heads: list[dict] = (),
-             score: str = "resnorm2", attention: dict | None = None,
-             rank_cross: bool = False) -> tuple[list[dict], list[dict], dict]:
+             rank: int, damping: float, rank_cross: bool = False) -> tuple[list[dict], list[dict], dict]:
     """Module rows, layer rows and the split-half stability record for a finished sweep (``rank_cross``:
-    also the cross-half rank-r ρ², ``resnorm2_rank_x``)."""
+    also the cross-half rank-r ρ², ``resnorm2_rank_x``). The statistics' columns only: the build step
+    adds each layer's cost and score (``layerprof.pipeline.build``)."""
     cache = SolveCache(damping)
     modules = []
     nb_halves = acc.batches_per_half()
@@ -365,7 +171,6 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
         if uses_left[input_of[name]] == 0:
             cache.release(input_of[name], st.N)
 
-    costs = cost_model(modules, heads, attention)
     layer_ids = sorted({m["layer"] for m in modules if m["layer"] is not None})
     total_r2 = sum(m["resnorm"] ** 2 for m in modules if m["layer"] is not None)
     layers = []
@@ -388,12 +193,10 @@ def finalize(acc: Accumulator, targets: Mapping[str, Target], weights: Mapping[s
             "act_norm": sum(m["act_norm"] for m in ms) / len(ms),
             "nfn": sum(m["nfn"] for m in ms) / len(ms),
             "lora_params": sum(m["lora_params"] for m in ms),
-            "cost": costs.cost([layer], rank).fraction,
             "resnorm_a": math.sqrt(sum(half_r2[0].get(m["name"], 0.0) for m in ms)),
             "resnorm_b": math.sqrt(sum(half_r2[1].get(m["name"], 0.0) for m in ms)),
             **layer_cross_columns(ms, r2, acc.batches),
         })
-    apply_score(layers, score)
     have_halves = bool(half_r2[0]) and bool(half_r2[1])
     stability = stability_record(layers, acc.batches, have_halves)
     return modules, layers, stability
@@ -425,27 +228,3 @@ def stability_record(layers: list[dict], batches: int, have_halves: bool) -> dic
         "batches_per_half": [batches - batches // 2, batches // 2],
         "note": None if have_halves else "only one batch: no split-half stability; profile more batches",
     }
-
-
-def attach_predictions(card, module_cols: Mapping[str, Mapping[str, float]],
-                       layer_cols: Mapping[str, Mapping[int, float]], score: str, meta: dict):
-    """A copy of ``card`` with predicted-gain module columns (summed per layer) and layer columns
-    filled, scored by ``score`` and with ``meta`` merged into its metadata."""
-    import dataclasses
-
-    from ..card.card import LayerCard
-
-    modules = [dataclasses.replace(m, **{c: float(v[m.name]) for c, v in module_cols.items() if m.name in v})
-               for m in card.modules]
-    layers = []
-    for l in card.layers:
-        row = dataclasses.asdict(l)
-        for c, values in module_cols.items():
-            ms = [m for m in modules if m.layer == l.layer and getattr(m, c) is not None]
-            row[c] = sum(getattr(m, c) for m in ms) if ms else None
-        for c, values in layer_cols.items():
-            row[c] = values.get(l.layer)
-        layers.append(row)
-    apply_score(layers, score)
-    settings = {**card.meta["settings"], "score": score}
-    return LayerCard(modules, layers, {**card.meta, **meta, "settings": settings})

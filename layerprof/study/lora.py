@@ -19,7 +19,7 @@ from torch import nn
 
 from ..utils.memory import PeakMemory
 from ..card.rankcorr import spearman
-from .tasks import Task
+from .task import Task
 
 @dataclass
 class StudyConfig:

@@ -192,13 +192,13 @@ def _minilm(builder) -> Task:
 
 
 def minilm_topics() -> Task:
-    from layerprof.study.tasks import minilm_task
+    from layerprof.study.classification import minilm_task
 
     return _minilm(minilm_task)
 
 
 def minilm_code() -> Task:
-    from layerprof.study.tasks import minilm_code_task
+    from layerprof.study.classification import minilm_code_task
 
     return _minilm(minilm_code_task)
 

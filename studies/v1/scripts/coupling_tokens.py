@@ -12,14 +12,17 @@ tokens on the decoders), so a cap that keeps every pick is one the study's evide
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
 import layerprof as lp
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
-from harness import machine  # noqa: E402
 from layerprof.study.tasks import TASKS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+from harness import machine  # noqa: E402  (bench/harness.py: the machine's description)
 
 
 def main(argv=None) -> None:

@@ -45,7 +45,7 @@ def load(source: str):
         runs = [r for r in json.loads((path / "study.json").read_text())["runs"] if r["placement"] != "full"]
         return str(path), card, [r["layers"] for r in runs], np.array([r["step_time_fraction_of_full"] for r in runs])
     record = json.loads(path.read_text())
-    card = with_attention(lp.LayerCard.load(ROOT / record["card"].replace("docs/", "data/", 1)  # paths as recorded), TASKS[record["task"]]())
+    card = with_attention(lp.LayerCard.load(ROOT / record["card"].replace("docs/", "data/", 1)), TASKS[record["task"]]())
     return (str(path), card, [p["layers"] for p in record["placements"]],
             np.array([p["measured"] for p in record["placements"]]))
 

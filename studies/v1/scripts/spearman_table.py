@@ -2,16 +2,16 @@
 
 For each ``studies/v1/data/study/FOLDER/study.json`` with single-layer probes at a budget, rescore that budget's
 stored card (``card_{budget}steps.json``) with each score and correlate it with the layers' mean
-gains; the interval resamples each layer's seed runs (``layerprof.study.protocol.bootstrap_spearman``). Depth
+gains; the interval resamples each layer's seed runs (``layerprof.study.statistics.bootstrap_spearman``). Depth
 (the layer index) is printed beside the scores as the no-statistics reference, and the seed ceiling
-(``layerprof.study.protocol.seed_ceiling``: how well even the expected gains could correlate with the measured
+(``layerprof.study.statistics.seed_ceiling``: how well even the expected gains could correlate with the measured
 seed means; where it is above the goal, the seeds' noise does not excuse a score's miss). A row counts
 for the goal when its gains are separable (range > 3 × seed std, as the study records); a score
 without its column on that card prints –.
 
 Then, per task probed at two budgets, Spearman(gains at the short budget, gains at the long one) and
 the best min(Spearman at either budget) a score blind to the budget can reach
-(``study_summary.budget_agreement``, through ``layerprof.study.protocol.shared_ranking_bound``): where it is
+(``study_summary.budget_agreement``, through ``layerprof.study.statistics.shared_ranking_bound``): where it is
 below the goal, no such score meets the goal on that task, whatever it measures.
 
     python studies/v1/scripts/spearman_table.py [--scores resnorm2_rank_x_over_noise energy ...] [--goal 0.7]
@@ -26,7 +26,8 @@ from pathlib import Path
 
 from layerprof.card.card import LayerCard
 from layerprof.card.scores import DEFAULT_SCORE, SCORES
-from layerprof.study.protocol import bootstrap_spearman, rescore, seed_ceiling
+from layerprof.study.protocol import rescore
+from layerprof.study.statistics import bootstrap_spearman, seed_ceiling
 from study_summary import budget_agreement
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "data", "study")

@@ -84,11 +84,11 @@ def budget_agreement(studies: dict, cards_root: Path) -> list[dict]:
 
     Spearman is the Pearson correlation of rank vectors, i.e. the cosine of the angle between the
     centred rank vectors, so a score's best min(ρ_short, ρ_long) is bounded by how far the two
-    measured rankings disagree (``layerprof.study.protocol.shared_ranking_bound``). ``reliability`` is the split-seed reliability of a 3-seed mean
+    measured rankings disagree (``layerprof.study.statistics.shared_ranking_bound``). ``reliability`` is the split-seed reliability of a 3-seed mean
     (1 − seed variance / 3 / variance of the layer means): the ceiling any score has from noise.
     """
     from layerprof.card.card import LayerCard
-    from layerprof.study.protocol import shared_ranking_bound
+    from layerprof.study.statistics import shared_ranking_bound
     from layerprof.card.rankcorr import spearman
 
     rows = []
