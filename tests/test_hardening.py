@@ -426,3 +426,15 @@ def test_an_unknown_column_fails_the_load(card_path, tmp_path):
     path = _mutated(card_path, tmp_path, lambda d: d["layers"][0].update(new_column=1.0))
     with pytest.raises(lp.CardFormatError, match=r"layers\[0\]\.new_column: Extra inputs are not permitted"):
         lp.LayerCard.load(path)
+
+
+def test_the_typed_metadata_is_the_dict(card_path):
+    """card.info reads the metadata through the file schema's models: the same values, typed."""
+    card = lp.LayerCard.load(card_path)
+    info = card.info
+    assert info.settings.score == card.meta["settings"]["score"] and info.settings.rank == card.meta["settings"]["rank"]
+    assert info.model.class_ == card.meta["model"]["class"] and info.sweep.seconds == card.meta["sweep"]["seconds"]
+    assert info.stability.kendall_tau == card.meta["stability"]["kendall_tau"]
+    broken = lp.LayerCard(card.modules, card.layers, {**card.meta, "settings": {**card.meta["settings"], "rank": "8"}})
+    with pytest.raises(lp.CardFormatError, match="settings.*rank"):
+        broken.info

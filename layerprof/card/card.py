@@ -11,11 +11,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._version import CARD_SCHEMA
 from ..utils.errors import CardFormatError  # noqa: F401  (also importable from here)
 from ..utils.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from .meta import Meta
 
 SCHEMA = CARD_SCHEMA
 
@@ -145,6 +148,20 @@ class LayerCard:
 
         card = validate_card(data, source)
         return cls([m.model_dump() for m in card.modules], [l.model_dump() for l in card.layers], data["meta"])
+
+    @property
+    def info(self) -> "Meta":
+        """The metadata as typed models (``layerprof.card.meta.Meta``: ``card.info.settings.score``,
+        ``card.info.sweep.seconds``), exactly as the card file holds it; ``meta`` is the same as a dict."""
+        from pydantic import ValidationError
+
+        from .meta import Meta
+
+        try:
+            return Meta.model_validate(json.loads(json.dumps(self.meta, allow_nan=True)))
+        except ValidationError as e:
+            raise CardFormatError(f"the card's metadata does not fit its schema ({e.errors(include_url=False)[0]['loc']}: "
+                                  f"{e.errors(include_url=False)[0]['msg']}); re-create it with `layerprof card`") from None
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the card as JSON atomically (a failed write leaves any old file intact).

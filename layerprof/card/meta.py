@@ -24,6 +24,8 @@ class Settings(BaseModel):
     score: Annotated[str, Field(max_length=200)]
     backend: Annotated[str, Field(max_length=200)]
     dtype: Annotated[str, Field(max_length=200)]
+    score_default: Optional[bool] = None   # placed by the default score (not chosen with --score)
+    score_fallback: OptText = None         # why the card fell back to the score's naive counterpart
 
 
 class ModelMeta(BaseModel):

@@ -195,7 +195,7 @@ def _place_command(command) -> None:
     pl.add_argument("--by", default="score", choices=PLACE_BY, help="layer column to maximize (default: %(default)s)")
     pl.add_argument("--spread", action=argparse.BooleanOptionalAction, default=None,
                     help="with --layers (or the default k) on the card's score: stratified-k, the best layer in each "
-                         "of k equal depth bins (the default; studies/v1/notebook.md); --no-spread takes the "
+                         "of k equal depth bins (the default; docs/decisions/stratified-bins.md); --no-spread takes the "
                          "plain top-k")
     pl.add_argument("--coupled", action="store_true",
                     help="with --layers: the coupled greedy on the card's coupling matrix (a card made with "

@@ -10,6 +10,7 @@ from ..utils.errors import PlacementError
 
 if TYPE_CHECKING:
     from ..card.card import LayerCard
+    from ..card.meta import Meta, Stability
     from ..place.placement import Plan
 
 
@@ -50,10 +51,10 @@ def _bar(share: float, width: int = 20) -> str:
     return "█" * n + "·" * (width - n)
 
 
-def _score_note(card: "LayerCard", name: str, label: str) -> str:
+def _score_note(info: "Meta", label: str) -> str:
     """Which score placed, how, and why (the placement study's choice, or the user's)."""
     how = "placed stratified-k (the best layer of each of k equal depth bins)"
-    if not card.meta["settings"].get("score_default"):
+    if not info.settings.score_default:
         why = "chosen with score= / --score"
     else:
         # The report states what the card measured on this model; how well the default places on real
@@ -61,13 +62,13 @@ def _score_note(card: "LayerCard", name: str, label: str) -> str:
         why = ("layerprof's default placement; how it compares with uniform-k, PEFT's KappaTune and LoRA on "
                "every layer at equal parameters is measured on real LLMs in the project's study "
                "(its docs/results.md); check any placement against full LoRA on your own eval set")
-        if card.meta["settings"].get("score_fallback"):
-            why += f"; this card fell back to it because of {card.meta['settings']['score_fallback']}"
+        if info.settings.score_fallback:
+            why += f"; this card fell back to it because of {info.settings.score_fallback}"
     return (f"Score = {label}, {how}: {why}. ρ², the paper's resnorm, is in the layer table beside it; with a "
             "budget, the simulated LoRA gain for that budget is too (docs/method.md says how to read each).")
 
 
-def _baselines_line(card: "LayerCard", k: int) -> str:
+def _baselines_line(card: "LayerCard", info: "Meta", k: int) -> str:
     """The same k placed by the selectors a user would otherwise reach for (the study's baselines)."""
     from ..place.selectors import middle_k, uniform_k
 
@@ -77,16 +78,16 @@ def _baselines_line(card: "LayerCard", k: int) -> str:
              f"first-k {ids[:k]}", f"last-k {ids[-k:]}",
              f"grad-norm {card.place(layers=k, by='grad_norm').layers}",
              f"act-norm {card.place(layers=k, by='act_norm').layers}"]
-    if card.meta.get("coupling"):
+    if info.coupling:
         parts.insert(1, f"coupled greedy on the score {card.place(layers=k, coupled=True).layers}")
     return "Other placements of the same k: " + "; ".join(parts) + "."
 
 
-def _noise_and_predictions(card: "LayerCard") -> list[str]:
+def _noise_and_predictions(card: "LayerCard", info: "Meta") -> list[str]:
     """Rule 1's noise columns and, with a budget, the predicted gains for that fine-tune."""
     if all(l.resnorm2_x is None for l in card.layers):
         return []
-    budget = card.meta.get("budget")
+    budget = info.budget
     has_rank_x = any(l.resnorm2_rank_x is not None for l in card.layers)
     lines = ["", "### Noise and predicted gains", "",
              "ρ²× = ρ² estimated across the split halves (unbiased for the signal; negative when the gradient is "
@@ -94,8 +95,8 @@ def _noise_and_predictions(card: "LayerCard") -> list[str]:
              "batches that would halve it."
              + (" ρ(r)²× is the rank-r ρ(r)² estimated the same way (each half's top-r subspace against the "
                 "other half)." if has_rank_x else "")
-             + (f" Predicted gains (nats/token) are for the fine-tune of the budget: {budget['steps']} steps, "
-                f"lr {budget['lr']:g}, r {budget['r']}, alpha {budget['lora_alpha']:g}." if budget else ""), ""]
+             + (f" Predicted gains (nats/token) are for the fine-tune of the budget: {budget.steps} steps, "
+                f"lr {budget.lr:g}, r {budget.r}, alpha {budget.lora_alpha:g}." if budget else ""), ""]
     headers = ["layer", "ρ²", "ρ²×", "noise share", "batches to halve", "‖C‖²×"] + (["ρ(r)²", "ρ(r)²×"] if has_rank_x else [])
     has_sim = any(l.sim_gain is not None for l in card.layers)
     has_lca = any(l.lca_gain is not None for l in card.layers)
@@ -149,23 +150,22 @@ def sections(card: "LayerCard", plan: "Plan | None" = None) -> list[Section]:
     modules, notes (when there are any) and the closing note."""
     from ..card.scores import score_label
 
-    settings = card.meta["settings"]
-    score = score_label(settings.get("score", "resnorm2"))
-    model = card.meta["model"]
-    out = [Section("summary", f"Layer Card — {model['class']}" + (f" ({model['name_or_path']})"
-                                                                    if model.get("name_or_path") else ""),
-                   _summary(card.meta, score))]
+    info = card.info
+    score = score_label(info.settings.score)
+    model = info.model
+    out = [Section("summary", f"Layer Card — {model.class_}" + (f" ({model.name_or_path})" if model.name_or_path else ""),
+                   _summary(info, score))]
     if card.layers:
         plan = plan if plan is not None else card.place(layers=card.default_layers())
-        out += [Section("recommendation", "Recommendation", _recommendation(card, plan, score)),
-                Section("layers", "Layers", _layers(card, score))]
+        out += [Section("recommendation", "Recommendation", _recommendation(card, info, plan, score)),
+                Section("layers", "Layers", _layers(card, info, score))]
     rows = [[m.name, str(m.layer) if m.layer is not None else "–", f"{m.d_in}×{m.d_out}", m.rows, m.resnorm,
              m.rank_capture, m.energy, m.cond, m.erank, m.noise_amp, m.grad_norm, m.nfn, m.resid_explained]
             for m in card.modules]
     out.append(Section("modules", "Modules", _table(["module", "layer", "shape", "rows", "ρ", "rank capture", "energy",
                                                      "cond", "erank", "noise amp", "‖C‖", "nfn", "resid explained"],
                                                     rows)))
-    notes = _notes(card.meta)
+    notes = _notes(info)
     if notes:
         out.append(Section("notes", "Notes", [f"- {n}" for n in notes]))
     out.append(Section("closing", None, [
@@ -174,58 +174,59 @@ def sections(card: "LayerCard", plan: "Plan | None" = None) -> list[Section]:
     return out
 
 
-def _summary(meta: dict, score: str) -> list[str]:
-    data, settings, sweep, model = meta["data"], meta["settings"], meta["sweep"], meta["model"]
-    lines = [f"- model: {model['parameters']:,} parameters, dtype {model.get('dtype')}, config {model['config_hash']}",
-             f"- data: {data['rows']:,} rows in {data['batches']} batches (fingerprint {data['hash']})"
-             + (f"; {len(meta['skipped'])} batch(es) skipped" if meta.get("skipped") else ""),
-             f"- settings: rank r = {settings['rank']}, damping δ = {settings['damping']:g}, score {score}, "
-             f"backend {settings['backend']}, statistics in {settings['dtype']}",
-             f"- sweep: {sweep['seconds']:.2f} s ({_fmt(sweep.get('rows_per_second'))} rows/s), "
-             f"finalize {sweep.get('finalize_seconds', 0):.2f} s"
-             + (f" ({sweep['finalize_threads']} thread{'s' if sweep['finalize_threads'] != 1 else ''}"
-                + (f", {sweep['finalize_lapack']}'s LAPACK" if sweep.get("finalize_lapack") else "") + ")"
-                if sweep.get("finalize_threads") else "") + f", peak memory {_bytes(sweep.get('peak_memory_bytes'))} "
-             f"({sweep.get('peak_memory_kind')})",
+def _summary(info: "Meta", score: str) -> list[str]:
+    data, settings, sweep, model = info.data, info.settings, info.sweep, info.model
+    threads = sweep.finalize_threads
+    lines = [f"- model: {model.parameters:,} parameters, dtype {model.dtype}, config {model.config_hash}",
+             f"- data: {data.rows:,} rows in {data.batches} batches (fingerprint {data.hash})"
+             + (f"; {len(info.skipped)} batch(es) skipped" if info.skipped else ""),
+             f"- settings: rank r = {settings.rank}, damping δ = {settings.damping:g}, score {score}, "
+             f"backend {settings.backend}, statistics in {settings.dtype}",
+             f"- sweep: {sweep.seconds:.2f} s ({_fmt(sweep.rows_per_second)} rows/s), "
+             f"finalize {sweep.finalize_seconds:.2f} s"
+             + (f" ({threads} thread{'s' if threads != 1 else ''}"
+                + (f", {sweep.finalize_lapack}'s LAPACK" if sweep.finalize_lapack else "") + ")"
+                if threads else "") + f", peak memory {_bytes(sweep.peak_memory_bytes)} "
+             f"({sweep.peak_memory_kind})",
              ]
-    if meta.get("budget"):
-        lines.append("- predictions: " + "; ".join(_prediction_parts(meta)))
-    lines.append(_stability_line(meta.get("stability", {})))
+    if info.budget:
+        lines.append("- predictions: " + "; ".join(_prediction_parts(info)))
+    lines.append(_stability_line(info.stability))
     return lines
 
 
-def _prediction_parts(meta: dict) -> list[str]:
-    b, sweep = meta["budget"], meta["sweep"]
-    parts = [f"budget {b['steps']} steps, lr {b['lr']:g}, r {b['r']}, alpha {b['lora_alpha']:g}"]
-    if meta.get("simulate"):
-        parts.append(f"simulated LoRA {meta['simulate']['seconds']:.2f} s "
-                     f"({meta['simulate']['seconds'] / max(sweep['seconds'], 1e-9):.2f}× the sweep)")
-    if meta.get("warmup"):
-        w = meta["warmup"]
-        parts.append(f"warm-up {w['steps']} steps, {w['seconds']:.2f} s "
-                     f"({w['cost_of_full_lora_finetune']:.0%} of a full-LoRA fine-tune's steps)")
+def _prediction_parts(info: "Meta") -> list[str]:
+    b, sweep = info.budget, info.sweep
+    parts = [f"budget {b.steps} steps, lr {b.lr:g}, r {b.r}, alpha {b.lora_alpha:g}"]
+    if info.simulate:
+        parts.append(f"simulated LoRA {info.simulate.seconds:.2f} s "
+                     f"({info.simulate.seconds / max(sweep.seconds, 1e-9):.2f}× the sweep)")
+    if info.warmup:
+        w = info.warmup
+        parts.append(f"warm-up {w.steps} steps, {w.seconds:.2f} s "
+                     f"({w.cost_of_full_lora_finetune:.0%} of a full-LoRA fine-tune's steps)")
     return parts
 
 
-def _stability_line(stab: dict) -> str:
-    tau = stab.get("kendall_tau")
+def _stability_line(stab: "Stability") -> str:
+    tau = stab.kendall_tau
     if tau is None:
-        return f"- stability: {stab.get('note') or 'not available'}"
-    verdict = "stable" if stab.get("stable") else (
-        f"UNSTABLE (τ < {stab.get('threshold')}): more calibration tokens would likely change the ranking")
-    overlap = stab.get("top_k_overlap")
+        return f"- stability: {stab.note or 'not available'}"
+    verdict = "stable" if stab.stable else (
+        f"UNSTABLE (τ < {stab.threshold}): more calibration tokens would likely change the ranking")
+    overlap = stab.top_k_overlap
     if overlap is not None and overlap < 1:
         # τ weighs every pair of layers alike; the placement's picks live at the top, where the
         # halves can disagree under a high τ (an encoder's top layer under a small head, for one).
-        verdict += (f"; but the two halves' top-{stab.get('top_k')} share only {overlap:.0%} of their layers, "
+        verdict += (f"; but the two halves' top-{stab.top_k} share only {overlap:.0%} of their layers, "
                     "so the first picks could change with other calibration data: profile more batches "
                     "or compare the other placements below")
-    return (f"- stability: split-half Kendall τ = {tau:.2f}, top-{stab.get('top_k')} overlap "
+    return (f"- stability: split-half Kendall τ = {tau:.2f}, top-{stab.top_k} overlap "
             f"{_fmt(overlap)} — {verdict}")
 
 
-def _recommendation(card: "LayerCard", plan: "Plan", score: str) -> list[str]:
-    settings, k = card.meta["settings"], len(plan.layers)
+def _recommendation(card: "LayerCard", info: "Meta", plan: "Plan", score: str) -> list[str]:
+    k = len(plan.layers)
     try:
         cheap = card.place(objective="cost", target_gain=0.9)
         cheap_line = (f"Cost-aware alternative: the cheapest placement reaching 90% of the all-layer score adapts "
@@ -236,41 +237,41 @@ def _recommendation(card: "LayerCard", plan: "Plan", score: str) -> list[str]:
     return [f"Adapt layers **{', '.join(map(str, plan.layers))}** ({k} of {len(card.layers)}, placed by score = "
             f"{score}): "
             f"{plan.predicted_gain_fraction:.0%} of the all-layer score at "
-            f"{plan.cost:.0%} of full-layer LoRA's {_cost_kind(card)} training cost, "
+            f"{plan.cost:.0%} of full-layer LoRA's {_cost_kind(info)} training cost, "
             f"{plan.cost_detail.adapter_params:,} adapter parameters, {plan.cost_detail.adapted_modules} "
             f"adapted modules. `layerprof place CARD --layers {k}` writes the LoRA config.",
             "",
             cheap_line,
-            "", _score_note(card, settings.get("score", "resnorm2"), score),
-            "", _baselines_line(card, k)]
+            "", _score_note(info, score),
+            "", _baselines_line(card, info, k)]
 
 
-def _layers(card: "LayerCard", score: str) -> list[str]:
-    rank = card.meta["settings"]["rank"]
+def _layers(card: "LayerCard", info: "Meta", score: str) -> list[str]:
+    rank = info.settings.rank
     lines = [f"score = {score} (what placement maximizes); gain share = ρ_ℓ² / Σ ρ² (ρ_ℓ² = sum of module "
-             f"resnorm²); cost = {_cost_kind(card)} training cost "
+             f"resnorm²); cost = {_cost_kind(info)} training cost "
              "of adapting this layer alone, as a fraction of full-layer LoRA (backward stops at the lowest "
              "adapted layer).", ""]
     rows = [[str(l.layer), _bar(l.gain_share), l.gain_share, l.resnorm, l.resnorm_rank, l.rank_capture,
              l.energy, l.noise_amp, l.grad_norm, l.act_norm, l.nfn, l.cost, str(l.rank)] for l in card.layers]
     lines += _table(["layer", "gain share", "", "ρ", f"ρ(r={rank})", "rank capture", "energy",
                      "noise amp", "‖C‖ (grad)", "act norm", "nfn", "cost", "rank"], rows)
-    return lines + _noise_and_predictions(card)
+    return lines + _noise_and_predictions(card, info)
 
 
-def _notes(meta: dict) -> list[str]:
+def _notes(info: "Meta") -> list[str]:
     notes = []
-    if meta.get("unfired"):
+    if info.unfired:
         notes.append(f"Targets whose tap never fired (no gradient reached them; not on the card): "
-                     f"{', '.join(meta['unfired'])}.")
-    if meta.get("unmasked"):
+                     f"{', '.join(info.unfired)}.")
+    if info.unmasked:
         notes.append(f"Modules whose rows could not be matched to the attention mask (all rows counted): "
-                     f"{', '.join(meta['unmasked'])}.")
-    for s in meta.get("skipped", []):
-        notes.append(f"Batch {s['batch']} skipped: {s['reason']}.")
+                     f"{', '.join(info.unmasked)}.")
+    for s in info.skipped:
+        notes.append(f"Batch {s.batch} skipped: {s.reason}.")
     return notes
 
 
-def _cost_kind(card) -> str:
+def _cost_kind(info: "Meta") -> str:
     """How the card's costs were made: FLOP-modelled, or fitted to steps timed on the user's machine."""
-    return "measured (fitted to LoRA steps timed on this machine)" if card.meta.get("step_cost") else "modelled"
+    return "measured (fitted to LoRA steps timed on this machine)" if info.step_cost else "modelled"

@@ -111,6 +111,6 @@ def html(card: "LayerCard", plan: "Plan | None" = None) -> str:
                 body.append(f"<figure id='{key}'><h3>{_html.escape(title)}</h3>{svgs[key]}"
                             f"<figcaption>{_html.escape(caption)}</figcaption></figure>")
     body += _md_to_html(render(rest))
-    title = _html.escape(f"Layer Card — {card.meta['model']['class']}")
+    title = _html.escape(f"Layer Card — {card.info.model.class_}")
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
