@@ -46,8 +46,17 @@ test: install-test
 fuzz: install-test
 	LAYERPROF_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 
-bench: install
-	cd bench && $(PY) bench_sweep.py && $(PY) bench_stats.py && $(PY) bench_sketch.py
+# The benchmark suite (benchmarks/, pytest-benchmark): one thread, process CPU time, each ratio's two sides
+# alternating in one test. Every run is saved under benchmarks/runs/ (compare two with
+# `pytest-benchmark --storage file://benchmarks/runs compare 0001 0002`), then its tables are printed.
+# SmolLM2's card with a 100-step budget makes it about a quarter of an hour on one core;
+# BENCH_ARGS='-m "not slow"' leaves the real LLM out.
+BENCH_ARGS ?=
+bench: install smollm2
+	$(PY) -m pip install "pytest>=7" "pytest-benchmark>=5"
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave --benchmark-storage=file://benchmarks/runs \
+		--benchmark-columns=median,min,max,rounds --benchmark-sort=name -p no:cacheprovider -q $(BENCH_ARGS)
+	$(PY) benchmarks/tables.py --csv
 
 train-default: install
 	$(PY) -m layerprof.model.bundled.train

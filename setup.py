@@ -163,7 +163,7 @@ if __name__ == "__main__":  # pip runs setup.py as __main__; tests import its he
                           # float64 LAPACK of finalize on the CPU (layerprof.stats.linalg) and its BLAS thread limit
                           "scipy", "threadpoolctl"],
         # triton runs its kernels on the CPU under TRITON_INTERPRET=1 in the tests.
-        extras_require={"test": ["pytest>=7", "hypothesis>=6",
+        extras_require={"test": ["pytest>=7", "pytest-benchmark>=5", "hypothesis>=6",
                                  "triton; platform_system == \"Linux\" and platform_machine == \"x86_64\""]},
         entry_points={"console_scripts": ["layerprof=layerprof.cli:main"]},
         ext_modules=ext_modules,

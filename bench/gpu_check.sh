@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a CUDA machine (under ~8 minutes): build the extension with its CUDA kernels,
-# run the GPU tests (cuda and triton backends compiled for the device), then the GPU
-# benchmarks; copy the results CSV to $OUT when the device tool provides one. Its benchmark is
+# run the GPU tests (cuda and triton backends compiled for the device), the benchmark suite's
+# GPU-marked benchmarks (benchmarks/, saved under benchmarks/runs/ like every run, wall clock), then
+# the GPU figures of bench_gpu.py; copy the results to $OUT when the device tool provides one. Its benchmark is
 # dry-run on the CPU at tiny shapes in CI (tests/test_gpu_check_dry_run.py), so device time is not
 # spent on a Python error.
 #
@@ -20,5 +21,8 @@ python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version
 echo "== build"; time python -m pip install --no-build-isolation --no-deps -e . -q 2>&1 | tail -5
 python -m layerprof.cli doctor
 echo "== GPU tests"; timeout 200 python -m pytest -q tests/test_gpu.py tests/test_columns.py 2>&1 | tail -5
-echo "== bench"; (cd bench && timeout 330 python3 bench_gpu.py)
-if [ -n "${OUT:-}" ]; then cp bench/results.csv "$OUT/" 2>/dev/null; fi
+echo "== benchmark suite (GPU)"; LAYERPROF_BENCH_CLOCK=wall timeout 150 python -m pytest benchmarks -m gpu -q \
+  --benchmark-only --benchmark-autosave --benchmark-storage=file://benchmarks/runs -p no:cacheprovider 2>&1 | tail -15
+python benchmarks/tables.py 2>&1 | tail -20
+echo "== bench"; (cd bench && timeout 300 python3 bench_gpu.py)
+if [ -n "${OUT:-}" ]; then cp bench/results.csv "$OUT/" 2>/dev/null; cp -r benchmarks/runs "$OUT/" 2>/dev/null; fi
