@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
 import torch
 
 import layerprof as lp
-from bench_step_time import ROOT, _peft, short_budget_card
+from bench_step_time import ROOT, _peft, short_budget_card, timed_steps
 from layerprof.place.placement import card_cost_model
 from layerprof.study.protocol import with_attention
 from layerprof.study.tasks import TASKS
@@ -46,17 +45,7 @@ def main(argv=None) -> None:
     kinds = {m.name: m.kind for m in card.modules}
     plans = plans_of(layers)
     runs = {k: _peft(task, [m.name for m in card.modules if m.layer in v], kinds) for k, v in plans.items()}
-    times = {k: [] for k in runs}
-    for step in range(args.steps + 3):
-        batch = task.train[step % len(task.train)]
-        for k, (model, opt) in runs.items():
-            t = time.process_time()
-            loss = model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if step >= 3:
-                times[k].append(time.process_time() - t)
+    times = timed_steps(task, runs, args.steps)
     full = statistics.median(times["full"])
     model = card_cost_model(card)
     measured = {k: statistics.median(times[k]) / full for k in plans}

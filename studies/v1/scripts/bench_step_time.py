@@ -49,6 +49,23 @@ def _peft(task, modules, kinds, r=8):
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
 
 
+def timed_steps(task, runs: dict, steps: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Process seconds of each LoRA step of every run in ``runs`` (name → (model, optimizer)), the runs
+    alternating step by step on the task's training batches, after ``warmup`` untimed steps."""
+    times = {k: [] for k in runs}
+    for step in range(steps + warmup):
+        batch = task.train[step % len(task.train)]
+        for k, (model, opt) in runs.items():
+            t = time.process_time()
+            loss = model(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step >= warmup:
+                times[k].append(time.process_time() - t)
+    return times
+
+
 def main(argv=None) -> None:
     from layerprof.pipeline.benchmark import machine
     from layerprof.card.scores import DEFAULT_SCORE
@@ -90,17 +107,7 @@ def main(argv=None) -> None:
         kinds = {m.name: m.kind for m in card.modules}
         runs = {"full": _peft(task, [m.name for m in card.modules if m.layer is not None], kinds),
                 "plan": _peft(task, plan.modules, kinds)}
-        times = {k: [] for k in runs}
-        for step in range(args.steps + 3):
-            batch = task.train[step % len(task.train)]
-            for k, (model, opt) in runs.items():
-                t = time.process_time()
-                loss = model(**batch).loss
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if step >= 3:
-                    times[k].append(time.process_time() - t)
+        times = timed_steps(task, runs, args.steps)
         ratio = statistics.median(times["plan"]) / statistics.median(times["full"])
         share = plan_share(name, path, task, card, plan, kinds)
         both = "–" if share is None else ("**yes**" if share >= 0.9 and ratio <= args.budget else "no")
