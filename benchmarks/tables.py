@@ -137,20 +137,13 @@ def section(key: str, run: dict, name: str) -> str:
     return describe(run, name) + RENDER[key](run)
 
 
-def rewrite(text: str, runs: dict[str, tuple[dict, str]] | None = None, run: dict | None = None,
-            name: str | None = None) -> str:
-    """``text`` with every generated section re-rendered: from ``run`` when given, else from the run each
-    section names (``runs``: name → loaded run, read from benchmarks/runs by default)."""
+def rewrite(text: str, run: dict | None = None, name: str | None = None) -> str:
+    """``text`` with every generated section re-rendered: from ``run`` when given, else from the saved run
+    each section names."""
     def sub(m):
-        r, n = (run, name) if run is not None else _named(m.group("run"), runs)
+        r, n = (run, name) if run is not None else (load(RUNS / m.group("run")), m.group("run"))
         return f"<!-- bench:{m.group('key')} {n} -->\n{section(m.group('key'), r, n)}<!-- /bench:{m.group('key')} -->"
     return _SECTION.sub(sub, text)
-
-
-def _named(name: str, runs: dict | None) -> tuple[dict, str]:
-    if runs and name in runs:
-        return runs[name], name
-    return load(RUNS / name), name
 
 
 def main(argv=None) -> None:
